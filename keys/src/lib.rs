@@ -1,0 +1,1 @@
+//! NoMQ keyrings (in progress).

@@ -1,0 +1,385 @@
+//! Plaintext bodies: what sits inside the ciphertext of each packet type.
+//!
+//! All integers big-endian. A [`MessageId`] names a message by the session and packet id
+//! of its *first* transmission; retransmissions are new packets that carry the same
+//! message id, and acknowledgements name it too.
+//!
+//! ```text
+//! MessageId            session u32 | packet id u32                          (8 bytes)
+//! PUBLISH              MessageId | name_len u8 | name (UTF-8) | body...
+//! PUBACK/PUBREC/
+//! PUBREL/PUBCOMP       MessageId
+//! SUBSCRIBE            options u8 | pattern_len u8 | pattern (UTF-8)
+//! UNSUBSCRIBE          options u8 | pattern_len u8 | pattern (UTF-8)
+//! HEARTBEAT            interval_s u16 | digest u32 | total u8 | first u8 | count u8 |
+//!                      count × (pattern_len u8 | pattern)
+//! ```
+//!
+//! SUBSCRIBE options: bit 0 = send me retained values. The header's channel id of a
+//! SUBSCRIBE is the keyed id of the pattern *string* (wildcards included); the plaintext
+//! carries the string, so a publisher can match any of its channel names against it.
+//!
+//! HEARTBEAT announces the sender's whole subscription set: `total` patterns in all,
+//! whose order-independent `digest` (XOR of the first 4 bytes of each pattern's id) lets a
+//! receiver tell at a glance whether its copy is current. A set too large for one packet is
+//! split over several heartbeats, each carrying the patterns `first..first + count`.
+
+use crate::channel::{ChannelError, ChannelName, Pattern};
+use crate::wire::{PacketId, SessionId};
+use core::fmt;
+
+/// Identifies a message across retransmissions: the session and packet id of its first
+/// transmission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MessageId {
+    /// Session of the publisher at first transmission.
+    pub session: SessionId,
+    /// Packet id of the first transmission.
+    pub packet_id: PacketId,
+}
+
+/// Length of an encoded [`MessageId`].
+pub const MESSAGE_ID_LEN: usize = 8;
+/// Bytes of a PUBLISH plaintext before the name.
+pub const PUBLISH_PREFIX_LEN: usize = MESSAGE_ID_LEN + 1;
+/// Bytes of a HEARTBEAT plaintext before the patterns.
+pub const HEARTBEAT_PREFIX_LEN: usize = 9;
+
+/// Why a plaintext body is malformed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The body ends before a field it announces.
+    Truncated,
+    /// Bytes left over after an ack or subscription body.
+    TrailingBytes,
+    /// The channel name or pattern is invalid.
+    Channel(ChannelError),
+    /// The output buffer is too small.
+    BufferTooSmall,
+}
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Truncated => f.write_str("body truncated"),
+            Self::TrailingBytes => f.write_str("unexpected bytes after body"),
+            Self::Channel(e) => fmt::Display::fmt(e, f),
+            Self::BufferTooSmall => f.write_str("buffer too small for body"),
+        }
+    }
+}
+impl core::error::Error for BodyError {}
+
+struct Reader<'a>(&'a [u8]);
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BodyError> {
+        if self.0.len() < n {
+            return Err(BodyError::Truncated);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, BodyError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, BodyError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, BodyError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn msg(&mut self) -> Result<MessageId, BodyError> {
+        Ok(MessageId { session: SessionId(self.u32()?), packet_id: PacketId(self.u32()?) })
+    }
+    fn short_str(&mut self) -> Result<&'a [u8], BodyError> {
+        let n = usize::from(self.u8()?);
+        self.take(n)
+    }
+    fn end(&self) -> Result<(), BodyError> {
+        if self.0.is_empty() { Ok(()) } else { Err(BodyError::TrailingBytes) }
+    }
+}
+
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+impl<'a> Writer<'a> {
+    fn new(buf: &'a mut [u8]) -> Self {
+        Self { buf, at: 0 }
+    }
+    fn put(&mut self, b: &[u8]) -> Result<(), BodyError> {
+        let end = self.at.checked_add(b.len()).ok_or(BodyError::BufferTooSmall)?;
+        self.buf.get_mut(self.at..end).ok_or(BodyError::BufferTooSmall)?.copy_from_slice(b);
+        self.at = end;
+        Ok(())
+    }
+    fn msg(&mut self, m: MessageId) -> Result<(), BodyError> {
+        self.put(&m.session.0.to_be_bytes())?;
+        self.put(&m.packet_id.0.to_be_bytes())
+    }
+    fn short_str(&mut self, s: &str) -> Result<(), BodyError> {
+        // Names and patterns are validated to at most MAX_NAME_LEN (< 256) bytes.
+        self.put(&[s.len() as u8])?;
+        self.put(s.as_bytes())
+    }
+}
+
+/// PUBLISH body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Publish<'a> {
+    /// The message this packet carries (same across retransmissions).
+    pub msg: MessageId,
+    /// Channel name.
+    pub name: ChannelName<'a>,
+    /// Application bytes.
+    pub body: &'a [u8],
+}
+
+impl<'a> Publish<'a> {
+    /// Parses a PUBLISH plaintext.
+    ///
+    /// # Errors
+    /// [`BodyError::Truncated`] or [`BodyError::Channel`].
+    pub fn parse(b: &'a [u8]) -> Result<Self, BodyError> {
+        let mut r = Reader(b);
+        let msg = r.msg()?;
+        let name = ChannelName::from_bytes(r.short_str()?).map_err(BodyError::Channel)?;
+        Ok(Self { msg, name, body: r.0 })
+    }
+    /// Encoded length.
+    pub fn buffer_len(&self) -> usize {
+        PUBLISH_PREFIX_LEN + self.name.as_str().len() + self.body.len()
+    }
+    /// Writes the body; returns its length.
+    ///
+    /// # Errors
+    /// [`BodyError::BufferTooSmall`].
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, BodyError> {
+        let mut w = Writer::new(buf);
+        w.msg(self.msg)?;
+        w.short_str(self.name.as_str())?;
+        w.put(self.body)?;
+        Ok(w.at)
+    }
+}
+
+/// Body of PUBACK, PUBREC, PUBREL and PUBCOMP: the message acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// The message.
+    pub msg: MessageId,
+}
+impl Ack {
+    /// Parses an ack plaintext.
+    ///
+    /// # Errors
+    /// [`BodyError::Truncated`], [`BodyError::TrailingBytes`].
+    pub fn parse(b: &[u8]) -> Result<Self, BodyError> {
+        let mut r = Reader(b);
+        let msg = r.msg()?;
+        r.end()?;
+        Ok(Self { msg })
+    }
+    /// Writes the body; returns its length.
+    ///
+    /// # Errors
+    /// [`BodyError::BufferTooSmall`].
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, BodyError> {
+        let mut w = Writer::new(buf);
+        w.msg(self.msg)?;
+        Ok(w.at)
+    }
+}
+
+/// SUBSCRIBE option: send me retained values of matching channels.
+pub const SUB_WANTS_RETAINED: u8 = 0x01;
+
+/// Body of SUBSCRIBE and UNSUBSCRIBE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subscription<'a> {
+    /// Option bits ([`SUB_WANTS_RETAINED`]); unknown bits are ignored.
+    pub options: u8,
+    /// The pattern.
+    pub pattern: Pattern<'a>,
+}
+impl<'a> Subscription<'a> {
+    /// Parses a SUBSCRIBE/UNSUBSCRIBE plaintext.
+    ///
+    /// # Errors
+    /// [`BodyError`].
+    pub fn parse(b: &'a [u8]) -> Result<Self, BodyError> {
+        let mut r = Reader(b);
+        let options = r.u8()?;
+        let pattern = Pattern::from_bytes(r.short_str()?).map_err(BodyError::Channel)?;
+        r.end()?;
+        Ok(Self { options, pattern })
+    }
+    /// Writes the body; returns its length.
+    ///
+    /// # Errors
+    /// [`BodyError::BufferTooSmall`].
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, BodyError> {
+        let mut w = Writer::new(buf);
+        w.put(&[self.options])?;
+        w.short_str(self.pattern.as_str())?;
+        Ok(w.at)
+    }
+}
+
+/// HEARTBEAT body. `patterns` is the raw list; iterate it with [`Heartbeat::patterns`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat<'a> {
+    /// Sender's heartbeat interval, seconds.
+    pub interval_s: u16,
+    /// Digest of the sender's whole subscription set.
+    pub digest: u32,
+    /// Patterns in the whole set.
+    pub total: u8,
+    /// Index of the first pattern in this packet.
+    pub first: u8,
+    /// Patterns in this packet.
+    pub count: u8,
+    raw: &'a [u8],
+}
+
+impl<'a> Heartbeat<'a> {
+    /// Parses a HEARTBEAT plaintext and validates every pattern in it.
+    ///
+    /// # Errors
+    /// [`BodyError`].
+    pub fn parse(b: &'a [u8]) -> Result<Self, BodyError> {
+        let mut r = Reader(b);
+        let interval_s = r.u16()?;
+        let digest = r.u32()?;
+        let total = r.u8()?;
+        let first = r.u8()?;
+        let count = r.u8()?;
+        let raw = r.0;
+        for _ in 0..count {
+            Pattern::from_bytes(r.short_str()?).map_err(BodyError::Channel)?;
+        }
+        r.end()?;
+        Ok(Self { interval_s, digest, total, first, count, raw })
+    }
+
+    /// The patterns in this packet (validated by [`Heartbeat::parse`]).
+    pub fn patterns(&self) -> impl Iterator<Item = Pattern<'a>> + 'a {
+        let mut r = Reader(self.raw);
+        core::iter::from_fn(move || Pattern::from_bytes(r.short_str().ok()?).ok())
+    }
+
+    /// Writes the prefix with no patterns; append them with [`HeartbeatWriter::push`].
+    ///
+    /// # Errors
+    /// [`BodyError::BufferTooSmall`].
+    pub fn writer(
+        buf: &mut [u8],
+        interval_s: u16,
+        digest: u32,
+        total: u8,
+        first: u8,
+    ) -> Result<HeartbeatWriter<'_>, BodyError> {
+        let mut w = Writer::new(buf);
+        w.put(&interval_s.to_be_bytes())?;
+        w.put(&digest.to_be_bytes())?;
+        w.put(&[total, first, 0])?;
+        Ok(HeartbeatWriter { w })
+    }
+}
+
+/// Appends patterns to a heartbeat body.
+pub struct HeartbeatWriter<'a> {
+    w: Writer<'a>,
+}
+impl HeartbeatWriter<'_> {
+    /// Appends a pattern if it fits; returns whether it did.
+    pub fn push(&mut self, p: Pattern<'_>) -> bool {
+        let need = 1 + p.as_str().len();
+        if self.w.at + need > self.w.buf.len() || self.w.buf[HEARTBEAT_PREFIX_LEN - 1] == u8::MAX {
+            return false;
+        }
+        // Checked above: fits.
+        let _ = self.w.short_str(p.as_str());
+        self.w.buf[HEARTBEAT_PREFIX_LEN - 1] += 1;
+        true
+    }
+    /// Patterns written so far.
+    pub fn count(&self) -> u8 {
+        self.w.buf[HEARTBEAT_PREFIX_LEN - 1]
+    }
+    /// Finishes; returns the body length.
+    pub fn finish(self) -> usize {
+        self.w.at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: MessageId = MessageId { session: SessionId(0xdead_beef), packet_id: PacketId(7) };
+
+    #[test]
+    fn publish_round_trip_and_fixture() {
+        let p = Publish { msg: MSG, name: ChannelName::new("a/b").unwrap(), body: b"hi" };
+        let mut buf = [0u8; 32];
+        let n = p.emit(&mut buf).unwrap();
+        assert_eq!(n, p.buffer_len());
+        assert_eq!(&buf[..n], b"\xde\xad\xbe\xef\x00\x00\x00\x07\x03a/bhi");
+        assert_eq!(Publish::parse(&buf[..n]).unwrap(), p);
+        assert_eq!(Publish::parse(&buf[..5]), Err(BodyError::Truncated));
+        assert_eq!(Publish::parse(&buf[..10]), Err(BodyError::Truncated));
+        buf[9] = b'+';
+        assert!(matches!(Publish::parse(&buf[..n]), Err(BodyError::Channel(_))));
+        assert_eq!(p.emit(&mut [0u8; 12]), Err(BodyError::BufferTooSmall));
+    }
+
+    #[test]
+    fn ack_round_trip() {
+        let mut buf = [0u8; 8];
+        assert_eq!(Ack { msg: MSG }.emit(&mut buf).unwrap(), 8);
+        assert_eq!(Ack::parse(&buf).unwrap().msg, MSG);
+        assert_eq!(Ack::parse(&buf[..7]), Err(BodyError::Truncated));
+        assert_eq!(Ack::parse(&[0; 9]), Err(BodyError::TrailingBytes));
+    }
+
+    #[test]
+    fn subscription_round_trip() {
+        let s = Subscription { options: SUB_WANTS_RETAINED, pattern: Pattern::new("f/+/t").unwrap() };
+        let mut buf = [0u8; 16];
+        let n = s.emit(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"\x01\x05f/+/t");
+        assert_eq!(Subscription::parse(&buf[..n]).unwrap(), s);
+        assert_eq!(Subscription::parse(&buf[..n + 1]), Err(BodyError::TrailingBytes));
+        assert!(matches!(Subscription::parse(b"\x00\x02a#"), Err(BodyError::Channel(_))));
+    }
+
+    #[test]
+    fn heartbeat_round_trip_and_limits() {
+        let mut buf = [0u8; 20];
+        let mut w = Heartbeat::writer(&mut buf, 5, 0x0102_0304, 3, 1).unwrap();
+        assert!(w.push(Pattern::new("a/#").unwrap()));
+        assert!(w.push(Pattern::new("bb").unwrap()));
+        assert!(!w.push(Pattern::new("cccccccc").unwrap()), "does not fit");
+        assert_eq!(w.count(), 2);
+        let n = w.finish();
+        assert_eq!(&buf[..n], b"\x00\x05\x01\x02\x03\x04\x03\x01\x02\x03a/#\x02bb");
+        let h = Heartbeat::parse(&buf[..n]).unwrap();
+        assert_eq!((h.interval_s, h.digest, h.total, h.first, h.count), (5, 0x0102_0304, 3, 1, 2));
+        let mut it = h.patterns();
+        assert_eq!(it.next().unwrap().as_str(), "a/#");
+        assert_eq!(it.next().unwrap().as_str(), "bb");
+        assert!(it.next().is_none());
+        drop(it);
+        buf[8] = 3; // claims 3 patterns, holds 2
+        assert_eq!(Heartbeat::parse(&buf[..n]), Err(BodyError::Truncated));
+        buf[8] = 1; // claims 1, holds more
+        assert_eq!(Heartbeat::parse(&buf[..n]), Err(BodyError::TrailingBytes));
+    }
+}

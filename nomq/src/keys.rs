@@ -1,0 +1,420 @@
+//! Keys: secret key material, prepared crypto state, and the keyring the engine consults.
+//!
+//! A [`KeyPair`] is an AES-256 encryption key and a distinct HMAC-SHA256 key. A [`KeySet`]
+//! is a key pair *prepared* once: AES round keys for both directions, the HMAC inner and
+//! outer states, and the keyed hash that derives channel ids. Packets never re-run a key
+//! schedule.
+//!
+//! A keyring ([`KeyLookup`]) holds a network key pair and optional per-channel key pairs,
+//! each selected by a channel pattern: these act as a cryptographic ACL, since without a
+//! channel's keys a node can neither read nor forge its packets. Every scope may hold a
+//! *previous* key set next to the *current* one during rotation: receivers accept both,
+//! senders use the current one.
+//!
+//! Derived keys (HMAC-SHA256 under the pair's MAC key, domain-separated by a label):
+//! - channel-id key = `HMAC(mac_key, "nomq/v2/channel-id")`, taken from the network key
+//!   pair (channel ids must be computable by every member, whatever its channel keys);
+//! - fingerprint = first 8 bytes of `HMAC(mac_key, "nomq/v2/fingerprint" ‖ enc_key)`;
+//!   safe to show, since it reveals nothing usable about either key.
+
+use crate::channel::{CHANNEL_ID_CONTEXT, ChannelId, ChannelName, MAX_NAME_LEN, Pattern};
+use aes::{Aes256Dec, Aes256Enc};
+use core::fmt;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
+pub(crate) type HmacSha256 = Hmac<Sha256>;
+
+/// A 256-bit secret, zeroized on drop, compared in constant time, never printed.
+#[derive(Clone)]
+pub struct SecretKey([u8; 32]);
+
+impl SecretKey {
+    /// Wraps raw key bytes.
+    pub const fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+    /// The raw bytes. Handle with care.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+impl PartialEq for SecretKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+impl Eq for SecretKey {}
+
+/// An encryption key and a MAC key. They must differ.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPair {
+    /// AES-256-CBC key.
+    pub encryption: SecretKey,
+    /// HMAC-SHA256 key.
+    pub mac: SecretKey,
+}
+
+impl KeyPair {
+    /// A key pair from raw bytes.
+    pub const fn new(encryption: [u8; 32], mac: [u8; 32]) -> Self {
+        Self { encryption: SecretKey::new(encryption), mac: SecretKey::new(mac) }
+    }
+    /// A fresh key pair from a CSPRNG.
+    pub fn generate<R: rand_core::CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        let mut e = [0; 32];
+        let mut m = [0; 32];
+        rng.fill_bytes(&mut e);
+        rng.fill_bytes(&mut m);
+        let kp = Self::new(e, m);
+        e.zeroize();
+        m.zeroize();
+        kp
+    }
+    /// A short public identifier of this pair (see the module docs).
+    pub fn fingerprint(&self) -> [u8; 8] {
+        let mut h = mac_for(self.mac.expose());
+        h.update(b"nomq/v2/fingerprint");
+        h.update(self.encryption.expose());
+        let full = h.finalize().into_bytes();
+        let mut fp = [0; 8];
+        fp.copy_from_slice(&full[..8]);
+        fp
+    }
+}
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fp = self.fingerprint();
+        write!(f, "KeyPair(fingerprint ")?;
+        for b in fp {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+fn mac_for(key: &[u8; 32]) -> HmacSha256 {
+    // A 32-byte key is always a valid HMAC key.
+    // HMAC accepts keys of any length; 32 bytes is never an error.
+    match <HmacSha256 as KeyInit>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC takes any key length"),
+    }
+}
+
+/// A key pair prepared for use: cipher round keys and HMAC states computed once.
+///
+/// Holds secret state; the underlying crates zeroize it on drop.
+#[derive(Clone)]
+pub struct KeySet {
+    pub(crate) enc: Aes256Enc,
+    pub(crate) dec: Aes256Dec,
+    pub(crate) mac: HmacSha256,
+    id: HmacSha256,
+    fingerprint: [u8; 8],
+}
+
+impl KeySet {
+    /// Prepares a key pair.
+    pub fn new(pair: &KeyPair) -> Self {
+        let k = pair.encryption.expose();
+        let mut id_key = mac_for(pair.mac.expose());
+        id_key.update(b"nomq/v2/channel-id");
+        let mut idk: [u8; 32] = id_key.finalize().into_bytes().into();
+        let id = mac_for(&idk);
+        idk.zeroize();
+        Self {
+            enc: Aes256Enc::new(k.into()),
+            dec: Aes256Dec::new(k.into()),
+            mac: mac_for(pair.mac.expose()),
+            id,
+            fingerprint: pair.fingerprint(),
+        }
+    }
+    /// The fingerprint of the pair this was prepared from.
+    pub fn fingerprint(&self) -> [u8; 8] {
+        self.fingerprint
+    }
+    /// The keyed id of a channel name or pattern string under this key set.
+    pub fn channel_id(&self, name: &str) -> ChannelId {
+        let mut h = self.id.clone();
+        h.update(CHANNEL_ID_CONTEXT);
+        h.update(name.as_bytes());
+        let full = h.finalize().into_bytes();
+        let mut id = [0; 16];
+        id.copy_from_slice(&full[..16]);
+        ChannelId(id)
+    }
+}
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeySet({:02x?})", self.fingerprint)
+    }
+}
+
+/// Which key set of a scope verified a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Generation {
+    /// The current keys.
+    Current,
+    /// The previous keys, accepted during a rotation overlap.
+    Previous,
+}
+
+/// The keys of one scope: the network, or one channel pattern.
+#[derive(Clone, Copy, Debug)]
+pub struct Scope<'a> {
+    /// `None` for the network scope; the channel pattern otherwise.
+    pub pattern: Option<Pattern<'a>>,
+    /// Keys senders use.
+    pub current: &'a KeySet,
+    /// Keys also accepted during rotation.
+    pub previous: Option<&'a KeySet>,
+}
+
+/// Index of a scope in a [`KeyLookup`]: 0 is the network, `1..` are channel scopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ScopeIndex(pub u8);
+
+impl ScopeIndex {
+    /// The network scope.
+    pub const NETWORK: ScopeIndex = ScopeIndex(0);
+}
+
+/// Where the engine gets keys. Implement it to back keys with a file, a map, a vault.
+///
+/// Scope 0 is the network; scopes `1..scope_count()` are channel scopes, tried in order,
+/// the first whose pattern matches a name governing that name.
+pub trait KeyLookup {
+    /// Number of scopes, at least 1.
+    fn scope_count(&self) -> usize;
+    /// One scope; `None` if `i` is out of range.
+    fn scope(&self, i: ScopeIndex) -> Option<Scope<'_>>;
+
+    /// The network scope.
+    fn network(&self) -> Scope<'_> {
+        // Invariant of the trait: scope 0 always exists.
+        match self.scope(ScopeIndex::NETWORK) {
+            Some(s) => s,
+            None => unreachable!("KeyLookup without a network scope"),
+        }
+    }
+
+    /// The scope that governs `name`: the first channel scope whose pattern matches it,
+    /// else the network.
+    fn scope_for(&self, name: ChannelName<'_>) -> ScopeIndex {
+        for i in 1..self.scope_count().min(256) {
+            let idx = ScopeIndex(i as u8);
+            if let Some(Scope { pattern: Some(p), .. }) = self.scope(idx) {
+                if p.matches(name) {
+                    return idx;
+                }
+            }
+        }
+        ScopeIndex::NETWORK
+    }
+
+    /// The channel id of `name` (under the current network keys).
+    fn channel_id(&self, name: &str) -> ChannelId {
+        self.network().current.channel_id(name)
+    }
+}
+
+/// Why a keyring refused a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum KeyringError {
+    /// The keyring holds as many channel scopes as it can.
+    Full,
+    /// The pattern is not a valid subscription pattern.
+    BadPattern(crate::channel::ChannelError),
+    /// Encryption and MAC keys are equal.
+    SameKeys,
+}
+impl fmt::Display for KeyringError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full => f.write_str("keyring has no room for another channel key"),
+            Self::BadPattern(e) => write!(f, "channel key pattern: {e}"),
+            Self::SameKeys => f.write_str("encryption and MAC keys must differ"),
+        }
+    }
+}
+impl core::error::Error for KeyringError {}
+
+struct ChannelScope {
+    pattern: heapless::String<MAX_NAME_LEN>,
+    current: KeySet,
+    previous: Option<KeySet>,
+}
+
+/// A keyring in fixed memory: network keys plus up to `C` channel scopes.
+pub struct Keyring<const C: usize = 4> {
+    current: KeySet,
+    previous: Option<KeySet>,
+    channels: heapless::Vec<ChannelScope, C>,
+}
+
+impl<const C: usize> fmt::Debug for Keyring<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("network", &self.current)
+            .field("previous", &self.previous)
+            .field("channels", &self.channels.len())
+            .finish()
+    }
+}
+
+fn check_pair(p: &KeyPair) -> Result<(), KeyringError> {
+    if p.encryption == p.mac {
+        return Err(KeyringError::SameKeys);
+    }
+    Ok(())
+}
+
+impl<const C: usize> Keyring<C> {
+    /// A keyring with network keys only.
+    ///
+    /// # Errors
+    /// [`KeyringError::SameKeys`] if the encryption and MAC keys are equal.
+    pub fn new(network: &KeyPair) -> Result<Self, KeyringError> {
+        check_pair(network)?;
+        Ok(Self { current: KeySet::new(network), previous: None, channels: heapless::Vec::new() })
+    }
+
+    /// Makes `next` the network's current keys and keeps the old current as previous.
+    ///
+    /// # Errors
+    /// [`KeyringError::SameKeys`].
+    pub fn rotate(&mut self, next: &KeyPair) -> Result<(), KeyringError> {
+        check_pair(next)?;
+        let old = core::mem::replace(&mut self.current, KeySet::new(next));
+        self.previous = Some(old);
+        Ok(())
+    }
+
+    /// Sets the network's previous keys explicitly (loaded from a file, say).
+    ///
+    /// # Errors
+    /// [`KeyringError::SameKeys`].
+    pub fn set_previous(&mut self, prev: Option<&KeyPair>) -> Result<(), KeyringError> {
+        if let Some(p) = prev {
+            check_pair(p)?;
+        }
+        self.previous = prev.map(KeySet::new);
+        Ok(())
+    }
+
+    /// Ends the rotation overlap: previous keys are no longer accepted.
+    pub fn drop_previous(&mut self) {
+        self.previous = None;
+        for c in &mut self.channels {
+            c.previous = None;
+        }
+    }
+
+    /// Adds (or replaces) the keys of a channel pattern. Earlier patterns win on overlap.
+    ///
+    /// # Errors
+    /// [`KeyringError::BadPattern`], [`KeyringError::SameKeys`], [`KeyringError::Full`].
+    pub fn set_channel(
+        &mut self,
+        pattern: &str,
+        current: &KeyPair,
+        previous: Option<&KeyPair>,
+    ) -> Result<(), KeyringError> {
+        Pattern::new(pattern).map_err(KeyringError::BadPattern)?;
+        check_pair(current)?;
+        if let Some(p) = previous {
+            check_pair(p)?;
+        }
+        let entry = ChannelScope {
+            pattern: heapless::String::try_from(pattern).map_err(|_| KeyringError::Full)?,
+            current: KeySet::new(current),
+            previous: previous.map(KeySet::new),
+        };
+        if let Some(slot) = self.channels.iter_mut().find(|c| c.pattern == pattern) {
+            *slot = entry;
+            return Ok(());
+        }
+        self.channels.push(entry).map_err(|_| KeyringError::Full)
+    }
+}
+
+impl<const C: usize> KeyLookup for Keyring<C> {
+    fn scope_count(&self) -> usize {
+        1 + self.channels.len()
+    }
+    fn scope(&self, i: ScopeIndex) -> Option<Scope<'_>> {
+        match i.0 {
+            0 => Some(Scope { pattern: None, current: &self.current, previous: self.previous.as_ref() }),
+            n => self.channels.get(usize::from(n) - 1).map(|c| Scope {
+                // Validated on insertion.
+                pattern: Pattern::new(c.pattern.as_str()).ok(),
+                current: &c.current,
+                previous: c.previous.as_ref(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_and_compared() {
+        let a = KeyPair::new([1; 32], [2; 32]);
+        let s = alloc_fmt(&a.encryption);
+        assert!(!s.contains("1,"), "{s}");
+        assert!(s.contains("redacted"));
+        assert_eq!(a, KeyPair::new([1; 32], [2; 32]));
+        assert_ne!(a, KeyPair::new([1; 32], [3; 32]));
+        assert_ne!(a.fingerprint(), KeyPair::new([1; 32], [3; 32]).fingerprint());
+    }
+
+    fn alloc_fmt(k: &SecretKey) -> heapless::String<64> {
+        let mut s = heapless::String::new();
+        core::fmt::write(&mut s, format_args!("{k:?}")).unwrap();
+        s
+    }
+
+    #[test]
+    fn scopes_and_rotation() {
+        let mut ring: Keyring<2> = Keyring::new(&KeyPair::new([1; 32], [2; 32])).unwrap();
+        assert_eq!(Keyring::<2>::new(&KeyPair::new([1; 32], [1; 32])).unwrap_err(), KeyringError::SameKeys);
+        ring.set_channel("secret/#", &KeyPair::new([3; 32], [4; 32]), None).unwrap();
+        ring.set_channel("ops/+", &KeyPair::new([5; 32], [6; 32]), None).unwrap();
+        assert_eq!(
+            ring.set_channel("more", &KeyPair::new([7; 32], [8; 32]), None),
+            Err(KeyringError::Full)
+        );
+        assert!(matches!(ring.set_channel("bad#", &KeyPair::new([7; 32], [8; 32]), None), Err(KeyringError::BadPattern(_))));
+        let n = |s| ChannelName::new(s).unwrap();
+        assert_eq!(ring.scope_for(n("secret/a/b")), ScopeIndex(1));
+        assert_eq!(ring.scope_for(n("ops/x")), ScopeIndex(2));
+        assert_eq!(ring.scope_for(n("ops/x/y")), ScopeIndex::NETWORK);
+        let id1 = ring.channel_id("a/b");
+        assert_ne!(id1, ring.channel_id("a/c"));
+        ring.rotate(&KeyPair::new([9; 32], [10; 32])).unwrap();
+        assert_ne!(id1, ring.channel_id("a/b"));
+        assert!(ring.network().previous.is_some());
+        ring.drop_previous();
+        assert!(ring.network().previous.is_none());
+    }
+}

@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+pub mod body;
+pub mod channel;
+pub mod envelope;
+pub mod keys;
+pub mod time;
+pub mod wire;
+
+pub use channel::{ChannelError, ChannelId, ChannelName, Pattern};
+pub use envelope::{OpenError, Opened, SealError, open, seal, seal_in_place};
+pub use keys::{KeyLookup, KeyPair, KeySet, Keyring, SecretKey};
+pub use time::{Duration, Instant};
+pub use wire::{Flags, Header, Packet, PacketId, PacketType, Qos, SessionId, WireError};
