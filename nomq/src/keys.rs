@@ -105,6 +105,20 @@ impl fmt::Debug for KeyPair {
     }
 }
 
+/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts` under `key` (any length).
+///
+/// The same primitive the envelope uses, exposed for known-answer tests and derivations.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = match <HmacSha256 as KeyInit>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC takes any key length"),
+    };
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into_bytes().into()
+}
+
 fn mac_for(key: &[u8; 32]) -> HmacSha256 {
     // A 32-byte key is always a valid HMAC key.
     // HMAC accepts keys of any length; 32 bytes is never an error.
