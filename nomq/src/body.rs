@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! MessageId            session u32 | packet id u32                          (8 bytes)
-//! PUBLISH              MessageId | name_len u8 | name (UTF-8) | body...
+//! PUBLISH              MessageId | low_water u32 | name_len u8 | name (UTF-8) | body...
 //! PUBACK/PUBREC/
 //! PUBREL/PUBCOMP       MessageId
 //! SUBSCRIBE            options u8 | pattern_len u8 | pattern (UTF-8)
@@ -14,6 +14,12 @@
 //! HEARTBEAT            interval_s u16 | digest u32 | total u8 | first u8 | count u8 |
 //!                      count × (pattern_len u8 | pattern)
 //! ```
+//!
+//! `low_water` is the lowest packet id among the publisher's QoS 2 messages still in
+//! flight in its session (this message's own id if none is older). Every QoS 2 message of
+//! that session below it has completed or been abandoned, so a receiver forgets their
+//! state and refuses their (delayed, duplicated) PUBLISH packets: this is what bounds QoS 2
+//! receive state without a broker or an ordered transport.
 //!
 //! SUBSCRIBE options: bit 0 = send me retained values. The header's channel id of a
 //! SUBSCRIBE is the keyed id of the pattern *string* (wildcards included); the plaintext
@@ -42,7 +48,7 @@ pub struct MessageId {
 /// Length of an encoded [`MessageId`].
 pub const MESSAGE_ID_LEN: usize = 8;
 /// Bytes of a PUBLISH plaintext before the name.
-pub const PUBLISH_PREFIX_LEN: usize = MESSAGE_ID_LEN + 1;
+pub const PUBLISH_PREFIX_LEN: usize = MESSAGE_ID_LEN + 4 + 1;
 /// Bytes of a HEARTBEAT plaintext before the patterns.
 pub const HEARTBEAT_PREFIX_LEN: usize = 9;
 
@@ -135,6 +141,8 @@ impl<'a> Writer<'a> {
 pub struct Publish<'a> {
     /// The message this packet carries (same across retransmissions).
     pub msg: MessageId,
+    /// Lowest QoS 2 message id the publisher still has in flight in `msg.session`.
+    pub low_water: PacketId,
     /// Channel name.
     pub name: ChannelName<'a>,
     /// Application bytes.
@@ -149,8 +157,9 @@ impl<'a> Publish<'a> {
     pub fn parse(b: &'a [u8]) -> Result<Self, BodyError> {
         let mut r = Reader(b);
         let msg = r.msg()?;
+        let low_water = PacketId(r.u32()?);
         let name = ChannelName::from_bytes(r.short_str()?).map_err(BodyError::Channel)?;
-        Ok(Self { msg, name, body: r.0 })
+        Ok(Self { msg, low_water, name, body: r.0 })
     }
     /// Encoded length.
     pub fn buffer_len(&self) -> usize {
@@ -163,6 +172,7 @@ impl<'a> Publish<'a> {
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, BodyError> {
         let mut w = Writer::new(buf);
         w.msg(self.msg)?;
+        w.put(&self.low_water.0.to_be_bytes())?;
         w.short_str(self.name.as_str())?;
         w.put(self.body)?;
         Ok(w.at)
@@ -327,17 +337,17 @@ mod tests {
 
     #[test]
     fn publish_round_trip_and_fixture() {
-        let p = Publish { msg: MSG, name: ChannelName::new("a/b").unwrap(), body: b"hi" };
+        let p = Publish { msg: MSG, low_water: PacketId(5), name: ChannelName::new("a/b").unwrap(), body: b"hi" };
         let mut buf = [0u8; 32];
         let n = p.emit(&mut buf).unwrap();
         assert_eq!(n, p.buffer_len());
-        assert_eq!(&buf[..n], b"\xde\xad\xbe\xef\x00\x00\x00\x07\x03a/bhi");
+        assert_eq!(&buf[..n], b"\xde\xad\xbe\xef\x00\x00\x00\x07\x00\x00\x00\x05\x03a/bhi");
         assert_eq!(Publish::parse(&buf[..n]).unwrap(), p);
         assert_eq!(Publish::parse(&buf[..5]), Err(BodyError::Truncated));
-        assert_eq!(Publish::parse(&buf[..10]), Err(BodyError::Truncated));
-        buf[9] = b'+';
+        assert_eq!(Publish::parse(&buf[..14]), Err(BodyError::Truncated));
+        buf[13] = b'+';
         assert!(matches!(Publish::parse(&buf[..n]), Err(BodyError::Channel(_))));
-        assert_eq!(p.emit(&mut [0u8; 12]), Err(BodyError::BufferTooSmall));
+        assert_eq!(p.emit(&mut [0u8; 16]), Err(BodyError::BufferTooSmall));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use crate::keys::{Generation, KeyLookup, KeySet, ScopeIndex};
 use crate::wire::{BLOCK_LEN, HEADER_LEN, Header, MAC_LEN, Packet, WireError};
 use aes::cipher::array::Array;
-use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, InnerIvInit};
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt};
 use core::fmt;
 use hmac::Mac;
 
@@ -119,9 +119,7 @@ pub fn seal_in_place(
     h.payload_len = n as u16;
     h.emit(&mut Packet::new_unchecked(&mut *buf));
 
-    let (blocks, _) = Array::slice_as_chunks_mut(&mut buf[HEADER_LEN..HEADER_LEN + n]);
-    cbc::Encryptor::<aes::Aes256Enc>::inner_iv_init(keys.enc.clone(), &iv.into())
-        .encrypt_blocks(blocks);
+    cbc_encrypt(&keys.enc, &iv, &mut buf[HEADER_LEN..HEADER_LEN + n]);
 
     let mut mac = keys.mac.clone();
     mac.update(&buf[..HEADER_LEN + n]);
@@ -211,11 +209,37 @@ pub fn open<'a, K: KeyLookup + ?Sized>(
     let (header, scope, generation, ks) = verify(keys, datagram, max_payload)?;
     let n = usize::from(header.payload_len);
     let ct = &mut datagram[HEADER_LEN..HEADER_LEN + n];
-    let (blocks, _) = Array::slice_as_chunks_mut(&mut *ct);
-    cbc::Decryptor::<aes::Aes256Dec>::inner_iv_init(ks.dec.clone(), &header.iv.into())
-        .decrypt_blocks(blocks);
+    cbc_decrypt(&ks.dec, &header.iv, ct);
     let len = unpad(ct).ok_or(OpenError::BadPadding)?;
     Ok(Opened { header, plaintext: &datagram[HEADER_LEN..HEADER_LEN + len], scope, generation })
+}
+
+/// CBC encryption in place over the prepared key schedule (borrowed: the `cbc` crate's
+/// modes take the cipher by value, and copying plus zeroizing ~1 KB of round keys per
+/// packet cost more than the encryption itself). `data.len()` is a multiple of 16.
+fn cbc_encrypt(cipher: &aes::Aes256Enc, iv: &[u8; 16], data: &mut [u8]) {
+    let (blocks, _) = Array::slice_as_chunks_mut(data);
+    let mut prev: [u8; 16] = *iv;
+    for b in blocks.iter_mut() {
+        for (x, p) in b.iter_mut().zip(prev) {
+            *x ^= p;
+        }
+        cipher.encrypt_block(b);
+        prev = (*b).into();
+    }
+}
+
+/// CBC decryption in place, last block first so each block's predecessor is still
+/// ciphertext when it is needed. `data.len()` is a multiple of 16.
+fn cbc_decrypt(cipher: &aes::Aes256Dec, iv: &[u8; 16], data: &mut [u8]) {
+    let (blocks, _): (&mut [aes::Block], _) = Array::slice_as_chunks_mut(data);
+    for i in (0..blocks.len()).rev() {
+        let prev: [u8; 16] = if i == 0 { *iv } else { blocks[i - 1].into() };
+        cipher.decrypt_block(&mut blocks[i]);
+        for (x, p) in blocks[i].iter_mut().zip(prev) {
+            *x ^= p;
+        }
+    }
 }
 
 /// Length of the PKCS#7-padded `data` without its padding, or `None` if malformed.
@@ -283,13 +307,9 @@ mod tests {
         let n = seal_in_place(ks, &h, [5; 16], &mut buf, 15, 1024).unwrap();
         assert_eq!(n, 101);
         // Decrypt, corrupt the pad byte, re-encrypt and re-MAC as a buggy sender would.
-        let (blocks, _) = Array::slice_as_chunks_mut(&mut buf[53..69]);
-        cbc::Decryptor::<aes::Aes256Dec>::inner_iv_init(ks.dec.clone(), &[5; 16].into())
-            .decrypt_blocks(blocks);
+        cbc_decrypt(&ks.dec, &[5; 16], &mut buf[53..69]);
         buf[68] = 0;
-        let (blocks, _) = Array::slice_as_chunks_mut(&mut buf[53..69]);
-        cbc::Encryptor::<aes::Aes256Enc>::inner_iv_init(ks.enc.clone(), &[5; 16].into())
-            .encrypt_blocks(blocks);
+        cbc_encrypt(&ks.enc, &[5; 16], &mut buf[53..69]);
         let mut mac = ks.mac.clone();
         mac.update(&buf[..69]);
         let tag = mac.finalize().into_bytes();

@@ -6,10 +6,12 @@
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod addr;
 pub mod body;
 pub mod channel;
 pub mod envelope;
 pub mod keys;
+pub mod node;
 pub mod time;
 pub mod wire;
 
@@ -18,3 +20,5 @@ pub use envelope::{OpenError, Opened, SealError, open, seal, seal_in_place};
 pub use keys::{KeyLookup, KeyPair, KeySet, Keyring, SecretKey};
 pub use time::{Duration, Instant};
 pub use wire::{Flags, Header, Packet, PacketId, PacketType, Qos, SessionId, WireError};
+pub use addr::Addr;
+pub use node::{Config, Event, Message, Node, PublishOptions, Transmit};

@@ -1,0 +1,543 @@
+//! Deterministic simulation of several nodes on a virtual clock and a virtual lossy
+//! network (seeded loss, duplication, reordering, delay). No sockets, no sleeps.
+
+use nomq::node::{ClockMode, DropReason, Event, LostReason, Outcome, PublishError, Status, Target};
+use nomq::{Addr, Config, Duration, Instant, KeyPair, Keyring, Node, PublishOptions, Qos};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+type SimNode = Node<Keyring<0>, 8, 8, 128, 4, 512, 8, 64>;
+const UNIX_START: u32 = 1_700_000_000;
+
+/// xorshift64*: tiny, seeded, good enough for fault injection.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Faults {
+    loss: f64,
+    dup: f64,
+    delay_min: u64,
+    delay_jitter: u64,
+}
+const PERFECT: Faults = Faults { loss: 0.0, dup: 0.0, delay_min: 1000, delay_jitter: 0 };
+const HOSTILE: Faults = Faults { loss: 0.30, dup: 0.05, delay_min: 1000, delay_jitter: 20_000 };
+
+#[derive(Default)]
+struct Log {
+    delivered: Vec<(String, Vec<u8>, bool)>,
+    outcomes: Vec<Outcome<8>>,
+    events: Vec<(Instant, Event<8>)>,
+}
+
+struct Member {
+    node: SimNode,
+    addr: Addr,
+    log: Log,
+    /// Drops everything to and from it (a peer that went silent).
+    silent: bool,
+}
+
+struct Sim {
+    now: Instant,
+    members: Vec<Member>,
+    faults: Faults,
+    rng: Rng,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize, Addr, Vec<u8>)>>,
+    /// Every datagram delivered: (to, from, bytes).
+    recorded: Vec<(usize, Addr, Vec<u8>)>,
+    trace: u64,
+}
+
+fn keys(k: u8) -> Keyring<0> {
+    Keyring::new(&KeyPair::new([k; 32], [k.wrapping_add(100); 32])).unwrap()
+}
+
+fn sim_config() -> Config {
+    let mut c = Config::default();
+    c.rate_limit = 1_000_000;
+    c.max_attempts = 24;
+    c.default_ttl = 600;
+    c.qos2_window = 250;
+    c
+}
+
+impl Sim {
+    fn new(seed: u64, faults: Faults) -> Self {
+        Self {
+            now: Instant::from_secs(1),
+            members: Vec::new(),
+            faults,
+            rng: Rng(seed | 1),
+            seq: 0,
+            queue: BinaryHeap::new(),
+            recorded: Vec::new(),
+            trace: 0xcbf2_9ce4_8422_2325,
+        }
+    }
+
+    fn add_with(&mut self, config: Config, keyring: Keyring<0>) -> usize {
+        let i = self.members.len();
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.rng.next().to_le_bytes());
+        let node = SimNode::new(config, keyring, seed, self.now, UNIX_START);
+        let addr = Addr::V4([10, 0, 0, i as u8 + 1], 8888);
+        self.members.push(Member { node, addr, log: Log::default(), silent: false });
+        i
+    }
+    fn add(&mut self) -> usize {
+        self.add_with(sim_config(), keys(1))
+    }
+
+    fn send(&mut self, from: usize, to: usize, data: &[u8]) {
+        let f = self.faults;
+        if self.members[from].silent || self.members[to].silent || self.rng.chance(f.loss) {
+            return;
+        }
+        let copies = if self.rng.chance(f.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let at = self.now.total_micros() + f.delay_min + self.rng.below(f.delay_jitter + 1);
+            self.seq += 1;
+            self.queue.push(Reverse((at, self.seq, to, self.members[from].addr, data.to_vec())));
+        }
+    }
+
+    fn flush(&mut self, i: usize) {
+        let mut buf = [0u8; 1500];
+        loop {
+            let now = self.now;
+            let Some(t) = self.members[i].node.poll_transmit(now, &mut buf) else { break };
+            let data = buf[..t.len].to_vec();
+            for b in &data {
+                self.trace = (self.trace ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+            }
+            match t.target {
+                Target::Fanout | Target::Group(_) => {
+                    for j in 0..self.members.len() {
+                        if j != i {
+                            self.send(i, j, &data);
+                        }
+                    }
+                }
+                Target::Unicast(a) => {
+                    if let Some(j) = self.members.iter().position(|m| m.addr == a) {
+                        self.send(i, j, &data);
+                    }
+                }
+            }
+        }
+        let m = &mut self.members[i];
+        while let Some(e) = m.node.poll_event() {
+            if let Event::Outcome(o) = &e {
+                m.log.outcomes.push(o.clone());
+            }
+            m.log.events.push((self.now, e));
+        }
+    }
+
+    fn deliver(&mut self, to: usize, from: Addr, mut data: Vec<u8>) {
+        self.recorded.push((to, from, data.clone()));
+        let now = self.now;
+        let m = &mut self.members[to];
+        if let Some(msg) = m.node.handle_datagram(now, from, &mut data) {
+            m.log.delivered.push((msg.name.as_str().to_string(), msg.body.to_vec(), msg.dup));
+        }
+    }
+
+    /// Runs until `end` (virtual time).
+    fn run_until(&mut self, end: Instant) {
+        loop {
+            for i in 0..self.members.len() {
+                self.flush(i);
+            }
+            let mut next = end;
+            if let Some(Reverse((at, ..))) = self.queue.peek() {
+                next = next.min(Instant::from_micros(*at));
+            }
+            for m in &self.members {
+                if let Some(t) = m.node.poll_timeout() {
+                    next = next.min(t);
+                }
+            }
+            // Always advance: timers due now were just handled.
+            next = next.max(self.now + Duration::from_micros(50));
+            if next > end {
+                self.now = end;
+                return;
+            }
+            self.now = next;
+            while let Some(Reverse((at, ..))) = self.queue.peek() {
+                if *at > self.now.total_micros() {
+                    break;
+                }
+                let Reverse((_, _, to, from, data)) = self.queue.pop().unwrap();
+                self.deliver(to, from, data);
+                self.flush(to);
+            }
+            let now = self.now;
+            for m in &mut self.members {
+                m.node.handle_timeout(now);
+            }
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_until(end);
+    }
+
+    /// Runs until `a` knows `n` peers with subscriptions (bounded).
+    fn discover(&mut self, a: usize, n: usize) {
+        for _ in 0..600 {
+            if self.members[a].node.peers().filter(|p| p.2 > 0).count() >= n {
+                return;
+            }
+            self.run_for(Duration::from_millis(100));
+        }
+        panic!("discovery did not complete");
+    }
+
+    /// Publishes `count` messages from `a`, waiting for outbox room; then runs until all
+    /// outcomes are in (bounded).
+    fn publish_many(&mut self, a: usize, count: u32, opts: PublishOptions) {
+        let mut sent = 0;
+        let deadline = self.now + Duration::from_secs(3600);
+        while sent < count {
+            let now = self.now;
+            match self.members[a].node.publish(now, "sensors/temp", &sent.to_be_bytes(), opts) {
+                Ok(_) => sent += 1,
+                Err(PublishError::OutboxFull) => self.run_for(Duration::from_millis(5)),
+                Err(e) => panic!("{e}"),
+            }
+            assert!(self.now < deadline, "publishing stalled");
+        }
+        while self.members[a].log.outcomes.len() < count as usize {
+            self.run_for(Duration::from_millis(100));
+            assert!(self.now < deadline, "outcomes stalled at {}", self.members[a].log.outcomes.len());
+        }
+    }
+
+    fn counts(&self, b: usize) -> HashMap<u32, u32> {
+        let mut h = HashMap::new();
+        for (name, body, _) in &self.members[b].log.delivered {
+            if name == "sensors/temp" && body.len() == 4 {
+                *h.entry(u32::from_be_bytes(body[..4].try_into().unwrap())).or_default() += 1;
+            }
+        }
+        h
+    }
+}
+
+fn three(seed: u64, faults: Faults) -> Sim {
+    let mut s = Sim::new(seed, faults);
+    let (a, b, c) = (s.add(), s.add(), s.add());
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    s.members[c].node.subscribe("sensors/+").unwrap();
+    s.discover(a, 2);
+    assert_eq!(s.members[a].node.peers().count(), 2);
+    let _ = c;
+    s
+}
+
+fn assert_all_acked(s: &Sim, a: usize, n: usize) {
+    let sessions = [s.members[1].node.session(), s.members[2].node.session()];
+    let outcomes = &s.members[a].log.outcomes;
+    assert_eq!(outcomes.len(), n);
+    for o in outcomes {
+        assert_eq!(o.status, Status::Acknowledged, "{o:?}");
+        assert!(o.missing.is_empty());
+        for sess in sessions {
+            assert!(o.acked.contains(&sess), "{o:?}");
+        }
+    }
+}
+
+#[test]
+fn qos1_at_least_once_under_loss_dup_reorder() {
+    let mut s = three(1, HOSTILE);
+    s.publish_many(0, 10_000, PublishOptions::qos(Qos::AtLeastOnce));
+    for b in [1, 2] {
+        let c = s.counts(b);
+        assert_eq!(c.len(), 10_000, "node {b} missed messages");
+        assert!(c.values().all(|&n| n >= 1));
+    }
+    assert_all_acked(&s, 0, 10_000);
+    assert!(s.members[0].node.stats().retransmissions > 1000, "loss must have forced retransmissions");
+}
+
+#[test]
+fn qos2_exactly_once_under_loss_dup_reorder() {
+    let mut s = three(2, HOSTILE);
+    s.publish_many(0, 10_000, PublishOptions::qos(Qos::ExactlyOnce));
+    for b in [1, 2] {
+        let c = s.counts(b);
+        if c.len() != 10_000 {
+            let missing: Vec<u32> = (0..10_000).filter(|i| !c.contains_key(i)).collect();
+            eprintln!("missing {missing:?}; drops {:?}", s.members[b].node.stats().nonzero().collect::<Vec<_>>());
+        }
+        assert_eq!(c.len(), 10_000, "node {b} missed messages");
+        let dups = c.values().filter(|&&n| n != 1).count();
+        assert_eq!(dups, 0, "node {b} delivered duplicates");
+        assert!(s.members[b].node.stats().drops(DropReason::Qos2Duplicate) > 0, "duplicates were offered");
+    }
+    assert_all_acked(&s, 0, 10_000);
+}
+
+#[test]
+fn qos0_delivery_rates() {
+    let mut s = three(3, PERFECT);
+    s.publish_many(0, 2_000, PublishOptions::qos(Qos::AtMostOnce));
+    for b in [1, 2] {
+        let c = s.counts(b);
+        assert_eq!(c.len(), 2_000);
+        assert!(c.values().all(|&n| n == 1));
+    }
+    assert!(s.members[0].log.outcomes.iter().all(|o| o.status == Status::Sent));
+
+    let lossy = Faults { loss: 0.30, dup: 0.0, delay_min: 1000, delay_jitter: 5000 };
+    let mut s = three(4, lossy);
+    s.publish_many(0, 10_000, PublishOptions::qos(Qos::AtMostOnce));
+    for b in [1, 2] {
+        let got = s.counts(b).len() as f64 / 10_000.0;
+        assert!((0.67..=0.73).contains(&got), "delivered {got}");
+    }
+}
+
+#[test]
+fn retained_reaches_late_subscriber_and_expires() {
+    let mut s = Sim::new(5, Faults { loss: 0.0, dup: 0.0, delay_min: 2000, delay_jitter: 0 });
+    let a = s.add();
+    let now = s.now;
+    let keep = PublishOptions { retain: true, ttl: Some(100), ..PublishOptions::qos(Qos::AtLeastOnce) };
+    let short = PublishOptions { retain: true, ttl: Some(2), ..PublishOptions::qos(Qos::AtMostOnce) };
+    s.members[a].node.publish(now, "cfg/setpoint", b"21.5", keep).unwrap();
+    s.members[a].node.publish(now, "cfg/short", b"gone", short).unwrap();
+    s.run_for(Duration::from_secs(5));
+    let late = s.add();
+    s.members[late].node.subscribe("cfg/#").unwrap();
+    let t0 = s.now;
+    // One round trip is 4 ms here: SUBSCRIBE out, retained value back.
+    s.run_for(Duration::from_millis(5));
+    let got = &s.members[late].log.delivered;
+    assert_eq!(got.len(), 1, "retained value within one round trip (t0={t0:?})");
+    assert_eq!(got[0].0, "cfg/setpoint");
+    assert_eq!(got[0].1, b"21.5");
+    s.run_for(Duration::from_secs(10));
+    assert!(s.members[late].log.delivered.iter().all(|d| d.0 != "cfg/short"), "expired retained value delivered");
+    assert_eq!(s.members[late].log.delivered.len(), 1);
+}
+
+#[test]
+fn replays_are_never_accepted() {
+    let mut s = three(6, Faults { loss: 0.1, dup: 0.05, delay_min: 1000, delay_jitter: 5000 });
+    s.publish_many(0, 300, PublishOptions::qos(Qos::ExactlyOnce));
+    s.run_for(Duration::from_secs(2));
+    let recorded = std::mem::take(&mut s.recorded);
+    assert!(recorded.len() > 1000);
+    let inject = |s: &mut Sim, other_source: bool| {
+        let before: Vec<(u64, u64)> =
+            s.members.iter().map(|m| (m.node.stats().delivered, m.node.stats().total_drops())).collect();
+        let mut accepted = 0;
+        for (to, from, data) in &recorded {
+            let from = if other_source { Addr::V4([10, 9, 9, 9], 1234) } else { *from };
+            let mut d = data.clone();
+            let now = s.now;
+            let m = &mut s.members[*to];
+            let drops = m.node.stats().total_drops();
+            if m.node.handle_datagram(now, from, &mut d).is_some() || m.node.stats().total_drops() != drops + 1 {
+                accepted += 1;
+            }
+        }
+        for (m, (d, _)) in s.members.iter().zip(before) {
+            assert_eq!(m.node.stats().delivered, d);
+        }
+        accepted
+    };
+    assert_eq!(inject(&mut s, false), 0, "same source, inside the freshness window");
+    assert_eq!(inject(&mut s, true), 0, "other source, inside the freshness window");
+    // Senders go silent; the peer tables evict them after the liveness timeout.
+    for m in &mut s.members {
+        m.silent = true;
+    }
+    s.run_for(Duration::from_secs(20));
+    assert_eq!(s.members[1].node.peers().count(), 0, "peers evicted");
+    assert_eq!(inject(&mut s, false), 0, "after eviction, inside the freshness window");
+    s.run_for(Duration::from_secs(60));
+    assert_eq!(inject(&mut s, true), 0, "outside the freshness window");
+    assert!(s.members[1].node.stats().drops(DropReason::Stale) > 0);
+    assert!(s.members[1].node.stats().drops(DropReason::EvictedSession) > 0);
+    assert!(s.members[1].node.stats().drops(DropReason::Replay) > 0);
+}
+
+#[test]
+fn wrong_key_is_refused_and_locked_out() {
+    let mut s = Sim::new(7, PERFECT);
+    let (a, b) = (s.add(), s.add());
+    let w = s.add_with(sim_config(), keys(9));
+    for m in [a, b, w] {
+        s.members[m].node.subscribe("sensors/#").unwrap();
+    }
+    s.discover(a, 1);
+    for i in 0..20u32 {
+        let now = s.now;
+        s.members[w].node.publish(now, "sensors/temp", &i.to_be_bytes(), PublishOptions::default()).unwrap();
+        s.members[a].node.publish(now, "sensors/temp", &i.to_be_bytes(), PublishOptions::default()).unwrap();
+        s.run_for(Duration::from_millis(50));
+    }
+    assert_eq!(s.members[w].log.delivered.len(), 0, "wrong-key node read nothing");
+    assert_eq!(s.counts(a).len(), 0, "nothing from the wrong-key node accepted");
+    assert_eq!(s.counts(b).len(), 20, "A to B unaffected");
+    let waddr = s.members[w].addr;
+    assert!(
+        s.members[a].log.events.iter().any(|(_, e)| matches!(e, Event::LockedOut { addr, .. } if *addr == waddr)),
+        "wrong-key address locked out"
+    );
+    assert!(s.members[a].node.stats().drops(DropReason::LockedOut) > 0);
+    assert!(s.members[a].node.peers().all(|p| p.1 != waddr));
+}
+
+#[test]
+fn rate_limit_drops_only_the_flooder() {
+    let mut s = Sim::new(8, PERFECT);
+    let mut cfg = sim_config();
+    cfg.rate_limit = 100;
+    let b = s.add_with(cfg, keys(1));
+    let (x, y) = (s.add(), s.add());
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    s.run_for(Duration::from_secs(1));
+    // x sends 1000/s (10x the limit) for 2 s; y sends 20/s.
+    for i in 0..2000u32 {
+        let now = s.now;
+        s.members[x].node.publish(now, "sensors/flood", &i.to_be_bytes(), PublishOptions::default()).unwrap();
+        if i % 50 == 0 {
+            s.members[y].node.publish(now, "sensors/temp", &i.to_be_bytes(), PublishOptions::default()).unwrap();
+        }
+        s.run_for(Duration::from_millis(1));
+    }
+    s.run_for(Duration::from_millis(100));
+    let flood = s.members[b].log.delivered.iter().filter(|d| d.0 == "sensors/flood").count();
+    assert!((150..=300).contains(&flood), "flood delivered {flood}");
+    assert!(s.members[b].node.stats().drops(DropReason::RateLimited) >= 1700);
+    assert_eq!(s.counts(b).len(), 40, "the polite peer is unaffected");
+    let xs = s.members[x].node.session();
+    assert!(s.members[b].log.events.iter().any(|(_, e)| matches!(e, Event::RateLimited { session, .. } if *session == xs)));
+}
+
+#[test]
+fn outbox_full_and_priority_order() {
+    let mut s = Sim::new(9, PERFECT);
+    let (a, b) = (s.add(), s.add());
+    s.members[b].node.subscribe("#").unwrap();
+    s.run_for(Duration::from_secs(1));
+    let now = s.now;
+    let node = &mut s.members[a].node;
+    for i in 0..127u32 {
+        node.publish(now, "low", &i.to_be_bytes(), PublishOptions::default()).unwrap();
+    }
+    let hi = PublishOptions { priority: 15, ..PublishOptions::default() };
+    node.publish(now, "high", b"first", hi).unwrap();
+    assert_eq!(node.publish(now, "low", b"x", PublishOptions::default()), Err(PublishError::OutboxFull));
+    s.run_for(Duration::from_secs(1));
+    let got = &s.members[b].log.delivered;
+    assert_eq!(got.len(), 128);
+    assert_eq!(got[0].0, "high", "high priority leaves first");
+    assert_eq!(got[1].1, 0u32.to_be_bytes(), "then FIFO");
+}
+
+#[test]
+fn counter_rollover_starts_a_new_session() {
+    let mut s = Sim::new(10, PERFECT);
+    let mut cfg = sim_config();
+    cfg.first_packet_id = u32::MAX - 50;
+    let a = s.add_with(cfg, keys(1));
+    let b = s.add();
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    s.discover(a, 1);
+    let before = s.members[a].node.session();
+    s.publish_many(a, 200, PublishOptions::qos(Qos::AtLeastOnce));
+    assert_ne!(s.members[a].node.session(), before);
+    assert!(s.members[a].log.events.iter().any(|(_, e)| matches!(e, Event::SessionRenewed { .. })));
+    assert_eq!(s.counts(b).len(), 200, "receiver keeps accepting across the rollover");
+    assert!(s.members[a].log.outcomes.iter().all(|o| o.status == Status::Acknowledged), "{:?}", s.members[a].log.outcomes.iter().find(|o| o.status != Status::Acknowledged));
+}
+
+#[test]
+fn silent_peer_is_lost_and_listed_missing() {
+    let mut s = three(11, PERFECT);
+    let c_session = s.members[2].node.session();
+    s.members[2].silent = true;
+    let t_silent = s.now;
+    let now = s.now;
+    let opts = PublishOptions { ttl: Some(600), ..PublishOptions::qos(Qos::AtLeastOnce) };
+    s.members[0].node.publish(now, "sensors/temp", &7u32.to_be_bytes(), opts).unwrap();
+    s.run_for(Duration::from_secs(30));
+    let lost = s.members[0].log.events.iter().find_map(|(t, e)| match e {
+        Event::PeerLost { session, reason: LostReason::Silent, .. } if *session == c_session => Some(*t),
+        _ => None,
+    });
+    let lost = lost.expect("peer reported lost");
+    let after = lost - t_silent;
+    assert!(after <= Duration::from_secs(16) && after >= Duration::from_secs(13), "lost after {after:?}");
+    let o = &s.members[0].log.outcomes[0];
+    assert_eq!(o.status, Status::Unacknowledged);
+    assert_eq!(o.missing.as_slice(), &[c_session]);
+    assert_eq!(o.acked.as_slice(), &[s.members[1].node.session()]);
+}
+
+#[test]
+fn no_subscriber_known_is_reported() {
+    let mut s = Sim::new(12, PERFECT);
+    let a = s.add();
+    let now = s.now;
+    let opts = PublishOptions { ttl: Some(5), ..PublishOptions::qos(Qos::AtLeastOnce) };
+    s.members[a].node.publish(now, "nobody/home", b"?", opts).unwrap();
+    s.run_for(Duration::from_secs(10));
+    assert_eq!(s.members[a].log.outcomes.len(), 1);
+    assert_eq!(s.members[a].log.outcomes[0].status, Status::NoSubscribers);
+}
+
+#[test]
+fn same_seed_same_trace() {
+    let run = |seed| {
+        let mut s = three(seed, HOSTILE);
+        s.publish_many(0, 200, PublishOptions::qos(Qos::ExactlyOnce));
+        s.trace
+    };
+    assert_eq!(run(42), run(42));
+    assert_ne!(run(42), run(44));
+}
+
+#[test]
+fn unsynced_clock_mode_delivers_and_refuses_replays() {
+    let mut s = Sim::new(13, PERFECT);
+    let mut cfg = sim_config();
+    cfg.clock = ClockMode::Unsynced;
+    let a = s.add_with(cfg, keys(1));
+    let b = s.add_with(cfg, keys(1));
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    s.discover(a, 1);
+    s.publish_many(a, 50, PublishOptions::qos(Qos::ExactlyOnce));
+    assert_eq!(s.counts(b).len(), 50);
+    let rec = std::mem::take(&mut s.recorded);
+    let d0 = s.members[b].node.stats().delivered;
+    for (to, from, data) in rec {
+        let mut d = data;
+        let now = s.now;
+        assert!(s.members[to].node.handle_datagram(now, from, &mut d).is_none());
+    }
+    assert_eq!(s.members[b].node.stats().delivered, d0);
+}
