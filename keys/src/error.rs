@@ -1,0 +1,346 @@
+//! Errors and warnings.
+
+use nomq::ChannelError;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Why a keyring file could not be loaded or saved, or a keyring not be built.
+///
+/// Every message names the file and, for content errors, the field as a JSON path
+/// (`channels[1].hmac_key`). An inner error (I/O, pattern) is part of the message, so
+/// [`std::error::Error::source`] returns `None`; the inner value is still a public field.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be read, created, written or renamed.
+    Io {
+        /// The keyring file.
+        path: PathBuf,
+        /// What was being done ("read", "create a temporary file next to", …).
+        action: &'static str,
+        /// What the operating system said.
+        error: io::Error,
+    },
+    /// Saving without `overwrite` to a path that already exists.
+    Exists {
+        /// The keyring file.
+        path: PathBuf,
+    },
+    /// The file is larger than any keyring file should be ([`MAX_FILE_LEN`](crate::MAX_FILE_LEN)).
+    TooLarge {
+        /// The keyring file.
+        path: PathBuf,
+    },
+    /// The file is not JSON.
+    Syntax {
+        /// The keyring file.
+        path: PathBuf,
+        /// Line of the error, from 1.
+        line: usize,
+        /// Column of the error, from 1 (0 at the very start of a line, as `serde_json` counts).
+        column: usize,
+        /// What the JSON parser said.
+        message: String,
+    },
+    /// A required field is absent.
+    MissingField {
+        /// The keyring file.
+        path: PathBuf,
+        /// JSON path of the field.
+        field: String,
+    },
+    /// A field holds the wrong kind of JSON value.
+    WrongType {
+        /// The keyring file.
+        path: PathBuf,
+        /// JSON path of the field; empty for the whole document.
+        field: String,
+        /// What it must be.
+        expected: &'static str,
+        /// What it is.
+        found: &'static str,
+    },
+    /// A key holds a character that is not a hex digit.
+    BadHex {
+        /// The keyring file.
+        path: PathBuf,
+        /// JSON path of the key.
+        field: String,
+        /// Position of the character in the string, counting from 0.
+        position: usize,
+        /// The character.
+        found: char,
+    },
+    /// A key is hex but not 32 bytes (64 hex digits) long.
+    WrongLength {
+        /// The keyring file.
+        path: PathBuf,
+        /// JSON path of the key.
+        field: String,
+        /// How many hex digits it has.
+        digits: usize,
+    },
+    /// A key pair's encryption key equals its MAC key.
+    SameKeys {
+        /// The keyring file.
+        path: PathBuf,
+        /// JSON path of the object holding the pair; empty for the network keys.
+        field: String,
+    },
+    /// A channel pattern is not a valid subscription pattern.
+    BadPattern {
+        /// The keyring file.
+        path: PathBuf,
+        /// JSON path of the pattern.
+        field: String,
+        /// The pattern as written.
+        pattern: String,
+        /// What is wrong with it.
+        error: ChannelError,
+    },
+    /// Two channel entries have the same pattern.
+    DuplicatePattern {
+        /// The keyring file.
+        path: PathBuf,
+        /// JSON path of the later pattern.
+        field: String,
+        /// The pattern.
+        pattern: String,
+        /// Index of the earlier entry in `channels`.
+        first: usize,
+    },
+    /// The `version` field names a format this build does not know.
+    UnknownVersion {
+        /// The keyring file.
+        path: PathBuf,
+        /// The version as written.
+        found: String,
+    },
+    /// The keyring has more channel entries than the core keyring can hold.
+    TooManyChannels {
+        /// The file the keyring was loaded from, if it was.
+        path: Option<PathBuf>,
+        /// Channel entries in the keyring.
+        channels: usize,
+        /// Channel scopes the core keyring holds.
+        capacity: usize,
+    },
+}
+
+/// Writes `` `field` ``, or "the document" for the root.
+struct Field<'a>(&'a str);
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() { f.write_str("the document") } else { write!(f, "`{}`", self.0) }
+    }
+}
+
+/// `prefix.name`, or `name` at the root.
+pub(crate) fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() { name.to_owned() } else { format!("{prefix}.{name}") }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io { path, action, error } => {
+                write!(f, "cannot {action} keyring file {}: {error}", path.display())
+            }
+            Self::Exists { path } => write!(
+                f,
+                "keyring file {} already exists; refusing to overwrite it (overwrite was not requested)",
+                path.display()
+            ),
+            Self::TooLarge { path } => write!(
+                f,
+                "keyring file {} is larger than {} bytes; is it the right file?",
+                path.display(),
+                crate::MAX_FILE_LEN
+            ),
+            Self::Syntax { path, line, column, message } => write!(
+                f,
+                "keyring file {} is not valid JSON: {message} at line {line}, column {column}",
+                path.display()
+            ),
+            Self::MissingField { path, field } => {
+                write!(f, "keyring file {}: missing field `{field}`", path.display())
+            }
+            Self::WrongType { path, field, expected, found } => write!(
+                f,
+                "keyring file {}: {} must be {expected}, found {found}",
+                path.display(),
+                Field(field)
+            ),
+            Self::BadHex { path, field, position, found } => write!(
+                f,
+                "keyring file {}: `{field}` is not hex: character {found:?} at position {position} \
+                 (counting from 0) is not a hex digit",
+                path.display()
+            ),
+            Self::WrongLength { path, field, digits } => {
+                write!(f, "keyring file {}: `{field}` has the wrong length: got ", path.display())?;
+                if digits % 2 == 0 {
+                    write!(f, "{} bytes ({digits} hex digits)", digits / 2)?;
+                } else {
+                    write!(f, "{digits} hex digits (an odd number)")?;
+                }
+                write!(f, ", need {} bytes (64 hex digits)", crate::hex::KEY_LEN)
+            }
+            Self::SameKeys { path, field } => write!(
+                f,
+                "keyring file {}: `{}` equals `{}`; the encryption and MAC keys must differ",
+                path.display(),
+                join(field, "encryption_key"),
+                join(field, "hmac_key")
+            ),
+            Self::BadPattern { path, field, pattern, error } => write!(
+                f,
+                "keyring file {}: `{field}` {pattern:?} is not a valid channel pattern: {error}",
+                path.display()
+            ),
+            Self::DuplicatePattern { path, field, pattern, first } => write!(
+                f,
+                "keyring file {}: `{field}` {pattern:?} repeats the pattern of `channels[{first}]`; \
+                 each pattern may appear once",
+                path.display()
+            ),
+            Self::UnknownVersion { path, found } => write!(
+                f,
+                "keyring file {}: unsupported `version` {found}; this build reads version {}",
+                path.display(),
+                crate::FORMAT_VERSION
+            ),
+            Self::TooManyChannels { path, channels, capacity } => {
+                match path {
+                    Some(p) => write!(f, "keyring file {}: ", p.display())?,
+                    None => f.write_str("keyring: ")?,
+                }
+                let entries = if *channels == 1 { "entry" } else { "entries" };
+                write!(f, "{channels} channel {entries}, but this keyring holds at most {capacity}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    /// The keyring file this error is about, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::Io { path, .. }
+            | Self::Exists { path }
+            | Self::TooLarge { path }
+            | Self::Syntax { path, .. }
+            | Self::MissingField { path, .. }
+            | Self::WrongType { path, .. }
+            | Self::BadHex { path, .. }
+            | Self::WrongLength { path, .. }
+            | Self::SameKeys { path, .. }
+            | Self::BadPattern { path, .. }
+            | Self::DuplicatePattern { path, .. }
+            | Self::UnknownVersion { path, .. } => Some(path),
+            Self::TooManyChannels { path, .. } => path.as_deref(),
+        }
+    }
+}
+
+/// Something worth telling the user about a keyring file that still loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Warning {
+    /// The file is readable or writable by its group or by others.
+    Permissions {
+        /// The keyring file.
+        path: PathBuf,
+        /// Its permission bits (`0o644`, say).
+        mode: u32,
+    },
+    /// A field this format does not define; it was ignored (a typo of `previous`, say).
+    UnknownField {
+        /// The keyring file.
+        path: PathBuf,
+        /// JSON path of the field.
+        field: String,
+    },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Permissions { path, mode } => write!(
+                f,
+                "keyring file {0} is accessible by group or others (mode {mode:04o}); \
+                 restrict it with `chmod 600 {0}`",
+                path.display()
+            ),
+            Self::UnknownField { path, field } => {
+                write!(f, "keyring file {}: unknown field `{field}` ignored", path.display())
+            }
+        }
+    }
+}
+
+/// The operating system's random number generator failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RandomError(pub(crate) getrandom::Error);
+
+impl fmt::Display for RandomError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the operating system's random number generator failed: {}", self.0)
+    }
+}
+impl std::error::Error for RandomError {}
+
+/// Why an in-memory change to a [`KeyringFile`](crate::KeyringFile) was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EditError {
+    /// Fresh keys could not be drawn.
+    Random(RandomError),
+    /// The encryption key equals the MAC key.
+    SameKeys,
+    /// The pattern is not a valid subscription pattern.
+    BadPattern {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong with it.
+        error: ChannelError,
+    },
+    /// A channel entry with this pattern exists already.
+    DuplicatePattern {
+        /// The pattern.
+        pattern: String,
+    },
+    /// No channel entry has this pattern.
+    UnknownChannel {
+        /// The pattern.
+        pattern: String,
+    },
+}
+
+impl fmt::Display for EditError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Random(e) => e.fmt(f),
+            Self::SameKeys => f.write_str("the encryption and MAC keys must differ"),
+            Self::BadPattern { pattern, error } => {
+                write!(f, "{pattern:?} is not a valid channel pattern: {error}")
+            }
+            Self::DuplicatePattern { pattern } => {
+                write!(f, "the keyring already has keys for channel pattern {pattern:?}")
+            }
+            Self::UnknownChannel { pattern } => {
+                write!(f, "the keyring has no keys for channel pattern {pattern:?}")
+            }
+        }
+    }
+}
+impl std::error::Error for EditError {}
+
+impl From<RandomError> for EditError {
+    fn from(e: RandomError) -> Self {
+        Self::Random(e)
+    }
+}

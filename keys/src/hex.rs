@@ -1,0 +1,94 @@
+//! Hexadecimal keys: 32 bytes ↔ 64 hex digits.
+
+/// Bytes in a key.
+pub(crate) const KEY_LEN: usize = 32;
+
+/// Why a string is not a hex-encoded key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HexError {
+    /// A character that is not a hex digit.
+    BadDigit {
+        /// Its position, in characters, counting from 0.
+        position: usize,
+        /// The character.
+        found: char,
+    },
+    /// Only hex digits, but not 64 of them.
+    WrongLength {
+        /// How many hex digits there are.
+        digits: usize,
+    },
+}
+
+fn nibble(c: char) -> Option<u8> {
+    // `to_digit(16)` accepts both cases and only ASCII hex digits; a value below 16 fits a u8.
+    c.to_digit(16).map(|d| d as u8)
+}
+
+/// Decodes exactly 64 hex digits (either case) into a key.
+///
+/// Characters are checked before the length, so a pasted key in another encoding (base64,
+/// say) is reported at its first foreign character.
+pub(crate) fn decode_key(s: &str) -> Result<[u8; KEY_LEN], HexError> {
+    if let Some((position, found)) = s.chars().enumerate().find(|&(_, c)| nibble(c).is_none()) {
+        return Err(HexError::BadDigit { position, found });
+    }
+    // Every character is an ASCII hex digit here, so bytes and characters coincide.
+    if s.len() != 2 * KEY_LEN {
+        return Err(HexError::WrongLength { digits: s.len() });
+    }
+    let mut key = [0u8; KEY_LEN];
+    for (byte, pair) in key.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        let hi = nibble(char::from(pair[0])).unwrap_or(0);
+        let lo = nibble(char::from(pair[1])).unwrap_or(0);
+        *byte = hi << 4 | lo;
+    }
+    Ok(key)
+}
+
+/// Appends the lowercase hex digits of `bytes` to `out`.
+pub(crate) fn encode_into(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_case() {
+        let key: [u8; 32] = core::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xa5);
+        let mut s = String::new();
+        encode_into(&key, &mut s);
+        assert_eq!(s.len(), 64);
+        assert!(s.chars().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
+        assert_eq!(decode_key(&s), Ok(key));
+        assert_eq!(decode_key(&s.to_uppercase()), Ok(key));
+    }
+
+    #[test]
+    fn fixture() {
+        let s = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+        let key: [u8; 32] = core::array::from_fn(|i| i as u8);
+        assert_eq!(decode_key(s), Ok(key));
+        let mut out = String::new();
+        encode_into(&key, &mut out);
+        assert_eq!(out, s);
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(decode_key(""), Err(HexError::WrongLength { digits: 0 }));
+        assert_eq!(decode_key(&"ab".repeat(31)), Err(HexError::WrongLength { digits: 62 }));
+        assert_eq!(decode_key(&"a".repeat(65)), Err(HexError::WrongLength { digits: 65 }));
+        assert_eq!(decode_key("0g"), Err(HexError::BadDigit { position: 1, found: 'g' }));
+        // Positions count characters, not bytes.
+        assert_eq!(decode_key("éa+"), Err(HexError::BadDigit { position: 0, found: 'é' }));
+        assert_eq!(decode_key("aé"), Err(HexError::BadDigit { position: 1, found: 'é' }));
+        assert_eq!(decode_key(" 00"), Err(HexError::BadDigit { position: 0, found: ' ' }));
+    }
+}
