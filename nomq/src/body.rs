@@ -337,7 +337,12 @@ mod tests {
 
     #[test]
     fn publish_round_trip_and_fixture() {
-        let p = Publish { msg: MSG, low_water: PacketId(5), name: ChannelName::new("a/b").unwrap(), body: b"hi" };
+        let p = Publish {
+            msg: MSG,
+            low_water: PacketId(5),
+            name: ChannelName::new("a/b").unwrap(),
+            body: b"hi",
+        };
         let mut buf = [0u8; 32];
         let n = p.emit(&mut buf).unwrap();
         assert_eq!(n, p.buffer_len());
@@ -361,7 +366,8 @@ mod tests {
 
     #[test]
     fn subscription_round_trip() {
-        let s = Subscription { options: SUB_WANTS_RETAINED, pattern: Pattern::new("f/+/t").unwrap() };
+        let s =
+            Subscription { options: SUB_WANTS_RETAINED, pattern: Pattern::new("f/+/t").unwrap() };
         let mut buf = [0u8; 16];
         let n = s.emit(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"\x01\x05f/+/t");

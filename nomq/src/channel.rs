@@ -273,7 +273,10 @@ mod tests {
 
     #[test]
     fn invalid_patterns_say_what_is_wrong() {
-        assert_eq!(Pattern::new("sport/tennis#"), Err(ChannelError::WildcardNotWholeLevel { at: 12 }));
+        assert_eq!(
+            Pattern::new("sport/tennis#"),
+            Err(ChannelError::WildcardNotWholeLevel { at: 12 })
+        );
         assert_eq!(Pattern::new("sport/#/ranking"), Err(ChannelError::HashNotLast { at: 6 }));
         assert_eq!(Pattern::new("sport+"), Err(ChannelError::WildcardNotWholeLevel { at: 5 }));
         assert_eq!(Pattern::new(""), Err(ChannelError::Empty));

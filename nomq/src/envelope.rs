@@ -35,7 +35,9 @@ impl fmt::Display for OpenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Wire(e) => fmt::Display::fmt(e, f),
-            Self::BadMac => f.write_str("authentication failed (tampered, or sealed with another key)"),
+            Self::BadMac => {
+                f.write_str("authentication failed (tampered, or sealed with another key)")
+            }
             Self::BadPadding => f.write_str("bad PKCS#7 padding"),
         }
     }
@@ -63,7 +65,9 @@ pub enum SealError {
 impl fmt::Display for SealError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::BufferTooSmall { needed } => write!(f, "buffer too small: packet needs {needed} bytes"),
+            Self::BufferTooSmall { needed } => {
+                write!(f, "buffer too small: packet needs {needed} bytes")
+            }
             Self::TooLarge { len, max } => {
                 write!(f, "payload of {len} bytes (padded) exceeds the maximum of {max}")
             }
@@ -188,10 +192,10 @@ pub fn verify<'k, K: KeyLookup + ?Sized>(
         if mac_ok(scope.current, authed, tag) {
             return Ok((header, idx, Generation::Current, scope.current));
         }
-        if let Some(prev) = scope.previous {
-            if mac_ok(prev, authed, tag) {
-                return Ok((header, idx, Generation::Previous, prev));
-            }
+        if let Some(prev) = scope.previous
+            && mac_ok(prev, authed, tag)
+        {
+            return Ok((header, idx, Generation::Previous, prev));
         }
     }
     Err(OpenError::BadMac)

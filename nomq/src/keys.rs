@@ -233,10 +233,10 @@ pub trait KeyLookup {
     fn scope_for(&self, name: ChannelName<'_>) -> ScopeIndex {
         for i in 1..self.scope_count().min(256) {
             let idx = ScopeIndex(i as u8);
-            if let Some(Scope { pattern: Some(p), .. }) = self.scope(idx) {
-                if p.matches(name) {
-                    return idx;
-                }
+            if let Some(Scope { pattern: Some(p), .. }) = self.scope(idx)
+                && p.matches(name)
+            {
+                return idx;
             }
         }
         ScopeIndex::NETWORK
@@ -376,7 +376,11 @@ impl<const C: usize> KeyLookup for Keyring<C> {
     }
     fn scope(&self, i: ScopeIndex) -> Option<Scope<'_>> {
         match i.0 {
-            0 => Some(Scope { pattern: None, current: &self.current, previous: self.previous.as_ref() }),
+            0 => Some(Scope {
+                pattern: None,
+                current: &self.current,
+                previous: self.previous.as_ref(),
+            }),
             n => self.channels.get(usize::from(n) - 1).map(|c| Scope {
                 // Validated on insertion.
                 pattern: Pattern::new(c.pattern.as_str()).ok(),
@@ -411,14 +415,20 @@ mod tests {
     #[test]
     fn scopes_and_rotation() {
         let mut ring: Keyring<2> = Keyring::new(&KeyPair::new([1; 32], [2; 32])).unwrap();
-        assert_eq!(Keyring::<2>::new(&KeyPair::new([1; 32], [1; 32])).unwrap_err(), KeyringError::SameKeys);
+        assert_eq!(
+            Keyring::<2>::new(&KeyPair::new([1; 32], [1; 32])).unwrap_err(),
+            KeyringError::SameKeys
+        );
         ring.set_channel("secret/#", &KeyPair::new([3; 32], [4; 32]), None).unwrap();
         ring.set_channel("ops/+", &KeyPair::new([5; 32], [6; 32]), None).unwrap();
         assert_eq!(
             ring.set_channel("more", &KeyPair::new([7; 32], [8; 32]), None),
             Err(KeyringError::Full)
         );
-        assert!(matches!(ring.set_channel("bad#", &KeyPair::new([7; 32], [8; 32]), None), Err(KeyringError::BadPattern(_))));
+        assert!(matches!(
+            ring.set_channel("bad#", &KeyPair::new([7; 32], [8; 32]), None),
+            Err(KeyringError::BadPattern(_))
+        ));
         let n = |s| ChannelName::new(s).unwrap();
         assert_eq!(ring.scope_for(n("secret/a/b")), ScopeIndex(1));
         assert_eq!(ring.scope_for(n("ops/x")), ScopeIndex(2));

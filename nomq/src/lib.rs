@@ -15,10 +15,10 @@ pub mod node;
 pub mod time;
 pub mod wire;
 
+pub use addr::Addr;
 pub use channel::{ChannelError, ChannelId, ChannelName, Pattern};
 pub use envelope::{OpenError, Opened, SealError, open, seal, seal_in_place};
 pub use keys::{KeyLookup, KeyPair, KeySet, Keyring, SecretKey};
+pub use node::{Config, Event, Message, Node, PublishOptions, Transmit};
 pub use time::{Duration, Instant};
 pub use wire::{Flags, Header, Packet, PacketId, PacketType, Qos, SessionId, WireError};
-pub use addr::Addr;
-pub use node::{Config, Event, Message, Node, PublishOptions, Transmit};

@@ -139,7 +139,10 @@ mod tests {
         assert_eq!((t + Duration::from_millis(1500)).total_millis(), 3500);
         assert_eq!(t - Instant::from_secs(5), Duration::ZERO);
         assert_eq!((t - Duration::from_secs(9)), Instant::ZERO);
-        assert_eq!(Instant::from_micros(u64::MAX) + Duration::from_secs(1), Instant::from_micros(u64::MAX));
+        assert_eq!(
+            Instant::from_micros(u64::MAX) + Duration::from_secs(1),
+            Instant::from_micros(u64::MAX)
+        );
         assert_eq!(Duration::from_secs(3).saturating_mul(2).total_secs(), 6);
     }
 }

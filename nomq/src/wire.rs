@@ -87,7 +87,9 @@ impl fmt::Display for WireError {
             Self::PayloadNotBlockMultiple => {
                 f.write_str("payload length is zero or not a multiple of 16")
             }
-            Self::LengthMismatch => f.write_str("payload length does not match the datagram length"),
+            Self::LengthMismatch => {
+                f.write_str("payload length does not match the datagram length")
+            }
             Self::TooLarge => f.write_str("payload larger than the configured maximum"),
         }
     }
@@ -519,8 +521,8 @@ mod tests {
             iv: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
             timestamp: 0x65f1_e2d3,
             channel_id: ChannelId([
-                0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc,
-                0xfd, 0xfe, 0xff,
+                0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd,
+                0xfe, 0xff,
             ]),
             payload_len: 16,
         }
@@ -591,7 +593,10 @@ mod tests {
 
     #[test]
     fn flags_layout() {
-        assert_eq!(Flags { qos: Qos::AtLeastOnce, retain: true, dup: true, priority: 3 }.to_byte(), 0x3d);
+        assert_eq!(
+            Flags { qos: Qos::AtLeastOnce, retain: true, dup: true, priority: 3 }.to_byte(),
+            0x3d
+        );
         assert_eq!(Flags::from_byte(0x03), Err(WireError::InvalidQos));
         assert_eq!(Flags { priority: 200, ..Flags::default() }.to_byte(), 0xf0);
     }
@@ -609,7 +614,10 @@ mod tests {
         assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::BadMagic);
         let mut b = good;
         b[2] = 1;
-        assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::UnsupportedVersion(1));
+        assert_eq!(
+            Packet::new_checked(&b[..], 1024).unwrap_err(),
+            WireError::UnsupportedVersion(1)
+        );
         let mut b = good;
         b[3] = 9;
         assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::UnknownType(9));
@@ -621,10 +629,16 @@ mod tests {
         assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::InvalidQos);
         let mut b = good;
         b[52] = 17;
-        assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::PayloadNotBlockMultiple);
+        assert_eq!(
+            Packet::new_checked(&b[..], 1024).unwrap_err(),
+            WireError::PayloadNotBlockMultiple
+        );
         let mut b = good;
         b[52] = 0;
-        assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::PayloadNotBlockMultiple);
+        assert_eq!(
+            Packet::new_checked(&b[..], 1024).unwrap_err(),
+            WireError::PayloadNotBlockMultiple
+        );
         let mut b = good;
         b[52] = 32;
         assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::LengthMismatch);
@@ -632,7 +646,10 @@ mod tests {
         for t in 1..=8u8 {
             let mut b = good;
             b[3] = t;
-            assert_eq!(Header::parse(&Packet::new_checked(&b[..], 16).unwrap()).unwrap().packet_type as u8, t);
+            assert_eq!(
+                Header::parse(&Packet::new_checked(&b[..], 16).unwrap()).unwrap().packet_type as u8,
+                t
+            );
         }
     }
 }

@@ -216,16 +216,12 @@ const PINNED_IV: [u8; 16] = [
 const PINNED_CHANNEL_ID: &str = "1435f1c102176a2c6309797cbeaad2b6";
 const PINNED_FINGERPRINT: &str = "6057982be6a6e666";
 /// message id (c0ffee01 00000001) | name length 0x0d | "factory/line1" | "21.5"
-const PINNED_PLAINTEXT: &str = "c0ffee01000000010d666163746f72792f6c696e653132312e35";
+const PINNED_PLAINTEXT: &str = "c0ffee0100000001000000010d666163746f72792f6c696e653132312e35";
 /// One field per line, in wire order (see docs/PROTOCOL.md for the table).
 const PINNED_PACKET: &str = "
-    4e4d 02 01 51 00000001 c0ffee01 003c
-    404142434445464748494a4b4c4d4e4f
-    6553f100
-    1435f1c102176a2c6309797cbeaad2b6
-    0020
-    eb0d5ae5cab0dcb697e6fac3c4a54e29 f3a7e9d7198472033fb69649d29dcad1
-    e48ff216373c14cce99e01ab9aa4694fbbb6eb68f945f9c5ab3ddc37ddb1374e";
+4e4d02015100000001c0ffee01003c404142434445464748494a4b4c4d4e4f6553f1001435f1c102
+176a2c6309797cbeaad2b60020d96b3ad7ce6c3d10133c075a2a6a19b1fa3b3ed801dd4637d47343
+5143ba53d001fc1f08a6d5607996ad3ca781052730e45567d1f3fe98f3101bbedfb30b7bb9";
 
 fn pinned_header(keys: &KeySet) -> Header {
     Header {
@@ -244,6 +240,7 @@ fn pinned_header(keys: &KeySet) -> Header {
 fn pinned_publish() -> Publish<'static> {
     Publish {
         msg: MessageId { session: SessionId(0xc0ff_ee01), packet_id: PacketId(1) },
+        low_water: PacketId(1),
         name: ChannelName::new(PINNED_CHANNEL).unwrap(),
         body: PINNED_BODY,
     }

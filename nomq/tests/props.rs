@@ -157,10 +157,11 @@ proptest! {
     #[test]
     fn publish_round_trip(
         msg in msg_id(),
+        low in any::<u32>(),
         name in name(),
         body in prop::collection::vec(any::<u8>(), 0..300),
     ) {
-        let p = Publish { msg, name: ChannelName::new(&name).unwrap(), body: &body };
+        let p = Publish { msg, low_water: PacketId(low), name: ChannelName::new(&name).unwrap(), body: &body };
         let mut buf = vec![0u8; p.buffer_len()];
         prop_assert_eq!(p.emit(&mut buf), Ok(p.buffer_len()));
         prop_assert_eq!(Publish::parse(&buf), Ok(p));

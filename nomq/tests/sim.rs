@@ -26,6 +26,9 @@ impl Rng {
     }
 }
 
+/// A datagram on the virtual wire: (arrival µs, sequence, to, from, bytes).
+type InFlight = (u64, u64, usize, Addr, Vec<u8>);
+
 #[derive(Clone, Copy)]
 struct Faults {
     loss: f64,
@@ -57,7 +60,7 @@ struct Sim {
     faults: Faults,
     rng: Rng,
     seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, usize, Addr, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<InFlight>>,
     /// Every datagram delivered: (to, from, bytes).
     recorded: Vec<(usize, Addr, Vec<u8>)>,
     trace: u64,
@@ -227,7 +230,11 @@ impl Sim {
         }
         while self.members[a].log.outcomes.len() < count as usize {
             self.run_for(Duration::from_millis(100));
-            assert!(self.now < deadline, "outcomes stalled at {}", self.members[a].log.outcomes.len());
+            assert!(
+                self.now < deadline,
+                "outcomes stalled at {}",
+                self.members[a].log.outcomes.len()
+            );
         }
     }
 
@@ -276,7 +283,10 @@ fn qos1_at_least_once_under_loss_dup_reorder() {
         assert!(c.values().all(|&n| n >= 1));
     }
     assert_all_acked(&s, 0, 10_000);
-    assert!(s.members[0].node.stats().retransmissions > 1000, "loss must have forced retransmissions");
+    assert!(
+        s.members[0].node.stats().retransmissions > 1000,
+        "loss must have forced retransmissions"
+    );
 }
 
 #[test]
@@ -287,12 +297,18 @@ fn qos2_exactly_once_under_loss_dup_reorder() {
         let c = s.counts(b);
         if c.len() != 10_000 {
             let missing: Vec<u32> = (0..10_000).filter(|i| !c.contains_key(i)).collect();
-            eprintln!("missing {missing:?}; drops {:?}", s.members[b].node.stats().nonzero().collect::<Vec<_>>());
+            eprintln!(
+                "missing {missing:?}; drops {:?}",
+                s.members[b].node.stats().nonzero().collect::<Vec<_>>()
+            );
         }
         assert_eq!(c.len(), 10_000, "node {b} missed messages");
         let dups = c.values().filter(|&&n| n != 1).count();
         assert_eq!(dups, 0, "node {b} delivered duplicates");
-        assert!(s.members[b].node.stats().drops(DropReason::Qos2Duplicate) > 0, "duplicates were offered");
+        assert!(
+            s.members[b].node.stats().drops(DropReason::Qos2Duplicate) > 0,
+            "duplicates were offered"
+        );
     }
     assert_all_acked(&s, 0, 10_000);
 }
@@ -322,8 +338,10 @@ fn retained_reaches_late_subscriber_and_expires() {
     let mut s = Sim::new(5, Faults { loss: 0.0, dup: 0.0, delay_min: 2000, delay_jitter: 0 });
     let a = s.add();
     let now = s.now;
-    let keep = PublishOptions { retain: true, ttl: Some(100), ..PublishOptions::qos(Qos::AtLeastOnce) };
-    let short = PublishOptions { retain: true, ttl: Some(2), ..PublishOptions::qos(Qos::AtMostOnce) };
+    let keep =
+        PublishOptions { retain: true, ttl: Some(100), ..PublishOptions::qos(Qos::AtLeastOnce) };
+    let short =
+        PublishOptions { retain: true, ttl: Some(2), ..PublishOptions::qos(Qos::AtMostOnce) };
     s.members[a].node.publish(now, "cfg/setpoint", b"21.5", keep).unwrap();
     s.members[a].node.publish(now, "cfg/short", b"gone", short).unwrap();
     s.run_for(Duration::from_secs(5));
@@ -337,7 +355,10 @@ fn retained_reaches_late_subscriber_and_expires() {
     assert_eq!(got[0].0, "cfg/setpoint");
     assert_eq!(got[0].1, b"21.5");
     s.run_for(Duration::from_secs(10));
-    assert!(s.members[late].log.delivered.iter().all(|d| d.0 != "cfg/short"), "expired retained value delivered");
+    assert!(
+        s.members[late].log.delivered.iter().all(|d| d.0 != "cfg/short"),
+        "expired retained value delivered"
+    );
     assert_eq!(s.members[late].log.delivered.len(), 1);
 }
 
@@ -349,8 +370,11 @@ fn replays_are_never_accepted() {
     let recorded = std::mem::take(&mut s.recorded);
     assert!(recorded.len() > 1000);
     let inject = |s: &mut Sim, other_source: bool| {
-        let before: Vec<(u64, u64)> =
-            s.members.iter().map(|m| (m.node.stats().delivered, m.node.stats().total_drops())).collect();
+        let before: Vec<(u64, u64)> = s
+            .members
+            .iter()
+            .map(|m| (m.node.stats().delivered, m.node.stats().total_drops()))
+            .collect();
         let mut accepted = 0;
         for (to, from, data) in &recorded {
             let from = if other_source { Addr::V4([10, 9, 9, 9], 1234) } else { *from };
@@ -358,7 +382,9 @@ fn replays_are_never_accepted() {
             let now = s.now;
             let m = &mut s.members[*to];
             let drops = m.node.stats().total_drops();
-            if m.node.handle_datagram(now, from, &mut d).is_some() || m.node.stats().total_drops() != drops + 1 {
+            if m.node.handle_datagram(now, from, &mut d).is_some()
+                || m.node.stats().total_drops() != drops + 1
+            {
                 accepted += 1;
             }
         }
@@ -394,8 +420,14 @@ fn wrong_key_is_refused_and_locked_out() {
     s.discover(a, 1);
     for i in 0..20u32 {
         let now = s.now;
-        s.members[w].node.publish(now, "sensors/temp", &i.to_be_bytes(), PublishOptions::default()).unwrap();
-        s.members[a].node.publish(now, "sensors/temp", &i.to_be_bytes(), PublishOptions::default()).unwrap();
+        s.members[w]
+            .node
+            .publish(now, "sensors/temp", &i.to_be_bytes(), PublishOptions::default())
+            .unwrap();
+        s.members[a]
+            .node
+            .publish(now, "sensors/temp", &i.to_be_bytes(), PublishOptions::default())
+            .unwrap();
         s.run_for(Duration::from_millis(50));
     }
     assert_eq!(s.members[w].log.delivered.len(), 0, "wrong-key node read nothing");
@@ -403,7 +435,11 @@ fn wrong_key_is_refused_and_locked_out() {
     assert_eq!(s.counts(b).len(), 20, "A to B unaffected");
     let waddr = s.members[w].addr;
     assert!(
-        s.members[a].log.events.iter().any(|(_, e)| matches!(e, Event::LockedOut { addr, .. } if *addr == waddr)),
+        s.members[a]
+            .log
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::LockedOut { addr, .. } if *addr == waddr)),
         "wrong-key address locked out"
     );
     assert!(s.members[a].node.stats().drops(DropReason::LockedOut) > 0);
@@ -422,9 +458,15 @@ fn rate_limit_drops_only_the_flooder() {
     // x sends 1000/s (10x the limit) for 2 s; y sends 20/s.
     for i in 0..2000u32 {
         let now = s.now;
-        s.members[x].node.publish(now, "sensors/flood", &i.to_be_bytes(), PublishOptions::default()).unwrap();
+        s.members[x]
+            .node
+            .publish(now, "sensors/flood", &i.to_be_bytes(), PublishOptions::default())
+            .unwrap();
         if i % 50 == 0 {
-            s.members[y].node.publish(now, "sensors/temp", &i.to_be_bytes(), PublishOptions::default()).unwrap();
+            s.members[y]
+                .node
+                .publish(now, "sensors/temp", &i.to_be_bytes(), PublishOptions::default())
+                .unwrap();
         }
         s.run_for(Duration::from_millis(1));
     }
@@ -434,7 +476,13 @@ fn rate_limit_drops_only_the_flooder() {
     assert!(s.members[b].node.stats().drops(DropReason::RateLimited) >= 1700);
     assert_eq!(s.counts(b).len(), 40, "the polite peer is unaffected");
     let xs = s.members[x].node.session();
-    assert!(s.members[b].log.events.iter().any(|(_, e)| matches!(e, Event::RateLimited { session, .. } if *session == xs)));
+    assert!(
+        s.members[b]
+            .log
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::RateLimited { session, .. } if *session == xs))
+    );
 }
 
 #[test]
@@ -450,7 +498,10 @@ fn outbox_full_and_priority_order() {
     }
     let hi = PublishOptions { priority: 15, ..PublishOptions::default() };
     node.publish(now, "high", b"first", hi).unwrap();
-    assert_eq!(node.publish(now, "low", b"x", PublishOptions::default()), Err(PublishError::OutboxFull));
+    assert_eq!(
+        node.publish(now, "low", b"x", PublishOptions::default()),
+        Err(PublishError::OutboxFull)
+    );
     s.run_for(Duration::from_secs(1));
     let got = &s.members[b].log.delivered;
     assert_eq!(got.len(), 128);
@@ -472,7 +523,11 @@ fn counter_rollover_starts_a_new_session() {
     assert_ne!(s.members[a].node.session(), before);
     assert!(s.members[a].log.events.iter().any(|(_, e)| matches!(e, Event::SessionRenewed { .. })));
     assert_eq!(s.counts(b).len(), 200, "receiver keeps accepting across the rollover");
-    assert!(s.members[a].log.outcomes.iter().all(|o| o.status == Status::Acknowledged), "{:?}", s.members[a].log.outcomes.iter().find(|o| o.status != Status::Acknowledged));
+    assert!(
+        s.members[a].log.outcomes.iter().all(|o| o.status == Status::Acknowledged),
+        "{:?}",
+        s.members[a].log.outcomes.iter().find(|o| o.status != Status::Acknowledged)
+    );
 }
 
 #[test]
@@ -486,12 +541,17 @@ fn silent_peer_is_lost_and_listed_missing() {
     s.members[0].node.publish(now, "sensors/temp", &7u32.to_be_bytes(), opts).unwrap();
     s.run_for(Duration::from_secs(30));
     let lost = s.members[0].log.events.iter().find_map(|(t, e)| match e {
-        Event::PeerLost { session, reason: LostReason::Silent, .. } if *session == c_session => Some(*t),
+        Event::PeerLost { session, reason: LostReason::Silent, .. } if *session == c_session => {
+            Some(*t)
+        }
         _ => None,
     });
     let lost = lost.expect("peer reported lost");
     let after = lost - t_silent;
-    assert!(after <= Duration::from_secs(16) && after >= Duration::from_secs(13), "lost after {after:?}");
+    assert!(
+        after <= Duration::from_secs(16) && after >= Duration::from_secs(13),
+        "lost after {after:?}"
+    );
     let o = &s.members[0].log.outcomes[0];
     assert_eq!(o.status, Status::Unacknowledged);
     assert_eq!(o.missing.as_slice(), &[c_session]);

@@ -137,7 +137,12 @@ impl<const L: usize> Lockouts<L> {
     }
 
     /// Records a failure; returns `Some(until)` when this failure (re)locks the address.
-    pub(crate) fn fail(&mut self, addr: Addr, now: Instant, cfg: &LockoutConfig) -> Option<Instant> {
+    pub(crate) fn fail(
+        &mut self,
+        addr: Addr,
+        now: Instant,
+        cfg: &LockoutConfig,
+    ) -> Option<Instant> {
         let idx = match self.entries.iter().position(|e| e.addr == addr) {
             Some(i) => i,
             None => {
@@ -178,7 +183,9 @@ impl<const L: usize> Lockouts<L> {
             .filter(|(_, e)| e.until <= now)
             .min_by_key(|(_, e)| e.last)
             .map(|(i, _)| i);
-        unlocked.or_else(|| self.entries.iter().enumerate().min_by_key(|(_, e)| e.until).map(|(i, _)| i))
+        unlocked.or_else(|| {
+            self.entries.iter().enumerate().min_by_key(|(_, e)| e.until).map(|(i, _)| i)
+        })
     }
 
     pub(crate) fn prune(&mut self, now: Instant, cfg: &LockoutConfig) {
@@ -236,7 +243,11 @@ mod tests {
 
     #[test]
     fn lockout_grows_caps_evicts_prunes() {
-        let cfg = LockoutConfig { threshold: 3, base: Duration::from_secs(1), cap: Duration::from_secs(8) };
+        let cfg = LockoutConfig {
+            threshold: 3,
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(8),
+        };
         let mut l: Lockouts<2> = Lockouts::new();
         let a = Addr::V4([10, 0, 0, 1], 1);
         let t = Instant::from_secs(100);

@@ -39,9 +39,7 @@ use crate::channel::{ChannelId, ChannelName, MAX_NAME_LEN, Pattern};
 use crate::envelope::{self, OpenError};
 use crate::keys::{KeyLookup, ScopeIndex};
 use crate::time::{Duration, Instant};
-use crate::wire::{
-    Flags, HEADER_LEN, Header, PacketId, PacketType, Qos, SessionId, WireError,
-};
+use crate::wire::{Flags, HEADER_LEN, Header, PacketId, PacketType, Qos, SessionId, WireError};
 use drbg::Drbg;
 use heapless::{Deque, String, Vec};
 use limits::{Lockouts, RateWindow, ReplayCheck, ReplayWindow};
@@ -133,7 +131,9 @@ impl<const P: usize, const M: usize> Entry<P, M> {
         core::str::from_utf8(&self.data[..usize::from(self.name_len)]).unwrap_or("")
     }
     fn pending(&self) -> bool {
-        self.targets.iter().any(|t| matches!(t.state, TState::AwaitAck | TState::AwaitRec | TState::AwaitComp))
+        self.targets
+            .iter()
+            .any(|t| matches!(t.state, TState::AwaitAck | TState::AwaitRec | TState::AwaitComp))
     }
 }
 
@@ -231,8 +231,16 @@ fn digest_of(id: &ChannelId) -> u32 {
     u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]])
 }
 
-impl<K, const P: usize, const S: usize, const O: usize, const R: usize, const Q: usize, const L: usize, const M: usize>
-    Node<K, P, S, O, R, Q, L, M>
+impl<
+    K,
+    const P: usize,
+    const S: usize,
+    const O: usize,
+    const R: usize,
+    const Q: usize,
+    const L: usize,
+    const M: usize,
+> Node<K, P, S, O, R, Q, L, M>
 where
     K: KeyLookup,
 {
@@ -343,8 +351,11 @@ where
             return Ok(());
         }
         let id = self.keys.channel_id(p.as_str());
-        let pattern: String<MAX_NAME_LEN> = String::try_from(p.as_str()).map_err(|_| SubscribeError::Full)?;
-        self.subs.push(LocalSub { pattern: pattern.clone(), id }).map_err(|_| SubscribeError::Full)?;
+        let pattern: String<MAX_NAME_LEN> =
+            String::try_from(p.as_str()).map_err(|_| SubscribeError::Full)?;
+        self.subs
+            .push(LocalSub { pattern: pattern.clone(), id })
+            .map_err(|_| SubscribeError::Full)?;
         if self.control.push_back(Control::Sub { unsubscribe: false, pattern, id }).is_err() {
             // The next heartbeat announces it anyway.
             self.stats.drop(DropReason::ControlQueueFull);
@@ -356,7 +367,11 @@ where
     pub fn unsubscribe(&mut self, pattern: &str) -> bool {
         let Some(i) = self.subs.iter().position(|s| s.pattern == pattern) else { return false };
         let s = self.subs.swap_remove(i);
-        if self.control.push_back(Control::Sub { unsubscribe: true, pattern: s.pattern, id: s.id }).is_err() {
+        if self
+            .control
+            .push_back(Control::Sub { unsubscribe: true, pattern: s.pattern, id: s.id })
+            .is_err()
+        {
             self.stats.drop(DropReason::ControlQueueFull);
         }
         true
@@ -398,7 +413,8 @@ where
             return Err(PublishError::InvalidTtl);
         }
         let len = name.as_str().len() + body.len();
-        let max = M.min(envelope::max_plaintext(self.config.max_payload) - body::PUBLISH_PREFIX_LEN);
+        let max =
+            M.min(envelope::max_plaintext(self.config.max_payload) - body::PUBLISH_PREFIX_LEN);
         if len > max {
             return Err(PublishError::TooLarge { len, max });
         }
@@ -461,7 +477,14 @@ where
         }
         let mut d = Vec::new();
         let _ = d.extend_from_slice(data);
-        let r = Retained { name_len: name.as_str().len() as u8, data: d, channel_id, scope, qos, expires };
+        let r = Retained {
+            name_len: name.as_str().len() as u8,
+            data: d,
+            channel_id,
+            scope,
+            qos,
+            expires,
+        };
         match existing {
             Some(i) => self.retained[i] = r,
             None => self.retained.push(r).map_err(|_| PublishError::RetainedFull)?,
@@ -488,7 +511,8 @@ where
             }
             let mut targets = Vec::new();
             if r.qos != Qos::AtMostOnce {
-                let state = if r.qos == Qos::AtLeastOnce { TState::AwaitAck } else { TState::AwaitRec };
+                let state =
+                    if r.qos == Qos::AtLeastOnce { TState::AwaitAck } else { TState::AwaitRec };
                 let _ = targets.push(TargetPeer { session, state });
             }
             let mut data = Vec::new();
@@ -524,7 +548,12 @@ where
     /// Processes one datagram from `from`. Returns the message it carried, if it is a
     /// publish this node subscribes to that is delivered now (decrypted in `buf`).
     /// Everything else (acks, announcements, drops) updates state and counters.
-    pub fn handle_datagram<'a>(&mut self, now: Instant, from: Addr, buf: &'a mut [u8]) -> Option<Message<'a>> {
+    pub fn handle_datagram<'a>(
+        &mut self,
+        now: Instant,
+        from: Addr,
+        buf: &'a mut [u8],
+    ) -> Option<Message<'a>> {
         self.stats.rx_datagrams += 1;
         if self.lockouts.is_locked(&from, now) {
             self.stats.drop(DropReason::LockedOut);
@@ -642,7 +671,10 @@ where
                 let refused = match floor {
                     // A session we dropped coming back: only ids above what we saw.
                     Some(highest) => h.packet_id.0 <= highest,
-                    None => matches!(self.config.clock, ClockMode::Synced { .. }) && h.timestamp <= self.floor_ts,
+                    None => {
+                        matches!(self.config.clock, ClockMode::Synced { .. })
+                            && h.timestamp <= self.floor_ts
+                    }
                 };
                 if refused {
                     self.stats.drop(DropReason::EvictedSession);
@@ -687,10 +719,10 @@ where
     /// it is in the ring, by its highest packet id; once pushed out of the ring, by the
     /// floor timestamp (synced clocks).
     fn remember_evicted(&mut self, p: &Peer<S>) {
-        if self.evicted.is_full() {
-            if let Some((_, _, ts)) = self.evicted.pop_front() {
-                self.floor_ts = self.floor_ts.max(ts);
-            }
+        if self.evicted.is_full()
+            && let Some((_, _, ts)) = self.evicted.pop_front()
+        {
+            self.floor_ts = self.floor_ts.max(ts);
         }
         let _ = self.evicted.push_back((p.session, p.replay.highest(), p.last_ts));
     }
@@ -712,14 +744,24 @@ where
                     }
                 }
             }
-            self.push_event(Event::PeerLost { session: old.session, addr: old.addr, reason: LostReason::Replaced });
+            self.push_event(Event::PeerLost {
+                session: old.session,
+                addr: old.addr,
+                reason: LostReason::Replaced,
+            });
         } else if self.peers.is_full() {
             // Evict the least recently seen peer.
-            if let Some(i) = self.peers.iter().enumerate().min_by_key(|(_, p)| p.last_seen).map(|(i, _)| i) {
+            if let Some(i) =
+                self.peers.iter().enumerate().min_by_key(|(_, p)| p.last_seen).map(|(i, _)| i)
+            {
                 let old = self.peers.swap_remove(i);
                 self.remember_evicted(&old);
                 self.peer_gone(old.session);
-                self.push_event(Event::PeerLost { session: old.session, addr: old.addr, reason: LostReason::Evicted });
+                self.push_event(Event::PeerLost {
+                    session: old.session,
+                    addr: old.addr,
+                    reason: LostReason::Evicted,
+                });
             }
         }
         let peer = Peer {
@@ -793,7 +835,9 @@ where
         let (session, addr) = (self.peers[peer].session, self.peers[peer].addr);
         match h.flags.qos {
             Qos::AtMostOnce => {}
-            Qos::AtLeastOnce => self.queue_ack(PacketType::PubAck, p.msg, addr, h.channel_id, scope),
+            Qos::AtLeastOnce => {
+                self.queue_ack(PacketType::PubAck, p.msg, addr, h.channel_id, scope)
+            }
             Qos::ExactlyOnce => {
                 if p.msg.session == session {
                     let low = self.peers[peer].qos2_low.max(p.low_water.0);
@@ -842,10 +886,18 @@ where
     /// Whether `id` is the channel id of `name` under the current or previous network keys.
     fn id_matches(&self, name: &str, id: &ChannelId) -> bool {
         let net = self.keys.network();
-        net.current.channel_id(name) == *id || net.previous.is_some_and(|p| p.channel_id(name) == *id)
+        net.current.channel_id(name) == *id
+            || net.previous.is_some_and(|p| p.channel_id(name) == *id)
     }
 
-    fn queue_ack(&mut self, kind: PacketType, msg: MessageId, to: Addr, channel_id: ChannelId, scope: ScopeIndex) {
+    fn queue_ack(
+        &mut self,
+        kind: PacketType,
+        msg: MessageId,
+        to: Addr,
+        channel_id: ChannelId,
+        scope: ScopeIndex,
+    ) {
         if self.control.push_back(Control::Ack { kind, msg, to, channel_id, scope }).is_err() {
             self.stats.drop(DropReason::ControlQueueFull);
         }
@@ -869,11 +921,11 @@ where
             self.stats.drop(DropReason::ScopeMismatch);
             return;
         }
-        let expected = match (e.qos, h.packet_type) {
-            (Qos::AtLeastOnce, PacketType::PubAck) => true,
-            (Qos::ExactlyOnce, PacketType::PubRec | PacketType::PubComp) => true,
-            _ => false,
-        };
+        let expected = matches!(
+            (e.qos, h.packet_type),
+            (Qos::AtLeastOnce, PacketType::PubAck)
+                | (Qos::ExactlyOnce, PacketType::PubRec | PacketType::PubComp)
+        );
         if !expected {
             self.stats.drop(DropReason::StrayAck);
             return;
@@ -882,7 +934,8 @@ where
             Some(i) => i,
             None => {
                 // A subscriber we did not know of answered the first transmission.
-                let state = if e.qos == Qos::AtLeastOnce { TState::AwaitAck } else { TState::AwaitRec };
+                let state =
+                    if e.qos == Qos::AtLeastOnce { TState::AwaitAck } else { TState::AwaitRec };
                 if e.targets.push(TargetPeer { session, state }).is_err() {
                     self.stats.drop(DropReason::StrayAck);
                     return;
@@ -898,7 +951,9 @@ where
                 t.state = TState::AwaitComp;
                 self.queue_ack(PacketType::PubRel, msg, addr, channel_id, scope);
             }
-            (PacketType::PubComp, TState::AwaitComp | TState::AwaitRec | TState::Lost) => t.state = TState::Done,
+            (PacketType::PubComp, TState::AwaitComp | TState::AwaitRec | TState::Lost) => {
+                t.state = TState::Done
+            }
             _ => {}
         }
     }
@@ -963,8 +1018,10 @@ where
             self.stats.drop(DropReason::MalformedBody);
             return;
         };
-        let liveness =
-            self.config.liveness_timeout.max(Duration::from_secs(u64::from(hb.interval_s)).saturating_mul(3));
+        let liveness = self
+            .config
+            .liveness_timeout
+            .max(Duration::from_secs(u64::from(hb.interval_s)).saturating_mul(3));
         let p = &mut self.peers[peer];
         p.liveness = liveness;
         if hb.digest == p.digest && hb.total as usize == p.subs.len() {
@@ -1028,7 +1085,11 @@ where
                 let old = self.peers.swap_remove(i);
                 self.remember_evicted(&old);
                 self.peer_gone(old.session);
-                self.push_event(Event::PeerLost { session: old.session, addr: old.addr, reason: LostReason::Silent });
+                self.push_event(Event::PeerLost {
+                    session: old.session,
+                    addr: old.addr,
+                    reason: LostReason::Silent,
+                });
             } else {
                 i += 1;
             }
@@ -1059,7 +1120,11 @@ where
             } else if now >= e.expires {
                 Some(if e.targets.is_empty() { Status::NoSubscribers } else { Status::Expired })
             } else if !e.in_round && e.attempts >= max_attempts && now >= e.next_at {
-                Some(if e.targets.is_empty() { Status::NoSubscribers } else { Status::Unacknowledged })
+                Some(if e.targets.is_empty() {
+                    Status::NoSubscribers
+                } else {
+                    Status::Unacknowledged
+                })
             } else {
                 None
             };
@@ -1071,7 +1136,11 @@ where
             let mut acked = Vec::new();
             let mut missing = Vec::new();
             for t in &e.targets {
-                let _ = if t.state == TState::Done { acked.push(t.session) } else { missing.push(t.session) };
+                let _ = if t.state == TState::Done {
+                    acked.push(t.session)
+                } else {
+                    missing.push(t.session)
+                };
             }
             let _ = self.events.push_back(Event::Outcome(Outcome {
                 handle: e.handle,
@@ -1133,7 +1202,14 @@ where
     }
 
     /// A header for the next packet of this node (consumes a packet id).
-    fn next_header(&mut self, now: Instant, packet_type: PacketType, flags: Flags, channel_id: ChannelId, ttl: u16) -> Header {
+    fn next_header(
+        &mut self,
+        now: Instant,
+        packet_type: PacketType,
+        flags: Flags,
+        channel_id: ChannelId,
+        ttl: u16,
+    ) -> Header {
         let (session_id, packet_id) = self.next_packet_id();
         Header {
             packet_type,
@@ -1162,7 +1238,16 @@ where
         write: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> Option<usize> {
         let header = self.next_header(now, packet_type, flags, channel_id, ttl);
-        seal_packet(&self.keys, &mut self.rng, &mut self.stats, &self.config, &header, scope, buf, write)
+        seal_packet(
+            &self.keys,
+            &mut self.rng,
+            &mut self.stats,
+            &self.config,
+            &header,
+            scope,
+            buf,
+            write,
+        )
     }
 
     /// Writes the next datagram to send into `buf` (at least [`Node::max_datagram_len`]
@@ -1185,18 +1270,24 @@ where
         while let Some(c) = self.control.pop_front() {
             let sent = match c {
                 Control::Ack { kind, msg, to, channel_id, scope } => {
-                    let flags = Flags { qos: Qos::AtMostOnce, retain: false, dup: false, priority: 15 };
+                    let flags =
+                        Flags { qos: Qos::AtMostOnce, retain: false, dup: false, priority: 15 };
                     let ttl = self.config.default_ttl;
-                    self.seal(now, buf, kind, flags, channel_id, scope, ttl, |b| Ack { msg }.emit(b).ok())
-                        .map(|len| Transmit { target: Target::Unicast(to), len })
+                    self.seal(now, buf, kind, flags, channel_id, scope, ttl, |b| {
+                        Ack { msg }.emit(b).ok()
+                    })
+                    .map(|len| Transmit { target: Target::Unicast(to), len })
                 }
                 Control::Sub { unsubscribe, pattern, id } => {
-                    let kind = if unsubscribe { PacketType::Unsubscribe } else { PacketType::Subscribe };
+                    let kind =
+                        if unsubscribe { PacketType::Unsubscribe } else { PacketType::Subscribe };
                     let Ok(p) = Pattern::new(pattern.as_str()) else { continue };
                     let sub = Subscription { options: body::SUB_WANTS_RETAINED, pattern: p };
                     let ttl = self.config.default_ttl;
-                    self.seal(now, buf, kind, Flags::default(), id, ScopeIndex::NETWORK, ttl, |b| sub.emit(b).ok())
-                        .map(|len| Transmit { target: Target::Fanout, len })
+                    self.seal(now, buf, kind, Flags::default(), id, ScopeIndex::NETWORK, ttl, |b| {
+                        sub.emit(b).ok()
+                    })
+                    .map(|len| Transmit { target: Target::Fanout, len })
                 }
             };
             if sent.is_some() {
@@ -1212,24 +1303,41 @@ where
             None if now >= self.next_heartbeat => 0,
             None => return None,
         };
-        let interval_s = u16::try_from(self.config.heartbeat_interval.total_secs()).unwrap_or(u16::MAX);
+        let interval_s =
+            u16::try_from(self.config.heartbeat_interval.total_secs()).unwrap_or(u16::MAX);
         let digest = self.sub_digest();
         let total = self.subs.len().min(255) as u8;
         let ttl = self.config.default_ttl;
-        let header = self.next_header(now, PacketType::Heartbeat, Flags::default(), ChannelId::default(), ttl);
+        let header = self.next_header(
+            now,
+            PacketType::Heartbeat,
+            Flags::default(),
+            ChannelId::default(),
+            ttl,
+        );
         let mut written = 0usize;
         let subs = &self.subs;
-        let r = seal_packet(&self.keys, &mut self.rng, &mut self.stats, &self.config, &header, ScopeIndex::NETWORK, buf, |b| {
-            let mut w = Heartbeat::writer(b, interval_s, digest, total, first.min(255) as u8).ok()?;
-            for s in subs.iter().skip(first) {
-                let Ok(p) = Pattern::new(s.pattern.as_str()) else { continue };
-                if !w.push(p) {
-                    break;
+        let r = seal_packet(
+            &self.keys,
+            &mut self.rng,
+            &mut self.stats,
+            &self.config,
+            &header,
+            ScopeIndex::NETWORK,
+            buf,
+            |b| {
+                let mut w =
+                    Heartbeat::writer(b, interval_s, digest, total, first.min(255) as u8).ok()?;
+                for s in subs.iter().skip(first) {
+                    let Ok(p) = Pattern::new(s.pattern.as_str()) else { continue };
+                    if !w.push(p) {
+                        break;
+                    }
                 }
-            }
-            written = usize::from(w.count());
-            Some(w.finish())
-        });
+                written = usize::from(w.count());
+                Some(w.finish())
+            },
+        );
         let next = first + written;
         if next < self.subs.len() && written > 0 {
             self.heartbeat_cursor = Some(next);
@@ -1242,7 +1350,9 @@ where
 
     fn backoff(&mut self, attempts: u8) -> Duration {
         let base = self.config.retransmit_initial.total_micros().max(1);
-        let d = base.saturating_mul(1u64 << u32::from(attempts).min(20)).min(self.config.retransmit_max.total_micros());
+        let d = base
+            .saturating_mul(1u64 << u32::from(attempts).min(20))
+            .min(self.config.retransmit_max.total_micros());
         // ±25 % jitter.
         let j = self.rng.below(d / 2 + 1);
         Duration::from_micros(d - d / 4 + j)
@@ -1252,8 +1362,14 @@ where
     /// messages were started since the oldest one still in flight. Receivers keep state
     /// for exactly those, so this bounds their QoS 2 state per publisher.
     fn qos2_window_open(&self) -> bool {
-        let oldest = self.outbox.iter().filter(|e| e.qos == Qos::ExactlyOnce && e.msg.is_some()).map(|e| e.seq).min();
-        oldest.is_none_or(|o| self.qos2_next_seq.wrapping_sub(o) < u32::from(self.config.qos2_window))
+        let oldest = self
+            .outbox
+            .iter()
+            .filter(|e| e.qos == Qos::ExactlyOnce && e.msg.is_some())
+            .map(|e| e.seq)
+            .min();
+        oldest
+            .is_none_or(|o| self.qos2_next_seq.wrapping_sub(o) < u32::from(self.config.qos2_window))
     }
 
     fn transmit_outbox(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -1287,21 +1403,39 @@ where
         u16::try_from(micros.div_ceil(1_000_000)).unwrap_or(u16::MAX).max(1)
     }
 
-    fn send_publish(&mut self, now: Instant, i: usize, buf: &mut [u8], dup: bool, to: Target) -> Option<Transmit> {
+    fn send_publish(
+        &mut self,
+        now: Instant,
+        i: usize,
+        buf: &mut [u8],
+        dup: bool,
+        to: Target,
+    ) -> Option<Transmit> {
         let e = &self.outbox[i];
         let flags = Flags { qos: e.qos, retain: e.retain, dup, priority: e.priority };
         let (channel_id, scope, ttl) = (e.channel_id, e.scope, Self::ttl_left(now, e.expires));
         let header = self.next_header(now, PacketType::Publish, flags, channel_id, ttl);
         let e = &mut self.outbox[i];
         // On first transmission this packet's id becomes the message id.
-        let msg = *e.msg.get_or_insert(MessageId { session: header.session_id, packet_id: header.packet_id });
+        let msg = *e
+            .msg
+            .get_or_insert(MessageId { session: header.session_id, packet_id: header.packet_id });
         let name_len = usize::from(e.name_len);
         let low_water = self.qos2_low_water(header.session_id, msg.packet_id);
         let data = &self.outbox[i].data;
-        let len = seal_packet(&self.keys, &mut self.rng, &mut self.stats, &self.config, &header, scope, buf, |b| {
-            let name = ChannelName::new(core::str::from_utf8(&data[..name_len]).ok()?).ok()?;
-            Publish { msg, low_water, name, body: &data[name_len..] }.emit(b).ok()
-        })?;
+        let len = seal_packet(
+            &self.keys,
+            &mut self.rng,
+            &mut self.stats,
+            &self.config,
+            &header,
+            scope,
+            buf,
+            |b| {
+                let name = ChannelName::new(core::str::from_utf8(&data[..name_len]).ok()?).ok()?;
+                Publish { msg, low_water, name, body: &data[name_len..] }.emit(b).ok()
+            },
+        )?;
         if dup {
             self.stats.retransmissions += 1;
         }
@@ -1380,7 +1514,8 @@ where
                 return None;
             };
             e.cursor += 1;
-            let Some(addr) = self.peers.iter().find(|p| p.session == t.session).map(|p| p.addr) else {
+            let Some(addr) = self.peers.iter().find(|p| p.session == t.session).map(|p| p.addr)
+            else {
                 continue;
             };
             match t.state {
@@ -1389,12 +1524,21 @@ where
                 }
                 TState::AwaitComp => {
                     let e = &self.outbox[i];
-                    let (msg, channel_id, scope) = (e.msg.unwrap_or_default(), e.channel_id, e.scope);
-                    let flags = Flags { qos: Qos::AtMostOnce, retain: false, dup: true, priority: 15 };
+                    let (msg, channel_id, scope) =
+                        (e.msg.unwrap_or_default(), e.channel_id, e.scope);
+                    let flags =
+                        Flags { qos: Qos::AtMostOnce, retain: false, dup: true, priority: 15 };
                     let ttl = Self::ttl_left(now, e.expires);
-                    let r = self.seal(now, buf, PacketType::PubRel, flags, channel_id, scope, ttl, |b| {
-                        Ack { msg }.emit(b).ok()
-                    });
+                    let r = self.seal(
+                        now,
+                        buf,
+                        PacketType::PubRel,
+                        flags,
+                        channel_id,
+                        scope,
+                        ttl,
+                        |b| Ack { msg }.emit(b).ok(),
+                    );
                     if let Some(len) = r {
                         self.stats.retransmissions += 1;
                         return Some(Transmit { target: Target::Unicast(addr), len });
@@ -1440,13 +1584,10 @@ fn seal_packet<K: KeyLookup>(
 ) -> Option<usize> {
     let max_pt = envelope::max_plaintext(config.max_payload);
     let room = buf.len().saturating_sub(HEADER_LEN + crate::wire::MAC_LEN).min(max_pt);
-    let sealed = buf
-        .get_mut(HEADER_LEN..HEADER_LEN + room)
-        .and_then(write)
-        .and_then(|len| {
-            let ks = keys.scope(scope).unwrap_or_else(|| keys.network()).current;
-            envelope::seal_in_place(ks, header, rng.block(), buf, len, config.max_payload).ok()
-        });
+    let sealed = buf.get_mut(HEADER_LEN..HEADER_LEN + room).and_then(write).and_then(|len| {
+        let ks = keys.scope(scope).unwrap_or_else(|| keys.network()).current;
+        envelope::seal_in_place(ks, header, rng.block(), buf, len, config.max_payload).ok()
+    });
     match sealed {
         Some(_) => stats.tx_datagrams += 1,
         None => stats.drop(DropReason::TxBufferTooSmall),
@@ -1454,8 +1595,16 @@ fn seal_packet<K: KeyLookup>(
     sealed
 }
 
-impl<K: KeyLookup, const P: usize, const S: usize, const O: usize, const R: usize, const Q: usize, const L: usize, const M: usize>
-    core::fmt::Debug for Node<K, P, S, O, R, Q, L, M>
+impl<
+    K: KeyLookup,
+    const P: usize,
+    const S: usize,
+    const O: usize,
+    const R: usize,
+    const Q: usize,
+    const L: usize,
+    const M: usize,
+> core::fmt::Debug for Node<K, P, S, O, R, Q, L, M>
 {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Node")

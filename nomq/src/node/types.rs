@@ -115,7 +115,13 @@ pub struct PublishOptions {
 
 impl Default for PublishOptions {
     fn default() -> Self {
-        Self { qos: Qos::AtMostOnce, retain: false, ttl: None, priority: 0, destination: Destination::All }
+        Self {
+            qos: Qos::AtMostOnce,
+            retain: false,
+            ttl: None,
+            priority: 0,
+            destination: Destination::All,
+        }
     }
 }
 
