@@ -1,4 +1,638 @@
-//! Tokio UDP adapter for NoMQ (work in progress: not yet implemented)
-//!
-//! This crate is a placeholder in the workspace; it exports nothing yet.
-#![no_std]
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+
+pub use config::HostConfig;
+pub use nomq::node::{Destination, PublishOptions, Status};
+pub use nomq::{Qos, SessionId};
+
+use nomq::node::{Event, Outcome, Stats, Target};
+use nomq::{Addr, Keyring, Node};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+/// Channel key scopes a host keyring holds.
+pub const HOST_CHANNEL_KEYS: usize = 8;
+/// The core engine with host-sized capacities: 64 peers, 32 subscriptions, 128 outbox
+/// entries of up to 1362 bytes (a full packet), 32 retained channels, 512 QoS 2 receive
+/// states, 256 lockout entries.
+pub type HostNode = Node<Keyring<HOST_CHANNEL_KEYS>, 64, 32, 128, 32, 512, 256, 1362>;
+/// Messages buffered per subscription stream before the slowest reader loses some
+/// (counted in [`HostStats::app_dropped`] and logged).
+pub const STREAM_DEPTH: usize = 4096;
+
+/// Errors of the host adapter.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum HostError {
+    /// Configuration is invalid (message names the field or variable).
+    Config(String),
+    /// The keyring could not be loaded or used.
+    Keys(String),
+    /// A socket operation failed.
+    Io(&'static str, std::io::Error),
+    /// The engine refused the publish.
+    Publish(nomq::node::PublishError),
+    /// The engine refused the subscription.
+    Subscribe(nomq::node::SubscribeError),
+    /// A typed payload could not be encoded or decoded.
+    Codec(String),
+    /// The node's driver has stopped.
+    Closed,
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(m) => write!(f, "configuration: {m}"),
+            Self::Keys(m) => write!(f, "keyring: {m}"),
+            Self::Io(what, e) => write!(f, "{what}: {e}"),
+            Self::Publish(e) => write!(f, "publish refused: {e}"),
+            Self::Subscribe(e) => write!(f, "subscribe refused: {e}"),
+            Self::Codec(m) => write!(f, "payload: {m}"),
+            Self::Closed => f.write_str("node has shut down"),
+        }
+    }
+}
+impl std::error::Error for HostError {}
+
+/// A message delivered to a subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Channel name.
+    pub channel: String,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Sender's address.
+    pub from: SocketAddr,
+    /// Sender's session.
+    pub session: SessionId,
+    /// QoS it was published with.
+    pub qos: Qos,
+    /// A retained value.
+    pub retained: bool,
+    /// A retransmission (QoS 1 may deliver twice).
+    pub dup: bool,
+}
+
+impl Message {
+    /// Decodes the body as JSON.
+    ///
+    /// # Errors
+    /// [`HostError::Codec`].
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HostError> {
+        serde_json::from_slice(&self.body).map_err(|e| HostError::Codec(e.to_string()))
+    }
+    /// Decodes the body as postcard.
+    ///
+    /// # Errors
+    /// [`HostError::Codec`].
+    pub fn postcard<T: serde::de::DeserializeOwned>(&self) -> Result<T, HostError> {
+        postcard::from_bytes(&self.body).map_err(|e| HostError::Codec(e.to_string()))
+    }
+}
+
+/// The outcome of one publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// How it ended.
+    pub status: Status,
+    /// Sessions that acknowledged.
+    pub acked: Vec<SessionId>,
+    /// Known subscribers that did not.
+    pub missing: Vec<SessionId>,
+}
+
+impl<const P: usize> From<Outcome<P>> for Delivery {
+    fn from(o: Outcome<P>) -> Self {
+        Self { status: o.status, acked: o.acked.to_vec(), missing: o.missing.to_vec() }
+    }
+}
+
+/// Counters: the engine's plus the adapter's own.
+#[derive(Clone, Debug, Default)]
+pub struct HostStats {
+    /// Engine counters (drops by reason, datagrams in and out).
+    pub engine: Stats,
+    /// Datagrams that could not be sent (socket errors).
+    pub send_errors: u64,
+    /// Receive errors recovered from.
+    pub recv_errors: u64,
+    /// Messages a full subscription stream could not take.
+    pub app_dropped: u64,
+}
+
+/// Peer and security events, as the engine reports them.
+pub type NodeEvent = Event<64>;
+
+enum Command {
+    Subscribe(String, oneshot::Sender<Result<mpsc::Receiver<Message>, HostError>>),
+    Unsubscribe(String),
+    Publish(
+        String,
+        Vec<u8>,
+        PublishOptions,
+        oneshot::Sender<Result<oneshot::Receiver<Delivery>, HostError>>,
+    ),
+    Stats(oneshot::Sender<HostStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Configures and starts a node.
+pub struct NodeBuilder {
+    config: HostConfig,
+    keyring: Keyring<HOST_CHANNEL_KEYS>,
+    events: Option<mpsc::Sender<NodeEvent>>,
+}
+
+impl NodeBuilder {
+    /// A builder with this keyring and [`HostConfig::default`] settings.
+    pub fn new(keyring: Keyring<HOST_CHANNEL_KEYS>) -> Self {
+        Self { config: HostConfig::default(), keyring, events: None }
+    }
+    /// Loads the keyring from a file (warnings are logged).
+    ///
+    /// # Errors
+    /// [`HostError::Keys`] with the file, field and problem.
+    pub fn from_keyring_file(path: &std::path::Path) -> Result<Self, HostError> {
+        let loaded =
+            nomq_keys::KeyringFile::load(path).map_err(|e| HostError::Keys(e.to_string()))?;
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let ring = loaded.keyring.to_core().map_err(|e| HostError::Keys(e.to_string()))?;
+        Ok(Self::new(ring))
+    }
+    /// Replaces all settings.
+    pub fn config(mut self, config: HostConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// Local address to bind.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.config.bind = addr;
+        self
+    }
+    /// Adds static peers (fan-out by unicast).
+    pub fn peers(mut self, peers: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.config.peers.extend(peers);
+        self
+    }
+    /// Sets the broadcast addresses of fan-out (`255.255.255.255:P` or a subnet's).
+    pub fn broadcast(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.config.broadcast = Some(addrs.into_iter().collect());
+        self
+    }
+    /// Joins a multicast group and fans out to it.
+    pub fn multicast(mut self, group: IpAddr) -> Self {
+        self.config.multicast = Some(group);
+        self
+    }
+    /// Engine settings.
+    pub fn engine(mut self, engine: nomq::Config) -> Self {
+        self.config.engine = engine;
+        self
+    }
+    /// Receives peer and security events on this channel (bounded; excess dropped).
+    pub fn events(mut self, tx: mpsc::Sender<NodeEvent>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+
+    /// Binds the socket and starts the driver task on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`HostError::Io`] if the socket cannot be bound or configured.
+    pub async fn start(self) -> Result<Handle, HostError> {
+        let cfg = self.config;
+        let socket = bind(&cfg).await?;
+        let local = socket.local_addr().map_err(|e| HostError::Io("local address", e))?;
+        let mut fanout: Vec<SocketAddr> = cfg.peers.clone();
+        fanout.extend(cfg.effective_broadcast());
+        if let Some(g) = cfg.multicast {
+            fanout.push(SocketAddr::new(g, local.port()));
+        }
+        if fanout.is_empty() {
+            tracing::warn!(%local, "no peers, broadcast or multicast configured: fan-out reaches nobody");
+        }
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed)
+            .map_err(|e| HostError::Io("OS random generator", std::io::Error::other(e)))?;
+        let clock = Clock::new();
+        let node =
+            Box::new(HostNode::new(cfg.engine, self.keyring, seed, clock.now(), clock.unix()));
+        let (tx, rx) = mpsc::channel(1024);
+        let driver = Driver {
+            node,
+            socket: Arc::new(socket),
+            cfg,
+            fanout,
+            clock,
+            subs: Vec::new(),
+            pending: HashMap::new(),
+            stats: HostStats::default(),
+            events: self.events,
+        };
+        tokio::spawn(driver.run(rx));
+        Ok(Handle { tx, local })
+    }
+}
+
+async fn bind(cfg: &HostConfig) -> Result<UdpSocket, HostError> {
+    let socket = UdpSocket::bind(cfg.bind).await.map_err(|e| HostError::Io("bind", e))?;
+    if !cfg.effective_broadcast().is_empty() {
+        socket.set_broadcast(true).map_err(|e| HostError::Io("SO_BROADCAST", e))?;
+    }
+    match cfg.multicast {
+        Some(IpAddr::V4(g)) => {
+            let iface = match cfg.bind.ip() {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+            };
+            socket
+                .join_multicast_v4(g, iface)
+                .map_err(|e| HostError::Io("join multicast group", e))?;
+            socket
+                .set_multicast_ttl_v4(cfg.multicast_ttl)
+                .map_err(|e| HostError::Io("multicast TTL", e))?;
+        }
+        Some(IpAddr::V6(g)) => {
+            socket
+                .join_multicast_v6(&g, cfg.multicast_if)
+                .map_err(|e| HostError::Io("join multicast group", e))?;
+        }
+        None => {}
+    }
+    Ok(socket)
+}
+
+/// Converts the OS clocks into the core's `Instant` and Unix seconds.
+struct Clock {
+    base: tokio::time::Instant,
+}
+impl Clock {
+    fn new() -> Self {
+        Self { base: tokio::time::Instant::now() }
+    }
+    fn now(&self) -> nomq::Instant {
+        nomq::Instant::from_micros(
+            u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX),
+        )
+    }
+    fn unix(&self) -> u32 {
+        let s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        u32::try_from(s).unwrap_or(u32::MAX)
+    }
+    fn deadline(&self, t: nomq::Instant) -> tokio::time::Instant {
+        self.base + std::time::Duration::from_micros(t.total_micros())
+    }
+}
+
+/// A handle to a running node; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    local: SocketAddr,
+}
+
+impl Handle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Subscribes to a pattern (MQTT wildcards) and returns the stream of its messages.
+    ///
+    /// # Errors
+    /// [`HostError::Subscribe`] for an invalid pattern or a full table.
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, HostError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Subscribe(pattern.to_string(), tx))
+            .await
+            .map_err(|_| HostError::Closed)?;
+        let stream = rx.await.map_err(|_| HostError::Closed)??;
+        Ok(Subscription { rx: stream, pattern: pattern.to_string(), handle: self.clone() })
+    }
+
+    /// Publishes and waits for the outcome: at once for QoS 0 after sending; for QoS 1/2
+    /// when every known subscriber acknowledged, or retransmissions gave up, or the TTL ran out.
+    ///
+    /// # Errors
+    /// [`HostError::Publish`] when the engine refuses it (invalid channel, too large,
+    /// outbox full), [`HostError::Closed`].
+    pub async fn publish(
+        &self,
+        channel: &str,
+        body: impl Into<Vec<u8>>,
+        opts: PublishOptions,
+    ) -> Result<Delivery, HostError> {
+        let waiter = self.start_publish(channel, body, opts).await?;
+        waiter.await.map_err(|_| HostError::Closed)
+    }
+
+    /// Queues a publish and returns a receiver of its outcome without waiting for it
+    /// (for pipelining many publishes).
+    ///
+    /// # Errors
+    /// As [`Handle::publish`].
+    pub async fn start_publish(
+        &self,
+        channel: &str,
+        body: impl Into<Vec<u8>>,
+        opts: PublishOptions,
+    ) -> Result<oneshot::Receiver<Delivery>, HostError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Publish(channel.to_string(), body.into(), opts, tx))
+            .await
+            .map_err(|_| HostError::Closed)?;
+        rx.await.map_err(|_| HostError::Closed)?
+    }
+
+    /// Publishes a value as JSON.
+    ///
+    /// # Errors
+    /// [`HostError::Codec`] or as [`Handle::publish`].
+    pub async fn publish_json<T: serde::Serialize>(
+        &self,
+        channel: &str,
+        value: &T,
+        opts: PublishOptions,
+    ) -> Result<Delivery, HostError> {
+        let body = serde_json::to_vec(value).map_err(|e| HostError::Codec(e.to_string()))?;
+        self.publish(channel, body, opts).await
+    }
+
+    /// Publishes a value as postcard (compact binary, what an MCU peer decodes best).
+    ///
+    /// # Errors
+    /// [`HostError::Codec`] or as [`Handle::publish`].
+    pub async fn publish_postcard<T: serde::Serialize>(
+        &self,
+        channel: &str,
+        value: &T,
+        opts: PublishOptions,
+    ) -> Result<Delivery, HostError> {
+        let body = postcard::to_stdvec(value).map_err(|e| HostError::Codec(e.to_string()))?;
+        self.publish(channel, body, opts).await
+    }
+
+    /// Counters.
+    ///
+    /// # Errors
+    /// [`HostError::Closed`].
+    pub async fn stats(&self) -> Result<HostStats, HostError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Stats(tx)).await.map_err(|_| HostError::Closed)?;
+        rx.await.map_err(|_| HostError::Closed)
+    }
+
+    /// Stops the driver after sending what is queued to send now. Pending QoS 1/2
+    /// publishes resolve with [`HostError::Closed`].
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// The messages of one subscription, as a `futures_core::Stream` (or with [`Subscription::recv`]).
+/// Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::Receiver<Message>,
+    pattern: String,
+    handle: Handle,
+}
+
+impl Subscription {
+    /// The next message; `None` once the node shut down.
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+    /// The pattern.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+}
+
+impl futures_core::Stream for Subscription {
+    type Item = Message;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.handle.tx.try_send(Command::Unsubscribe(self.pattern.clone()));
+    }
+}
+
+struct Driver {
+    node: Box<HostNode>,
+    socket: Arc<UdpSocket>,
+    cfg: HostConfig,
+    fanout: Vec<SocketAddr>,
+    clock: Clock,
+    subs: Vec<(String, mpsc::Sender<Message>)>,
+    pending: HashMap<nomq::node::PublishHandle, oneshot::Sender<Delivery>>,
+    stats: HostStats,
+    events: Option<mpsc::Sender<NodeEvent>>,
+}
+
+impl Driver {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut rbuf = vec![0u8; 65_536];
+        let mut tbuf = vec![0u8; self.node.max_datagram_len()];
+        loop {
+            self.flush(&mut tbuf).await;
+            let deadline = self.node.poll_timeout().map(|t| self.clock.deadline(t));
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = self.socket.recv_from(&mut rbuf) => match r {
+                    Ok((n, from)) => self.on_datagram(&mut rbuf[..n], from),
+                    Err(e) => self.on_recv_error(e).await,
+                },
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Shutdown(done)) => {
+                        self.flush(&mut tbuf).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                () = sleep => {
+                    let now = self.clock.now();
+                    self.node.handle_timeout(now);
+                }
+            }
+            // Batch: take whatever else is ready without re-arming the timer each time.
+            for _ in 0..64 {
+                match self.socket.try_recv_from(&mut rbuf) {
+                    Ok((n, from)) => self.on_datagram(&mut rbuf[..n], from),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(c) = rx.try_recv() {
+                if let Command::Shutdown(done) = c {
+                    self.flush(&mut tbuf).await;
+                    let _ = done.send(());
+                    return;
+                }
+                self.on_command(c);
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, buf: &mut [u8], from: SocketAddr) {
+        let now = self.clock.now();
+        let Some(m) = self.node.handle_datagram(now, Addr::from(from), buf) else { return };
+        let name = m.name;
+        let mut msg = None;
+        for (pattern, tx) in &self.subs {
+            let Ok(p) = nomq::Pattern::new(pattern) else { continue };
+            if !p.matches(name) {
+                continue;
+            }
+            let message = msg
+                .get_or_insert_with(|| Message {
+                    channel: name.as_str().to_string(),
+                    body: m.body.to_vec(),
+                    from,
+                    session: m.session,
+                    qos: m.qos,
+                    retained: m.retained,
+                    dup: m.dup,
+                })
+                .clone();
+            if tx.try_send(message).is_err() {
+                self.stats.app_dropped += 1;
+                tracing::warn!(pattern = %pattern, "subscription stream full or closed: message dropped");
+            }
+        }
+    }
+
+    async fn on_recv_error(&mut self, e: std::io::Error) {
+        self.stats.recv_errors += 1;
+        tracing::warn!(error = %e, "receive error; recovering");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // A socket that keeps failing is replaced; the engine keeps subscriptions and
+        // pending messages, so nothing is lost but what was in flight.
+        if self.stats.recv_errors.is_multiple_of(16) {
+            match bind(&self.cfg).await {
+                Ok(s) => {
+                    tracing::info!("socket rebound");
+                    self.socket = Arc::new(s);
+                }
+                Err(e) => tracing::error!(error = %e, "rebinding failed"),
+            }
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        let now = self.clock.now();
+        match c {
+            Command::Subscribe(pattern, reply) => {
+                let r = self.node.subscribe(&pattern).map_err(HostError::Subscribe).map(|()| {
+                    let (tx, rx) = mpsc::channel(STREAM_DEPTH);
+                    self.subs.push((pattern, tx));
+                    rx
+                });
+                let _ = reply.send(r);
+            }
+            Command::Unsubscribe(pattern) => {
+                if let Some(i) =
+                    self.subs.iter().position(|(p, tx)| *p == pattern && tx.is_closed())
+                {
+                    self.subs.swap_remove(i);
+                }
+                if !self.subs.iter().any(|(p, _)| *p == pattern) {
+                    let _ = self.node.unsubscribe(&pattern);
+                }
+            }
+            Command::Publish(channel, body, opts, reply) => {
+                let r =
+                    self.node.publish(now, &channel, &body, opts).map_err(HostError::Publish).map(
+                        |h| {
+                            let (tx, rx) = oneshot::channel();
+                            self.pending.insert(h, tx);
+                            rx
+                        },
+                    );
+                let _ = reply.send(r);
+            }
+            Command::Stats(reply) => {
+                let mut s = self.stats.clone();
+                s.engine = self.node.stats().clone();
+                let _ = reply.send(s);
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    async fn flush(&mut self, tbuf: &mut [u8]) {
+        loop {
+            let now = self.clock.now();
+            let Some(t) = self.node.poll_transmit(now, tbuf) else { break };
+            let data = &tbuf[..t.len];
+            match t.target {
+                Target::Unicast(a) => self.send(data, SocketAddr::from(a)).await,
+                Target::Group(a) => self.send(data, SocketAddr::from(a)).await,
+                Target::Fanout => {
+                    for i in 0..self.fanout.len() {
+                        let to = self.fanout[i];
+                        self.send(data, to).await;
+                    }
+                }
+            }
+        }
+        while let Some(e) = self.node.poll_event() {
+            match e {
+                Event::Outcome(o) => {
+                    if let Some(tx) = self.pending.remove(&o.handle) {
+                        let _ = tx.send(Delivery::from(o));
+                    }
+                }
+                other => {
+                    tracing::debug!(event = ?other, "node event");
+                    if let Some(tx) = &self.events {
+                        let _ = tx.try_send(other);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, data: &[u8], to: SocketAddr) {
+        // try_send_to first: the common case never touches the reactor.
+        let r = match self.socket.try_send_to(data, to) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.socket.send_to(data, to).await
+            }
+            r => r,
+        };
+        if let Err(e) = r {
+            self.stats.send_errors += 1;
+            tracing::debug!(%to, error = %e, "send failed");
+        }
+    }
+}

@@ -27,7 +27,7 @@ pub enum ClockMode {
 }
 
 /// Engine configuration. [`Config::default`] documents every default.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub struct Config {
