@@ -601,3 +601,15 @@ fn unsynced_clock_mode_delivers_and_refuses_replays() {
     }
     assert_eq!(s.members[b].node.stats().delivered, d0);
 }
+
+/// Reports the engine's memory at default capacities (printed with `--nocapture`) and
+/// keeps it from growing unnoticed.
+#[test]
+fn node_size_at_default_capacities() {
+    let default = std::mem::size_of::<Node<Keyring<0>>>();
+    let with_keys = std::mem::size_of::<Node<Keyring<4>>>();
+    println!(
+        "Node<Keyring<0>> default capacities: {default} bytes; with 4 channel key scopes: {with_keys} bytes"
+    );
+    assert!(default < 80 * 1024, "{default}");
+}

@@ -45,9 +45,9 @@ use heapless::{Deque, String, Vec};
 use limits::{Lockouts, RateWindow, ReplayCheck, ReplayWindow};
 
 /// Event queue depth. Outcomes wait in their outbox slot while it is full.
-pub const EVENT_QUEUE: usize = 32;
+pub const EVENT_QUEUE: usize = 8;
 /// Control queue depth (acks and announcements waiting to be sent).
-pub const CONTROL_QUEUE: usize = 32;
+pub const CONTROL_QUEUE: usize = 16;
 /// Fan-out repeats of a QoS 1/2 publish while no subscriber is known, before it ends
 /// with [`Status::NoSubscribers`]. Covers the start-up race between a first publish and
 /// the subscribers' announcements.
