@@ -246,8 +246,25 @@ impl NodeBuilder {
     }
 }
 
+/// Socket buffer sizes asked of the kernel (it may grant less; see `net.core.rmem_max`).
+/// Bursts of QoS 0 traffic overflow the 208 KB default long before the CPU is busy.
+const RECV_BUFFER: usize = 4 << 20;
+const SEND_BUFFER: usize = 1 << 20;
+
 async fn bind(cfg: &HostConfig) -> Result<UdpSocket, HostError> {
-    let socket = UdpSocket::bind(cfg.bind).await.map_err(|e| HostError::Io("bind", e))?;
+    let domain = socket2::Domain::for_address(cfg.bind);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(|e| HostError::Io("socket", e))?;
+    // Best effort: a smaller grant only means more drops under bursts.
+    let _ = s.set_recv_buffer_size(RECV_BUFFER);
+    let _ = s.set_send_buffer_size(SEND_BUFFER);
+    if cfg.multicast.is_some() {
+        // Several nodes on one host may share a multicast port.
+        s.set_reuse_address(true).map_err(|e| HostError::Io("SO_REUSEADDR", e))?;
+    }
+    s.set_nonblocking(true).map_err(|e| HostError::Io("non-blocking", e))?;
+    s.bind(&cfg.bind.into()).map_err(|e| HostError::Io("bind", e))?;
+    let socket = UdpSocket::from_std(s.into()).map_err(|e| HostError::Io("register socket", e))?;
     if !cfg.effective_broadcast().is_empty() {
         socket.set_broadcast(true).map_err(|e| HostError::Io("SO_BROADCAST", e))?;
     }

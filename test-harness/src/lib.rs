@@ -19,3 +19,4 @@ pub mod netns;
 pub mod probe;
 pub mod relay;
 pub mod report;
+pub mod scenarios;

@@ -8,9 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use nomq::Qos;
 use nomq_harness::netns::{Lab, LabError};
 use nomq_harness::probe::{self, ProbeKind};
 use nomq_harness::report::Report;
+use nomq_harness::scenarios;
 
 /// Environment variable that turns "namespaces not available" from SKIP into FAIL, so CI
 /// cannot pass the broadcast mode without running it.
@@ -52,12 +54,44 @@ enum Mode {
     Broadcast,
     /// Nodes talking through a UDP relay with seeded loss, duplication and reordering.
     Lossy,
+    /// Internal: a NoMQ node in its own process (a subscriber or a publisher).
+    #[command(name = "__node", hide = true)]
+    Node(NodeArgs),
     /// Internal: one side of a lab probe, run inside a namespace by `broadcast`.
     #[command(name = "__netns-probe", hide = true)]
     NetnsProbe {
         #[command(subcommand)]
         role: ProbeRole,
     },
+}
+
+/// A child node: `sub` prints READY, then `MSG <channel> <body hex>` per message;
+/// `pub` prints `OUTCOME <status> acked=<n>` per message.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// `sub` or `pub`.
+    #[arg(long)]
+    role: String,
+    #[arg(long)]
+    bind: std::net::SocketAddr,
+    #[arg(long)]
+    peer: Vec<std::net::SocketAddr>,
+    /// Fan out by broadcast to this address (only inside a lab namespace).
+    #[arg(long)]
+    broadcast: Vec<std::net::SocketAddr>,
+    /// Fan out to this multicast group (only inside a lab namespace).
+    #[arg(long)]
+    multicast: Option<std::net::IpAddr>,
+    #[arg(long, default_value = "#")]
+    pattern: String,
+    #[arg(long, default_value = "harness/x")]
+    channel: String,
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,21 +126,229 @@ enum ProbeRole {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nomq-harness: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.mode {
-        Mode::Loopback => not_yet("loopback"),
-        Mode::Lossy => not_yet("lossy"),
-        Mode::Broadcast => finish(&broadcast(), cli.opts.json),
+        Mode::Loopback => finish(&runtime.block_on(loopback(&cli.opts)), cli.opts.json),
+        Mode::Lossy => finish(&runtime.block_on(lossy(&cli.opts)), cli.opts.json),
+        Mode::Broadcast => finish(&broadcast(&runtime), cli.opts.json),
+        Mode::Node(args) => runtime.block_on(child_node(args)),
         Mode::NetnsProbe { role } => netns_probe(role),
     }
 }
 
-/// Modes whose NoMQ scenarios need the host adapter, which is not there yet.
-fn not_yet(mode: &str) -> ExitCode {
-    eprintln!(
-        "nomq-harness {mode}: the {mode} scenarios arrive with the host adapter (nomq-host); \
-         nothing to run yet"
-    );
-    ExitCode::from(2)
+async fn loopback(opts: &Options) -> Report {
+    let mut r = Report::new("nomq-harness loopback (127.0.0.1, static peers)");
+    r.check("crypto self-test", scenarios::crypto_self_test);
+    scenarios::row(&mut r, "subscribe / unsubscribe", scenarios::subscribe_unsubscribe()).await;
+    scenarios::row(&mut r, "QoS 0 publish / receive", scenarios::qos_levels(Qos::AtMostOnce, 20))
+        .await;
+    scenarios::row(&mut r, "QoS 1 publish / receive", scenarios::qos_levels(Qos::AtLeastOnce, 20))
+        .await;
+    scenarios::row(&mut r, "QoS 2 publish / receive", scenarios::qos_levels(Qos::ExactlyOnce, 20))
+        .await;
+    scenarios::row(&mut r, "retained to late joiner, TTL expiry", scenarios::retained_and_ttl())
+        .await;
+    scenarios::row(&mut r, "replay and tampering rejected", scenarios::replay_and_tamper()).await;
+    scenarios::row(&mut r, "wrong key rejected, lockout", scenarios::wrong_key_and_lockout()).await;
+    scenarios::row(&mut r, "rate limit", scenarios::rate_limit()).await;
+    scenarios::row(&mut r, "peer liveness", scenarios::liveness()).await;
+    scenarios::row(&mut r, "separate processes, QoS 2", separate_processes()).await;
+    scenarios::row(&mut r, "performance run", scenarios::throughput(opts.messages)).await;
+    r
+}
+
+async fn lossy(opts: &Options) -> Report {
+    let mut r = Report::new("nomq-harness lossy (UDP relay: 20% loss, 2% duplication, reordering)");
+    let n = opts.messages;
+    scenarios::row(
+        &mut r,
+        "QoS 1 through lossy relay",
+        scenarios::lossy(Qos::AtLeastOnce, n, opts.seed, 0.2),
+    )
+    .await;
+    scenarios::row(
+        &mut r,
+        "QoS 2 through lossy relay",
+        scenarios::lossy(Qos::ExactlyOnce, n, opts.seed + 1, 0.2),
+    )
+    .await;
+    r
+}
+
+/// Two subscriber processes and this process publishing QoS 2 to them.
+async fn separate_processes() -> scenarios::Outcome {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let ports = scenarios::free_ports(3);
+    let mut children = Vec::new();
+    for i in 1..3 {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args([
+            "__node",
+            "--role",
+            "sub",
+            "--pattern",
+            "proc/#",
+            "--count",
+            "5",
+            "--timeout-ms",
+            "8000",
+        ])
+        .arg("--bind")
+        .arg(ports[i].to_string())
+        .arg("--peer")
+        .arg(ports[0].to_string())
+        .stdout(std::process::Stdio::piped());
+        children.push(spawn_ready(cmd)?);
+    }
+    let a = scenarios::node(
+        ports[0],
+        ports[1..].to_vec(),
+        scenarios::keyring(1),
+        scenarios::fast_engine(),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..5u8 {
+        let d = a
+            .handle
+            .publish("proc/x", vec![i], nomq_host::PublishOptions::qos(Qos::ExactlyOnce))
+            .await
+            .map_err(|e| e.to_string())?;
+        if d.status != nomq_host::Status::Acknowledged || d.acked.len() != 2 {
+            return Err(format!("message {i}: {d:?}"));
+        }
+    }
+    for (k, child) in children.into_iter().enumerate() {
+        let (ok, lines) = wait_child(child)?;
+        let msgs = lines.iter().filter(|l| l.starts_with("MSG ")).count();
+        if !ok || msgs != 5 {
+            return Err(format!("subscriber process {k}: success {ok}, {msgs} messages"));
+        }
+    }
+    Ok("5 QoS 2 messages to 2 subscriber processes: each printed exactly 5".into())
+}
+
+/// A child node and the lines it prints after READY.
+type Child = (std::process::Child, std::thread::JoinHandle<Vec<String>>);
+
+/// Waits for a child and returns whether it succeeded and its output lines.
+fn wait_child((mut child, lines): Child) -> Result<(bool, Vec<String>), String> {
+    let status = child.wait().map_err(|e| e.to_string())?;
+    Ok((status.success(), lines.join().unwrap_or_default()))
+}
+
+/// Spawns a child node and waits (bounded) for its READY line.
+fn spawn_ready(mut cmd: std::process::Command) -> Result<Child, String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut rest = Vec::new();
+        let mut ready = false;
+        for l in lines.by_ref().map_while(Result::ok) {
+            if !ready && l == "READY" {
+                ready = true;
+                let _ = tx.send(());
+                continue;
+            }
+            rest.push(l);
+        }
+        rest
+    });
+    rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+        let _ = child.kill();
+        "child node never became ready".to_string()
+    })?;
+    Ok((child, reader))
+}
+
+async fn child_node(a: NodeArgs) -> ExitCode {
+    use nomq_host::{NodeBuilder, PublishOptions, Status};
+    let fans_out_wide = !a.broadcast.is_empty() || a.multicast.is_some();
+    if fans_out_wide && nomq_harness::netns::lab_namespace().is_none() {
+        eprintln!("__node: broadcast/multicast only inside a lab namespace");
+        return ExitCode::from(2);
+    }
+    let mut b = NodeBuilder::new(scenarios::keyring(1))
+        .engine(scenarios::fast_engine())
+        .bind(a.bind)
+        .peers(a.peer);
+    if !a.broadcast.is_empty() {
+        b = b.broadcast(a.broadcast);
+    }
+    if let Some(g) = a.multicast {
+        b = b.multicast(g);
+    }
+    let node = match b.start().await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("__node: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let deadline = Duration::from_millis(a.timeout_ms);
+    if a.role == "sub" {
+        let mut sub = match node.subscribe(&a.pattern).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("__node: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        println!("READY");
+        let mut got = 0;
+        let end = tokio::time::Instant::now() + deadline;
+        while got < a.count {
+            match tokio::time::timeout_at(end, sub.recv()).await {
+                Ok(Some(m)) => {
+                    let hex: String = m.body.iter().map(|b| format!("{b:02x}")).collect();
+                    println!("MSG {} {hex}", m.channel);
+                    got += 1;
+                }
+                _ => return ExitCode::FAILURE,
+            }
+        }
+        // Stay a moment so late duplicates would show (exactly-once is checked by count).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        node.shutdown().await;
+        return ExitCode::SUCCESS;
+    }
+    println!("READY");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let qos = Qos::from_level(a.qos).unwrap_or(Qos::AtLeastOnce);
+    let mut ok = true;
+    for i in 0..a.count {
+        match tokio::time::timeout(
+            deadline,
+            node.publish(&a.channel, i.to_be_bytes().to_vec(), PublishOptions::qos(qos)),
+        )
+        .await
+        {
+            Ok(Ok(d)) => {
+                println!("OUTCOME {:?} acked={}", d.status, d.acked.len());
+                ok &= d.status
+                    == if qos == Qos::AtMostOnce { Status::Sent } else { Status::Acknowledged };
+            }
+            Ok(Err(e)) => {
+                println!("OUTCOME error {e}");
+                ok = false;
+            }
+            Err(_) => {
+                println!("OUTCOME timeout");
+                ok = false;
+            }
+        }
+    }
+    node.shutdown().await;
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn finish(report: &Report, json: bool) -> ExitCode {
@@ -118,9 +360,11 @@ fn finish(report: &Report, json: bool) -> ExitCode {
     ExitCode::from(u8::try_from(report.exit_code()).unwrap_or(1))
 }
 
-/// The `broadcast` mode: builds the namespace lab and checks it carries broadcast and
-/// multicast. NoMQ scenarios over the lab join these rows once the host adapter exists.
-fn broadcast() -> Report {
+/// The `broadcast` mode: builds the namespace lab, checks it carries broadcast and
+/// multicast, then runs NoMQ nodes in it: one publisher, two subscribers, by subnet
+/// broadcast and by multicast.
+fn broadcast(runtime: &tokio::runtime::Runtime) -> Report {
+    let _ = runtime;
     let mut report = Report::new("nomq-harness broadcast");
     let probes = [
         ("netns broadcast probe", ProbeKind::Broadcast),
@@ -150,7 +394,61 @@ fn broadcast() -> Report {
     for (name, kind) in probes {
         report.check(name, || probe::run(&lab, &exe, kind));
     }
+    report.check("NoMQ QoS 1 by subnet broadcast, 3 hosts", || nomq_in_lab(&lab, &exe, false));
+    report.check("NoMQ QoS 1 by multicast, 3 hosts", || nomq_in_lab(&lab, &exe, true));
     report
+}
+
+/// Subscribers in hosts 1 and 2, a publisher in host 0; fan-out by broadcast or multicast.
+fn nomq_in_lab(lab: &Lab, exe: &std::path::Path, multicast: bool) -> Result<String, String> {
+    const PORT: u16 = 47_888;
+    let fanout: Vec<String> = if multicast {
+        vec!["--multicast".into(), nomq_harness::netns::MULTICAST_GROUP.to_string()]
+    } else {
+        vec!["--broadcast".into(), format!("{}:{PORT}", nomq_harness::netns::BROADCAST)]
+    };
+    let mut subs = Vec::new();
+    for i in 1..LAB_HOSTS {
+        let mut cmd = lab.command(i, exe).map_err(|e| e.to_string())?;
+        cmd.args([
+            "__node",
+            "--role",
+            "sub",
+            "--pattern",
+            "lab/#",
+            "--count",
+            "3",
+            "--timeout-ms",
+            "8000",
+        ])
+        .arg("--bind")
+        .arg(format!("0.0.0.0:{PORT}"))
+        .args(&fanout)
+        .stdout(std::process::Stdio::piped());
+        subs.push(spawn_ready(cmd)?);
+    }
+    let mut cmd = lab.command(0, exe).map_err(|e| e.to_string())?;
+    cmd.args(["__node", "--role", "pub", "--channel", "lab/temp", "--qos", "1", "--count", "3"])
+        .arg("--bind")
+        .arg(format!("0.0.0.0:{PORT}"))
+        .args(&fanout);
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let acked = text.lines().filter(|l| l.starts_with("OUTCOME Acknowledged acked=2")).count();
+    for (k, child) in subs.into_iter().enumerate() {
+        let (ok, lines) = wait_child(child)?;
+        if !ok || lines.iter().filter(|l| l.starts_with("MSG ")).count() != 3 {
+            return Err(format!("subscriber in host {} did not get 3 messages", k + 1));
+        }
+    }
+    if !out.status.success() || acked != 3 {
+        return Err(format!(
+            "publisher: {} / {}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(format!("3 messages, both subscribers delivered, {acked}/3 acknowledged by both"))
 }
 
 fn lab_failure(e: &LabError) -> String {
