@@ -1,0 +1,68 @@
+//! `nomq`: publish, subscribe, manage keyrings and measure NoMQ from a shell, with the
+//! habits of `mosquitto_pub` / `mosquitto_sub`.
+//!
+//! Exit codes: 0 success; 1 delivery not confirmed (or too few messages before a
+//! timeout); 2 usage, configuration or keyring errors; 3 network errors.
+
+mod bench;
+mod common;
+mod keys;
+mod publish;
+mod subscribe;
+
+use clap::{Parser, Subcommand};
+use common::Failure;
+use std::process::ExitCode;
+
+/// Brokerless, encrypted publish/subscribe over UDP.
+#[derive(Parser, Debug)]
+#[command(name = "nomq", version, about, long_about = None)]
+#[command(after_help = "Exit codes: 0 success, 1 delivery not confirmed, \
+2 usage/configuration/keyring error, 3 network error.\n\
+Logs go to stderr; set RUST_LOG (default: warn).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate, inspect and rotate keyring files.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Publish one message.
+    Pub(publish::PubArgs),
+    /// Print the messages of channels as they arrive.
+    Sub(subscribe::SubArgs),
+    /// Measure throughput and latency on 127.0.0.1 against a plain UDP loop.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Keys(cmd) => keys::run(cmd),
+        Command::Pub(args) => block_on(publish::run(args)),
+        Command::Sub(args) => block_on(subscribe::run(args)),
+        Command::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {f}");
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Runs a command on a single-threaded runtime: one node needs no more.
+fn block_on(f: impl Future<Output = Result<(), Failure>>) -> Result<(), Failure> {
+    common::runtime()?.block_on(f)
+}
