@@ -24,7 +24,11 @@ pub const HOST_CHANNEL_KEYS: usize = 8;
 /// The core engine with host-sized capacities: 64 peers, 32 subscriptions, 128 outbox
 /// entries of up to 1362 bytes (a full packet), 32 retained channels, 512 QoS 2 receive
 /// states, 256 lockout entries.
-pub type HostNode = Node<Keyring<HOST_CHANNEL_KEYS>, 64, 32, 128, 32, 512, 256, 1362>;
+pub type HostNode = Node<Keyring<HOST_CHANNEL_KEYS>, 64, 32, 128, 32, 512, 256, MAX_MESSAGE_LEN>;
+/// Most bytes of channel name + body one message carries with the default maximum
+/// payload (1376): the padded plaintext of a PUBLISH holds 13 bytes of header fields.
+pub const MAX_MESSAGE_LEN: usize =
+    nomq::envelope::max_plaintext(1376) - nomq::body::PUBLISH_PREFIX_LEN;
 /// Messages buffered per subscription stream before the slowest reader loses some
 /// (counted in [`HostStats::app_dropped`] and logged).
 pub const STREAM_DEPTH: usize = 4096;
@@ -75,6 +79,8 @@ pub struct Message {
     pub from: SocketAddr,
     /// Sender's session.
     pub session: SessionId,
+    /// Message id, stable across retransmissions (tells duplicates apart).
+    pub msg: nomq::body::MessageId,
     /// QoS it was published with.
     pub qos: Qos,
     /// A retained value.
@@ -502,12 +508,14 @@ impl Driver {
                     self.node.handle_timeout(now);
                 }
             }
-            // Batch: take whatever else is ready without re-arming the timer each time.
+            // Batch: take whatever else is ready without re-arming the timer each time,
+            // charging each datagram to the task budget so readers on this thread run.
             for _ in 0..64 {
                 match self.socket.try_recv_from(&mut rbuf) {
                     Ok((n, from)) => self.on_datagram(&mut rbuf[..n], from),
                     Err(_) => break,
                 }
+                tokio::task::consume_budget().await;
             }
             while let Ok(c) = rx.try_recv() {
                 if let Command::Shutdown(done) = c {
@@ -536,14 +544,23 @@ impl Driver {
                     body: m.body.to_vec(),
                     from,
                     session: m.session,
+                    msg: m.msg,
                     qos: m.qos,
                     retained: m.retained,
                     dup: m.dup,
                 })
                 .clone();
-            if tx.try_send(message).is_err() {
-                self.stats.app_dropped += 1;
-                tracing::warn!(pattern = %pattern, "subscription stream full or closed: message dropped");
+            match tx.try_send(message) {
+                Ok(()) => {}
+                // A dropped Subscription whose unsubscribe is still queued: not a loss.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.stats.app_dropped += 1;
+                    // Power-of-two spacing keeps a flood from flooding the log too.
+                    if self.stats.app_dropped.is_power_of_two() {
+                        tracing::warn!(pattern = %pattern, dropped = self.stats.app_dropped, "subscription stream full: messages dropped (reader too slow)");
+                    }
+                }
             }
         }
     }

@@ -1132,7 +1132,9 @@ where
                 i += 1;
                 continue;
             };
-            let e = self.outbox.remove(i);
+            // Order among entries lives in their handles, so a swap keeps FIFO intact and
+            // avoids shifting every entry behind this one.
+            let e = self.outbox.swap_remove(i);
             let mut acked = Vec::new();
             let mut missing = Vec::new();
             for t in &e.targets {
@@ -1390,7 +1392,11 @@ where
                                 && e.attempts < self.config.max_attempts
                                 && (e.pending() || e.targets.is_empty())))
                 })
-                .max_by(|(ia, a), (ib, b)| a.priority.cmp(&b.priority).then(ib.cmp(ia)))
+                .max_by(|(_, a), (_, b)| {
+                    // Oldest first among equals; handles increase (wrapping) in publish order.
+                    let older = b.handle.0.wrapping_sub(a.handle.0).cast_signed().cmp(&0);
+                    a.priority.cmp(&b.priority).then(older)
+                })
                 .map(|(i, _)| i)?;
             if let Some(t) = self.transmit_entry(now, pick, buf) {
                 return Some(t);
