@@ -148,6 +148,7 @@ enum Command {
         PublishOptions,
         oneshot::Sender<Result<oneshot::Receiver<Delivery>, HostError>>,
     ),
+    PublishBatch(String, Vec<Vec<u8>>, PublishOptions, oneshot::Sender<Result<usize, HostError>>),
     Stats(oneshot::Sender<HostStats>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -383,6 +384,32 @@ impl Handle {
         rx.await.map_err(|_| HostError::Closed)?
     }
 
+    /// Publishes many QoS 0 messages to one channel in one round trip to the driver
+    /// (high-rate streams). Returns how many were queued: fewer than `bodies.len()` when
+    /// the outbox stayed full after sending what it held; retry the rest.
+    ///
+    /// # Errors
+    /// [`HostError::Config`] for QoS 1/2 (their outcomes need [`Handle::publish`]);
+    /// [`HostError::Publish`] for a refusal other than a full outbox; [`HostError::Closed`].
+    pub async fn publish_batch(
+        &self,
+        channel: &str,
+        bodies: Vec<Vec<u8>>,
+        opts: PublishOptions,
+    ) -> Result<usize, HostError> {
+        if opts.qos != Qos::AtMostOnce {
+            return Err(HostError::Config(
+                "publish_batch is for QoS 0; use publish for QoS 1/2".into(),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::PublishBatch(channel.to_string(), bodies, opts, tx))
+            .await
+            .map_err(|_| HostError::Closed)?;
+        rx.await.map_err(|_| HostError::Closed)?
+    }
+
     /// Publishes a value as JSON.
     ///
     /// # Errors
@@ -500,6 +527,10 @@ impl Driver {
                         let _ = done.send(());
                         return;
                     }
+                    Some(Command::PublishBatch(ch, bodies, opts, reply)) => {
+                        let r = self.publish_batch(&ch, bodies, opts, &mut tbuf).await;
+                        let _ = reply.send(r);
+                    }
                     Some(c) => self.on_command(c),
                     None => return,
                 },
@@ -518,12 +549,18 @@ impl Driver {
                 tokio::task::consume_budget().await;
             }
             while let Ok(c) = rx.try_recv() {
-                if let Command::Shutdown(done) = c {
-                    self.flush(&mut tbuf).await;
-                    let _ = done.send(());
-                    return;
+                match c {
+                    Command::Shutdown(done) => {
+                        self.flush(&mut tbuf).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Command::PublishBatch(ch, bodies, opts, reply) => {
+                        let r = self.publish_batch(&ch, bodies, opts, &mut tbuf).await;
+                        let _ = reply.send(r);
+                    }
+                    c => self.on_command(c),
                 }
-                self.on_command(c);
             }
         }
     }
@@ -563,6 +600,31 @@ impl Driver {
                 }
             }
         }
+    }
+
+    async fn publish_batch(
+        &mut self,
+        channel: &str,
+        bodies: Vec<Vec<u8>>,
+        opts: PublishOptions,
+        tbuf: &mut [u8],
+    ) -> Result<usize, HostError> {
+        let mut queued = 0;
+        for body in &bodies {
+            let mut r = self.node.publish(self.clock.now(), channel, body, opts);
+            if r == Err(nomq::node::PublishError::OutboxFull) {
+                // Send what the outbox holds (QoS 0 entries leave once sent), then retry.
+                self.flush(tbuf).await;
+                r = self.node.publish(self.clock.now(), channel, body, opts);
+            }
+            match r {
+                Ok(_) => queued += 1,
+                Err(nomq::node::PublishError::OutboxFull) => break,
+                Err(e) if queued == 0 => return Err(HostError::Publish(e)),
+                Err(_) => break,
+            }
+        }
+        Ok(queued)
     }
 
     async fn on_recv_error(&mut self, e: std::io::Error) {
@@ -619,7 +681,7 @@ impl Driver {
                 s.engine = self.node.stats().clone();
                 let _ = reply.send(s);
             }
-            Command::Shutdown(_) => {}
+            Command::Shutdown(_) | Command::PublishBatch(..) => {}
         }
     }
 

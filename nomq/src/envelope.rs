@@ -211,11 +211,29 @@ pub fn open<'a, K: KeyLookup + ?Sized>(
     max_payload: usize,
 ) -> Result<Opened<'a>, OpenError> {
     let (header, scope, generation, ks) = verify(keys, datagram, max_payload)?;
+    let plaintext = decrypt_verified(ks, &header, datagram)?;
+    Ok(Opened { header, plaintext, scope, generation })
+}
+
+/// Decrypts and unpads a packet that [`verify`] accepted with `keys` (the second half
+/// of [`open`], so a caller that needed the header between the two steps does not pay
+/// for a second MAC). Returns the plaintext, decrypted in place.
+///
+/// # Errors
+/// [`OpenError::BadPadding`]; [`OpenError::Wire`] if `datagram` is shorter than
+/// `header` says (it was not the datagram that was verified).
+pub fn decrypt_verified<'a>(
+    keys: &KeySet,
+    header: &Header,
+    datagram: &'a mut [u8],
+) -> Result<&'a [u8], OpenError> {
     let n = usize::from(header.payload_len);
-    let ct = &mut datagram[HEADER_LEN..HEADER_LEN + n];
-    cbc_decrypt(&ks.dec, &header.iv, ct);
+    let ct = datagram
+        .get_mut(HEADER_LEN..HEADER_LEN + n)
+        .ok_or(OpenError::Wire(WireError::LengthMismatch))?;
+    cbc_decrypt(&keys.dec, &header.iv, ct);
     let len = unpad(ct).ok_or(OpenError::BadPadding)?;
-    Ok(Opened { header, plaintext: &datagram[HEADER_LEN..HEADER_LEN + len], scope, generation })
+    Ok(&datagram[HEADER_LEN..HEADER_LEN + len])
 }
 
 /// CBC encryption in place over the prepared key schedule (borrowed: the `cbc` crate's

@@ -559,37 +559,41 @@ where
             self.stats.drop(DropReason::LockedOut);
             return None;
         }
-        let (header, scope) = match envelope::verify(&self.keys, buf, self.config.max_payload) {
-            Ok((h, s, _, _)) => (h, s),
-            Err(OpenError::Wire(e)) => {
-                self.stats.drop(wire_reason(e));
-                return None;
-            }
-            Err(_) => {
-                self.stats.drop(DropReason::BadMac);
-                if let Some(until) = self.lockouts.fail(from, now, &self.config.lockout) {
-                    self.push_event(Event::LockedOut { addr: from, until });
+        let (header, scope, generation) =
+            match envelope::verify(&self.keys, buf, self.config.max_payload) {
+                Ok((h, s, g, _)) => (h, s, g),
+                Err(OpenError::Wire(e)) => {
+                    self.stats.drop(wire_reason(e));
+                    return None;
                 }
-                return None;
-            }
-        };
+                Err(_) => {
+                    self.stats.drop(DropReason::BadMac);
+                    if let Some(until) = self.lockouts.fail(from, now, &self.config.lockout) {
+                        self.push_event(Event::LockedOut { addr: from, until });
+                    }
+                    return None;
+                }
+            };
         self.lockouts.succeed(&from);
 
         let peer = self.admit(now, from, &header)?;
 
-        let opened = match envelope::open(&self.keys, buf, self.config.max_payload) {
-            Ok(o) => o,
-            Err(OpenError::BadPadding) => {
+        // The key set that verified the MAC above (the keyring cannot change in between).
+        let keys = self.keys.scope(scope).map(|sc| match generation {
+            crate::keys::Generation::Current => sc.current,
+            crate::keys::Generation::Previous => sc.previous.unwrap_or(sc.current),
+        });
+        let plaintext = match keys.map(|k| envelope::decrypt_verified(k, &header, buf)) {
+            Some(Ok(p)) => p,
+            Some(Err(OpenError::BadPadding)) => {
                 self.stats.drop(DropReason::BadPadding);
                 return None;
             }
-            Err(_) => {
-                // Verified above with the same keys; cannot differ now.
+            _ => {
                 self.stats.drop(DropReason::BadMac);
                 return None;
             }
         };
-        let plaintext = opened.plaintext;
         let ts_expiry = self.expiry_of(now, &header);
 
         match header.packet_type {

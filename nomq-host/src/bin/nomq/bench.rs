@@ -5,8 +5,7 @@ use crate::common::{self, Failure};
 use clap::builder::TypedValueParser;
 use clap::value_parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use nomq::node::PublishError;
-use nomq_host::{Handle, HostError, NodeBuilder, PublishOptions, Qos, Status};
+use nomq_host::{Handle, NodeBuilder, PublishOptions, Qos, Status};
 use std::io::IsTerminal;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -457,26 +456,32 @@ async fn qos0(
         let (node, next, sent, body, n) =
             (node.clone(), Arc::clone(&next), Arc::clone(&sent), Arc::clone(&body), a.messages);
         tasks.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n {
-                loop {
+            // Batches of up to BATCH messages: one round trip to the driver each.
+            const BATCH: u64 = 64;
+            loop {
+                let start = next.fetch_add(BATCH, Ordering::Relaxed);
+                if start >= n {
+                    return Ok(());
+                }
+                let mut left = BATCH.min(n - start);
+                while left > 0 {
                     if tokio::time::Instant::now() >= end {
                         return Ok(());
                     }
-                    match node
-                        .start_publish(CHANNEL_QOS0, &body[..], PublishOptions::default())
-                        .await
+                    let bodies = (0..left).map(|_| body.to_vec()).collect();
+                    match node.publish_batch(CHANNEL_QOS0, bodies, PublishOptions::default()).await
                     {
-                        // The outcome (Sent) is not awaited: QoS 0 has nothing to confirm.
-                        Ok(_) => break,
-                        Err(HostError::Publish(PublishError::OutboxFull)) => {
-                            tokio::task::yield_now().await;
+                        Ok(k) => {
+                            left -= k as u64;
+                            sent.fetch_add(k as u64, Ordering::Relaxed);
+                            if k == 0 {
+                                tokio::task::yield_now().await;
+                            }
                         }
                         Err(e) => return Err(Failure::from(e)),
                     }
                 }
-                sent.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(())
         }));
     }
     while !tasks.iter().all(tokio::task::JoinHandle::is_finished) {
