@@ -251,16 +251,27 @@ fn cbc_encrypt(cipher: &aes::Aes256Enc, iv: &[u8; 16], data: &mut [u8]) {
     }
 }
 
-/// CBC decryption in place, last block first so each block's predecessor is still
-/// ciphertext when it is needed. `data.len()` is a multiple of 16.
+/// CBC decryption in place, last chunk first so each block's predecessor is still
+/// ciphertext when it is needed. Chunks of 8 blocks go through the cipher together,
+/// which lets AES-NI pipeline them. `data.len()` is a multiple of 16.
 fn cbc_decrypt(cipher: &aes::Aes256Dec, iv: &[u8; 16], data: &mut [u8]) {
+    const CHUNK: usize = 8;
     let (blocks, _): (&mut [aes::Block], _) = Array::slice_as_chunks_mut(data);
-    for i in (0..blocks.len()).rev() {
-        let prev: [u8; 16] = if i == 0 { *iv } else { blocks[i - 1].into() };
-        cipher.decrypt_block(&mut blocks[i]);
-        for (x, p) in blocks[i].iter_mut().zip(prev) {
-            *x ^= p;
+    let mut end = blocks.len();
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let mut prev = [[0u8; 16]; CHUNK];
+        for (k, p) in prev.iter_mut().enumerate().take(end - start) {
+            let i = start + k;
+            *p = if i == 0 { *iv } else { blocks[i - 1].into() };
         }
+        cipher.decrypt_blocks(&mut blocks[start..end]);
+        for (b, p) in blocks[start..end].iter_mut().zip(prev) {
+            for (x, y) in b.iter_mut().zip(p) {
+                *x ^= y;
+            }
+        }
+        end = start;
     }
 }
 
