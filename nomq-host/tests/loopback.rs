@@ -118,3 +118,25 @@ async fn wrong_key_and_bad_input_are_refused() {
     ));
     assert!(matches!(a.subscribe("a/#/b").await, Err(HostError::Subscribe(_))));
 }
+
+#[tokio::test]
+async fn ipv6_unicast_on_loopback() {
+    let socks: Vec<UdpSocket> = (0..2).filter_map(|_| UdpSocket::bind("[::1]:0").ok()).collect();
+    if socks.len() < 2 {
+        eprintln!("SKIP: no IPv6 loopback here");
+        return;
+    }
+    let p: Vec<SocketAddr> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
+    drop(socks);
+    let a =
+        NodeBuilder::new(keyring(9)).engine(fast()).bind(p[0]).peers([p[1]]).start().await.unwrap();
+    let b =
+        NodeBuilder::new(keyring(9)).engine(fast()).bind(p[1]).peers([p[0]]).start().await.unwrap();
+    let mut sb = b.subscribe("v6/#").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let d = a.publish("v6/x", "over ::1", PublishOptions::qos(Qos::ExactlyOnce)).await.unwrap();
+    assert_eq!(d.status, Status::Acknowledged);
+    let m = tokio::time::timeout(Duration::from_secs(2), sb.recv()).await.unwrap().unwrap();
+    assert_eq!(m.body, b"over ::1");
+    assert!(m.from.is_ipv6());
+}
