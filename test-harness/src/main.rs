@@ -136,7 +136,7 @@ fn main() -> ExitCode {
     match cli.mode {
         Mode::Loopback => finish(&runtime.block_on(loopback(&cli.opts)), cli.opts.json),
         Mode::Lossy => finish(&runtime.block_on(lossy(&cli.opts)), cli.opts.json),
-        Mode::Broadcast => finish(&broadcast(&runtime), cli.opts.json),
+        Mode::Broadcast => finish(&broadcast(), cli.opts.json),
         Mode::Node(args) => runtime.block_on(child_node(args)),
         Mode::NetnsProbe { role } => netns_probe(role),
     }
@@ -363,8 +363,7 @@ fn finish(report: &Report, json: bool) -> ExitCode {
 /// The `broadcast` mode: builds the namespace lab, checks it carries broadcast and
 /// multicast, then runs NoMQ nodes in it: one publisher, two subscribers, by subnet
 /// broadcast and by multicast.
-fn broadcast(runtime: &tokio::runtime::Runtime) -> Report {
-    let _ = runtime;
+fn broadcast() -> Report {
     let mut report = Report::new("nomq-harness broadcast");
     let probes = [
         ("netns broadcast probe", ProbeKind::Broadcast),
