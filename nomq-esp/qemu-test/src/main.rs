@@ -1,0 +1,133 @@
+//! Test firmware: runs the core's known-answer vectors and a two-node in-memory
+//! QoS 0/1/2 exchange on an emulated Cortex-M3. The semihosting exit code is the verdict.
+#![no_std]
+#![no_main]
+
+use cortex_m_rt::entry;
+use cortex_m_semihosting::{debug, hprintln};
+use nomq::node::{Event, PublishOptions, Status, Target};
+use nomq::{Addr, Config, Duration, Instant, KeyLookup, KeyPair, Keyring, Node, Qos};
+
+/// Small capacities, as an MCU would choose: 2 peers, 2 subscriptions, 4 outbox entries.
+type Mcu = Node<Keyring<0>, 2, 2, 4, 1, 4, 2, 48>;
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    hprintln!("PANIC: {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {}
+}
+
+fn check(ok: bool, what: &str) {
+    if ok {
+        hprintln!("ok   {}", what);
+    } else {
+        hprintln!("FAIL {}", what);
+        debug::exit(debug::EXIT_FAILURE);
+    }
+}
+
+fn hex(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate().take(s.len() / 2) {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    out
+}
+
+fn known_answers() {
+    let mac = nomq::keys::hmac_sha256(b"Jefe", &[b"what do ya want for nothing?"]);
+    check(mac == hex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"), "HMAC-SHA256 RFC 4231 #2");
+    let key = hex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4");
+    let ring: Keyring<0> = match Keyring::new(&KeyPair::new(key, [9; 32])) {
+        Ok(r) => r,
+        Err(_) => return check(false, "keyring"),
+    };
+    let header = nomq::Header {
+        packet_type: nomq::PacketType::Publish,
+        flags: nomq::Flags::default(),
+        packet_id: nomq::PacketId(1),
+        session_id: nomq::SessionId(1),
+        ttl: 1,
+        iv: [0; 16],
+        timestamp: 0,
+        channel_id: nomq::ChannelId::default(),
+        payload_len: 0,
+    };
+    let iv: [u8; 16] = core::array::from_fn(|i| i as u8);
+    let mut buf = [0u8; 160];
+    buf[53..69].copy_from_slice(&hex("6bc1bee22e409f96e93d7e117393172a")[..16]);
+    let n = nomq::seal_in_place(ring.network().current, &header, iv, &mut buf, 16, 1376).unwrap_or(0);
+    check(buf[53..69] == hex("f58c4c04d6e5f1ba779eabfb5f7bfbd6")[..16], "AES-256-CBC NIST SP 800-38A F.2.5");
+    let opened = nomq::open(&ring, &mut buf[..n], 1376);
+    check(opened.is_ok_and(|o| o.plaintext == &hex("6bc1bee22e409f96e93d7e117393172a")[..16]), "seal/open round trip");
+}
+
+fn exchange() {
+    let ring = || Keyring::new(&KeyPair::new([1; 32], [2; 32])).unwrap_or_else(|_| panic!("keys"));
+    let mut cfg = Config::default();
+    cfg.retransmit_initial = Duration::from_millis(20);
+    let mut now = Instant::from_secs(1);
+    let addr = [Addr::V4([10, 0, 0, 1], 8888), Addr::V4([10, 0, 0, 2], 8888)];
+    let mut nodes = [Mcu::new(cfg, ring(), [3; 32], now, 1_700_000_000), Mcu::new(cfg, ring(), [4; 32], now, 1_700_000_000)];
+    check(nodes[1].subscribe("sensor/#").is_ok(), "subscribe");
+    let mut buf = [0u8; 200];
+    let mut delivered = [0u32; 3];
+    let mut outcomes = [None; 3];
+    let mut published = false;
+    // Bounded: 2000 steps of 5 ms of virtual time.
+    for step in 0..2000u32 {
+        if step == 20 && !published {
+            for (q, qos) in [Qos::AtMostOnce, Qos::AtLeastOnce, Qos::ExactlyOnce].into_iter().enumerate() {
+                let r = nodes[0].publish(now, "sensor/t", &[q as u8], PublishOptions::qos(qos));
+                check(r.is_ok(), "publish");
+            }
+            published = true;
+        }
+        for from in 0..2 {
+            while let Some(t) = nodes[from].poll_transmit(now, &mut buf) {
+                let to = 1 - from;
+                let ok = match t.target {
+                    Target::Fanout | Target::Group(_) => true,
+                    Target::Unicast(a) => a == addr[to],
+                };
+                if ok {
+                    let mut d = [0u8; 200];
+                    d[..t.len].copy_from_slice(&buf[..t.len]);
+                    if let Some(m) = nodes[to].handle_datagram(now, addr[from], &mut d[..t.len]) {
+                        if let Some(&q) = m.body.first() {
+                            delivered[usize::from(q) % 3] += 1;
+                        }
+                    }
+                }
+            }
+        }
+        while let Some(e) = nodes[0].poll_event() {
+            if let Event::Outcome(o) = e {
+                outcomes[o.qos.level() as usize] = Some(o.status);
+            }
+        }
+        while nodes[1].poll_event().is_some() {}
+        if outcomes.iter().all(Option::is_some) {
+            break;
+        }
+        now += Duration::from_millis(5);
+        for n in &mut nodes {
+            n.handle_timeout(now);
+        }
+    }
+    check(delivered == [1, 1, 1], "QoS 0/1/2 each delivered once");
+    check(outcomes[0] == Some(Status::Sent), "QoS 0 outcome Sent");
+    check(outcomes[1] == Some(Status::Acknowledged), "QoS 1 outcome Acknowledged");
+    check(outcomes[2] == Some(Status::Acknowledged), "QoS 2 outcome Acknowledged");
+}
+
+#[entry]
+fn main() -> ! {
+    hprintln!("nomq test firmware: {} bytes per node", core::mem::size_of::<Mcu>());
+    known_answers();
+    exchange();
+    hprintln!("all passed");
+    debug::exit(debug::EXIT_SUCCESS);
+    loop {}
+}
