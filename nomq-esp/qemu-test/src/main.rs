@@ -1,10 +1,13 @@
 //! Test firmware: runs the core's known-answer vectors and a two-node in-memory
-//! QoS 0/1/2 exchange on an emulated Cortex-M3. The semihosting exit code is the verdict.
+//! QoS 0/1/2 exchange on an emulated Cortex-M3 or RV32IMC core (the ESP32-C3's
+//! instruction set). The semihosting exit code is the verdict.
 #![no_std]
 #![no_main]
 
-use cortex_m_rt::entry;
+#[cfg(target_arch = "arm")]
 use cortex_m_semihosting::{debug, hprintln};
+#[cfg(target_arch = "riscv32")]
+use riscv_semihosting::{debug, hprintln};
 use nomq::node::{Event, PublishOptions, Status, Target};
 use nomq::{Addr, Config, Duration, Instant, KeyLookup, KeyPair, Keyring, Node, Qos};
 
@@ -122,7 +125,8 @@ fn exchange() {
     check(outcomes[2] == Some(Status::Acknowledged), "QoS 2 outcome Acknowledged");
 }
 
-#[entry]
+#[cfg_attr(target_arch = "arm", cortex_m_rt::entry)]
+#[cfg_attr(target_arch = "riscv32", riscv_rt::entry)]
 fn main() -> ! {
     hprintln!("nomq test firmware: {} bytes per node", core::mem::size_of::<Mcu>());
     known_answers();
