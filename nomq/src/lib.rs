@@ -12,6 +12,7 @@ pub mod channel;
 pub mod envelope;
 pub mod keys;
 pub mod node;
+pub mod selftest;
 pub mod time;
 pub mod wire;
 

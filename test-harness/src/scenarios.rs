@@ -126,61 +126,10 @@ pub async fn row<F: std::future::Future<Output = Outcome>>(report: &mut Report, 
     report.record_timed(name, t.elapsed(), r);
 }
 
-/// Known-answer tests of the primitives through the crate's own functions.
+/// The core's power-on self-test (known answers through the crate's own functions).
 pub fn crypto_self_test() -> Outcome {
-    // RFC 4231 test case 2.
-    let mac = nomq::keys::hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
-    let want = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
-    let got: String = mac.iter().map(|b| format!("{b:02x}")).collect();
-    if got != want {
-        return Err(format!("HMAC-SHA256 RFC 4231 #2: {got}"));
-    }
-    // NIST SP 800-38A F.2.5, first block, through the envelope.
-    let key: [u8; 32] = hex32("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4");
-    let ring: nomq::Keyring<0> =
-        nomq::Keyring::new(&nomq::KeyPair::new(key, [9; 32])).map_err(|e| e.to_string())?;
-    let iv: [u8; 16] = core::array::from_fn(|i| i as u8);
-    let pt = hexv("6bc1bee22e409f96e93d7e117393172a");
-    let header = nomq::Header {
-        packet_type: nomq::PacketType::Publish,
-        flags: nomq::Flags::default(),
-        packet_id: nomq::PacketId(1),
-        session_id: nomq::SessionId(1),
-        ttl: 1,
-        iv: [0; 16],
-        timestamp: 0,
-        channel_id: nomq::ChannelId::default(),
-        payload_len: 0,
-    };
-    let mut buf = [0u8; 200];
-    buf[53..69].copy_from_slice(&pt);
-    let n = nomq::seal_in_place(
-        nomq::KeyLookup::network(&ring).current,
-        &header,
-        iv,
-        &mut buf,
-        16,
-        1376,
-    )
-    .map_err(|e| e.to_string())?;
-    if buf[53..69] != hexv("f58c4c04d6e5f1ba779eabfb5f7bfbd6")[..] {
-        return Err("AES-256-CBC NIST F.2.5 block 1 mismatch".into());
-    }
-    let opened = nomq::open(&ring, &mut buf[..n], 1376).map_err(|e| e.to_string())?;
-    if opened.plaintext != pt {
-        return Err("round trip mismatch".into());
-    }
+    nomq::selftest::run().map_err(|e| e.to_string())?;
     Ok("AES-256-CBC (NIST F.2.5), HMAC-SHA256 (RFC 4231 #2), seal/open round trip".into())
-}
-
-fn hexv(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect()
-}
-fn hex32(s: &str) -> [u8; 32] {
-    let v = hexv(&format!("{s:0<64}"));
-    let mut a = [0u8; 32];
-    a.copy_from_slice(&v[..32]);
-    a
 }
 
 /// Subscribe, receive, unsubscribe, receive nothing.
