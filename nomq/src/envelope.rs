@@ -289,9 +289,8 @@ fn unpad(data: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::ChannelId;
     use crate::keys::{KeyPair, Keyring};
-    use crate::wire::{Flags, PacketId, PacketType, Qos, SessionId};
+    use crate::wire::{PacketId, PacketType, SessionId};
 
     #[test]
     fn unpad_rules() {
@@ -324,15 +323,9 @@ mod tests {
         let ring: Keyring<0> = Keyring::new(&KeyPair::new([1; 32], [2; 32])).unwrap();
         let ks = ring.network().current;
         let h = Header {
-            packet_type: PacketType::Publish,
-            flags: Flags { qos: Qos::AtMostOnce, ..Flags::default() },
             packet_id: PacketId(1),
             session_id: SessionId(1),
-            ttl: 0,
-            iv: [0; 16],
-            timestamp: 0,
-            channel_id: ChannelId::default(),
-            payload_len: 0,
+            ..Header::new(PacketType::Publish)
         };
         let mut buf = [0u8; 101];
         // 15 bytes of plaintext get 1 byte of padding; then overwrite that byte with 0

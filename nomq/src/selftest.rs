@@ -1,10 +1,9 @@
 //! Power-on self-test: known-answer checks of the primitives through the crate's own
 //! functions, cheap enough for an MCU to run at boot (a few microseconds).
 
-use crate::channel::ChannelId;
 use crate::envelope::{open, seal_in_place};
 use crate::keys::{KeyLookup, KeyPair, Keyring, hmac_sha256};
-use crate::wire::{Flags, Header, PacketId, PacketType, SessionId};
+use crate::wire::{Header, PacketId, PacketType, SessionId};
 
 /// Which check failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,15 +55,10 @@ pub fn run() -> Result<(), SelfTestError> {
     let ring: Keyring<0> =
         Keyring::new(&KeyPair::new(NIST_KEY, [9; 32])).map_err(|_| SelfTestError::RoundTrip)?;
     let header = Header {
-        packet_type: PacketType::Publish,
-        flags: Flags::default(),
         packet_id: PacketId(1),
         session_id: SessionId(1),
         ttl: 1,
-        iv: [0; 16],
-        timestamp: 0,
-        channel_id: ChannelId::default(),
-        payload_len: 0,
+        ..Header::new(PacketType::Publish)
     };
     let iv: [u8; 16] = core::array::from_fn(|i| i as u8);
     let mut buf = [0u8; 53 + 32 + 32];

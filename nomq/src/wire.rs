@@ -442,6 +442,22 @@ pub struct Header {
 }
 
 impl Header {
+    /// A header of this type with every other field zero (default flags, no IV yet):
+    /// the starting point for building one, field by field.
+    pub const fn new(packet_type: PacketType) -> Self {
+        Self {
+            packet_type,
+            flags: Flags { qos: Qos::AtMostOnce, retain: false, dup: false, priority: 0 },
+            packet_id: PacketId(0),
+            session_id: SessionId(0),
+            ttl: 0,
+            iv: [0; 16],
+            timestamp: 0,
+            channel_id: ChannelId([0; 16]),
+            payload_len: 0,
+        }
+    }
+
     /// Parses the header of a checked packet.
     ///
     /// # Errors

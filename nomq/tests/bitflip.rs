@@ -10,19 +10,8 @@ const TRIALS: usize = 10_000;
 /// Plaintext lengths around every padding boundary, up to the largest that fits.
 const SIZES: [usize; 12] = [0, 1, 15, 16, 17, 26, 31, 32, 64, 100, 1024, 1375];
 
-/// xorshift64*: deterministic, good enough to pick bits.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+mod common;
+use common::Rng;
 
 #[test]
 fn single_bit_flips_are_never_accepted() {
@@ -71,7 +60,7 @@ fn single_bit_flips_are_never_accepted() {
         assert!(open(&ring, &mut packet[..total], MAX_PAYLOAD).is_ok());
         packet[..total].copy_from_slice(&pristine[..total]);
 
-        let bit = rng.below(total * 8);
+        let bit = rng.below(total as u64 * 8) as usize;
         packet[bit / 8] ^= 1 << (bit % 8);
         tried += 1;
         tested_sizes[si] += 1;

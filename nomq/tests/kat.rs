@@ -6,8 +6,8 @@ use nomq::envelope::{OpenError, open, seal_in_place, sealed_len};
 use nomq::keys::hmac_sha256;
 use nomq::wire::{HEADER_LEN, MAC_LEN};
 use nomq::{
-    ChannelId, ChannelName, Flags, Header, KeyLookup, KeyPair, KeySet, Keyring, PacketId,
-    PacketType, Qos, SessionId,
+    ChannelName, Flags, Header, KeyLookup, KeyPair, KeySet, Keyring, PacketId, PacketType, Qos,
+    SessionId,
 };
 
 /// Decodes hex, ignoring whitespace; panics on anything else (test fixtures only).
@@ -46,17 +46,7 @@ const NIST_CIPHERTEXT: &str = "f58c4c04d6e5f1ba779eabfb5f7bfbd6
                                b2eb05e2c39be9fcda6c19078c6a9d1b";
 
 fn any_header() -> Header {
-    Header {
-        packet_type: PacketType::Publish,
-        flags: Flags::default(),
-        packet_id: PacketId(1),
-        session_id: SessionId(1),
-        ttl: 0,
-        iv: [0; 16],
-        timestamp: 0,
-        channel_id: ChannelId::default(),
-        payload_len: 0,
-    }
+    Header { packet_id: PacketId(1), session_id: SessionId(1), ..Header::new(PacketType::Publish) }
 }
 
 #[test]

@@ -325,15 +325,9 @@ fn every_plaintext_length_round_trips() {
 fn plaintext_limit_is_exact() {
     let pair = &ring_pairs()[0].0;
     let h = Header {
-        packet_type: PacketType::Publish,
-        flags: Flags::default(),
         packet_id: PacketId(1),
         session_id: SessionId(1),
-        ttl: 0,
-        iv: [0; 16],
-        timestamp: 0,
-        channel_id: ChannelId::default(),
-        payload_len: 0,
+        ..Header::new(PacketType::Publish)
     };
     let max = max_plaintext(MAX_PAYLOAD);
     assert!(seal_with(pair, &h, [0; 16], &vec![0; max]).is_ok());

@@ -9,22 +9,8 @@ use std::collections::{BinaryHeap, HashMap};
 type SimNode = Node<Keyring<0>, 8, 8, 128, 4, 512, 8, 64>;
 const UNIX_START: u32 = 1_700_000_000;
 
-/// xorshift64*: tiny, seeded, good enough for fault injection.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+mod common;
+use common::Rng;
 
 /// A datagram on the virtual wire: (arrival µs, sequence, to, from, bytes).
 type InFlight = (u64, u64, usize, Addr, Vec<u8>);
