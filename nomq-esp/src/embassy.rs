@@ -1,0 +1,1 @@
+//! Async adapter over embassy-net (being written).

@@ -1,0 +1,1 @@
+//! Poll-based adapter over smoltcp (being written).
