@@ -1,1 +1,128 @@
-//! Poll-based adapter over smoltcp (being written).
+//! Poll-based adapter over a smoltcp UDP socket, for firmware without an async executor.
+//!
+//! ```text
+//! let socket = udp::Socket::new(rx_buffer, tx_buffer);        // the caller's storage
+//! let mut nomq = Poller::new(node, &mut sockets, socket, 8888, Fanout::Broadcast(8888))?;
+//! loop {
+//!     let now = clock.now();                                   // smoltcp::time::Instant
+//!     iface.poll(now, &mut device, &mut sockets);
+//!     let next = nomq.poll(now, &mut sockets, |msg, node| { /* a delivered message */ });
+//!     iface.poll(now, &mut device, &mut sockets);              // send what nomq queued
+//!     sleep_until(min(next, now + iface.poll_delay(now, &sockets)));
+//! }
+//! ```
+//!
+//! [`Poller::poll`] receives every datagram the socket holds into the engine, handles
+//! the engine's timers, queues what the engine wants sent (the first copy of a publish to
+//! the [`Fanout`], everything else unicast) while the socket has room, and returns when
+//! it wants to be called again. Publish and subscribe through [`Poller::node`].
+
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::udp::{self, BindError, RecvError};
+use smoltcp::time::Instant as SmolInstant;
+
+use nomq::{Instant, Message};
+
+use crate::{Engine, Fanout, MAX_DATAGRAM, TxStats, from_endpoint};
+
+/// The engine's clock from smoltcp's (negative times clamp to zero).
+pub fn instant(t: SmolInstant) -> Instant {
+    Instant::from_micros(u64::try_from(t.total_micros()).unwrap_or(0))
+}
+
+fn smol(t: Instant) -> SmolInstant {
+    SmolInstant::from_micros(i64::try_from(t.total_micros()).unwrap_or(i64::MAX))
+}
+
+/// A node bound to one smoltcp UDP socket.
+pub struct Poller<'a, N> {
+    node: N,
+    handle: SocketHandle,
+    fanout: Fanout<'a>,
+    rx: [u8; MAX_DATAGRAM],
+    tx: [u8; MAX_DATAGRAM],
+    stats: TxStats,
+}
+
+impl<'a, N: Engine> Poller<'a, N> {
+    /// Binds `socket` to `port`, adds it to `sockets` and wraps `node`.
+    ///
+    /// # Errors
+    /// The socket could not be bound (port 0, already bound).
+    pub fn new(
+        node: N,
+        sockets: &mut SocketSet<'a>,
+        mut socket: udp::Socket<'a>,
+        port: u16,
+        fanout: Fanout<'a>,
+    ) -> Result<Self, BindError> {
+        socket.bind(port)?;
+        let handle = sockets.add(socket);
+        Ok(Self {
+            node,
+            handle,
+            fanout,
+            rx: [0; MAX_DATAGRAM],
+            tx: [0; MAX_DATAGRAM],
+            stats: TxStats::default(),
+        })
+    }
+
+    /// The node: publish, subscribe, read its counters and events.
+    pub fn node(&mut self) -> &mut N {
+        &mut self.node
+    }
+
+    /// The socket's handle in the set.
+    pub fn handle(&self) -> SocketHandle {
+        self.handle
+    }
+
+    /// The adapter's transmit counters.
+    pub fn tx_stats(&self) -> TxStats {
+        self.stats
+    }
+
+    /// Moves datagrams both ways and runs the engine's timers; `on_message` gets each
+    /// delivered message with the node (to publish a reply, say). Returns when to call
+    /// again at the latest (`now` if datagrams wait for room in the socket), or `None`
+    /// if only incoming traffic can give the engine work.
+    pub fn poll(
+        &mut self,
+        now: SmolInstant,
+        sockets: &mut SocketSet<'_>,
+        mut on_message: impl FnMut(Message<'_>, &mut N),
+    ) -> Option<SmolInstant> {
+        let t = instant(now);
+        let socket = sockets.get_mut::<udp::Socket<'_>>(self.handle);
+        loop {
+            match socket.recv_slice(&mut self.rx) {
+                Ok((len, meta)) => {
+                    let from = from_endpoint(meta.endpoint);
+                    if let Some(m) = self.node.handle_datagram(t, from, &mut self.rx[..len]) {
+                        on_message(m, &mut self.node);
+                    }
+                }
+                Err(RecvError::Truncated) => self.stats.truncated += 1,
+                Err(RecvError::Exhausted) => break,
+            }
+        }
+        if self.node.poll_timeout().is_some_and(|d| d <= t) {
+            self.node.handle_timeout(t);
+        }
+        while socket.can_send() {
+            let Some(tx) = self.node.poll_transmit(t, &mut self.tx) else {
+                return self.node.poll_timeout().map(smol);
+            };
+            for dest in self.fanout.resolve(tx.target) {
+                match dest.map(|ep| socket.send_slice(&self.tx[..tx.len], ep)) {
+                    Some(Ok(())) => self.stats.sent += 1,
+                    Some(Err(_)) => self.stats.send_errors += 1,
+                    None => self.stats.unroutable += 1,
+                }
+            }
+        }
+        // The socket is full; the rest waits in the engine until the interface drains it.
+        Some(now)
+    }
+}
