@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use nomq::Qos;
+use nomq_harness::device::{self, DeviceCheck};
 use nomq_harness::netns::{Lab, LabError};
 use nomq_harness::probe::{self, ProbeKind};
 use nomq_harness::report::Report;
@@ -54,6 +55,8 @@ enum Mode {
     Broadcast,
     /// Nodes talking through a UDP relay with seeded loss, duplication and reordering.
     Lossy,
+    /// Checks a device running the device script (docs/DEVICE.md) from a nomq-host node.
+    Device(DeviceArgs),
     /// Internal: a NoMQ node in its own process (a subscriber or a publisher).
     #[command(name = "__node", hide = true)]
     Node(NodeArgs),
@@ -92,6 +95,29 @@ struct NodeArgs {
     count: u32,
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+}
+
+/// Where the device is and how to reach it.
+#[derive(Debug, Args)]
+struct DeviceArgs {
+    /// The device's NoMQ address (ip:port).
+    #[arg(long)]
+    peer: std::net::SocketAddr,
+    /// Local address of the checking node.
+    #[arg(long, default_value_t = device::DEFAULT_BIND)]
+    bind: std::net::SocketAddr,
+    /// Local address of the capture socket [default: the bind IP, bind port + 1].
+    #[arg(long)]
+    capture: Option<std::net::SocketAddr>,
+    /// Keyring file (JSON, as `nomq keys gen` writes) [default: the harness's fixed test keys].
+    #[arg(long)]
+    keys: Option<std::path::PathBuf>,
+    /// Device id ([a-z0-9-], up to 16 characters), or + for the first device seen.
+    #[arg(long, default_value = "+")]
+    id: String,
+    /// The longest one check may take, in seconds.
+    #[arg(long, default_value_t = 20)]
+    timeout_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +163,26 @@ fn main() -> ExitCode {
         Mode::Loopback => finish(&runtime.block_on(loopback(&cli.opts)), cli.opts.json),
         Mode::Lossy => finish(&runtime.block_on(lossy(&cli.opts)), cli.opts.json),
         Mode::Broadcast => finish(&broadcast(), cli.opts.json),
+        Mode::Device(args) => {
+            if !device::valid_id(&args.id) {
+                eprintln!(
+                    "nomq-harness: --id {:?}: expected [a-z0-9-], 1 to 16 characters, or +",
+                    args.id
+                );
+                return ExitCode::from(2);
+            }
+            let opts = DeviceCheck {
+                bind: args.bind,
+                capture: args.capture,
+                keys: args.keys,
+                id: args.id,
+                timeout: Duration::from_secs(args.timeout_secs.max(1)),
+                ..DeviceCheck::new(args.peer)
+            };
+            let mut report = Report::new(format!("nomq-harness device {}", args.peer));
+            runtime.block_on(device::check_device(&opts, &mut report));
+            finish(&report, cli.opts.json)
+        }
         Mode::Node(args) => runtime.block_on(child_node(args)),
         Mode::NetnsProbe { role } => netns_probe(role),
     }
