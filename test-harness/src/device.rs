@@ -98,10 +98,13 @@ impl DeviceCheck {
 }
 
 /// Engine settings of the checking node: the defaults with a 1 s heartbeat and quicker
-/// retransmissions, so a check does not wait on the node's own timers.
+/// retransmissions, so a check does not wait on the node's own timers, and the unsynced
+/// clock mode: a device without SNTP stamps packets with its uptime, which a synced node
+/// refuses as stale (docs/PROTOCOL.md, "Engine behaviour").
 #[must_use]
 pub fn host_engine() -> nomq::Config {
     let mut c = nomq::Config::default();
+    c.clock = nomq::node::ClockMode::Unsynced;
     c.heartbeat_interval = nomq::Duration::from_secs(1);
     c.retransmit_initial = nomq::Duration::from_millis(100);
     c.retransmit_max = nomq::Duration::from_secs(1);

@@ -22,6 +22,7 @@ pub mod probe;
 pub mod relay;
 pub mod report;
 pub mod scenarios;
+pub mod tap;
 
 /// The fixed test key pair of the harness: every scenario's nodes, the `device` checker and
 /// the device programs of CI use it unless given a keyring file. It is public knowledge:

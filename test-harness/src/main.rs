@@ -14,6 +14,7 @@ use nomq_harness::netns::{Lab, LabError};
 use nomq_harness::probe::{self, ProbeKind};
 use nomq_harness::report::Report;
 use nomq_harness::scenarios;
+use nomq_harness::tap;
 
 /// Environment variable that turns "namespaces not available" from SKIP into FAIL, so CI
 /// cannot pass the broadcast mode without running it.
@@ -57,6 +58,13 @@ enum Mode {
     Lossy,
     /// Checks a device running the device script (docs/DEVICE.md) from a nomq-host node.
     Device(DeviceArgs),
+    /// The embedded adapters (embassy-net, smoltcp) on user-space IP stacks over a TAP device
+    /// in a namespace, checked like a device (needs root and iproute2; SKIP or FAIL as
+    /// `broadcast`).
+    Tap,
+    /// Internal: a device program on a user-space stack over a TAP device, run by `tap`.
+    #[command(name = "__tap-device", hide = true)]
+    TapDevice(TapDeviceArgs),
     /// Internal: a NoMQ node in its own process (a subscriber or a publisher).
     #[command(name = "__node", hide = true)]
     Node(NodeArgs),
@@ -66,6 +74,29 @@ enum Mode {
         #[command(subcommand)]
         role: ProbeRole,
     },
+}
+
+/// A device program's settings (see `nomq_harness::tap`).
+#[derive(Debug, Args)]
+struct TapDeviceArgs {
+    /// Which user-space stack.
+    #[arg(long, value_enum)]
+    stack: tap::StackKind,
+    /// TAP device to open.
+    #[arg(long, default_value = "tap0")]
+    tap: String,
+    /// Own address on the TAP subnet (/24).
+    #[arg(long, default_value_t = tap::DEVICE_IP)]
+    ip: Ipv4Addr,
+    /// Static peers (ip:port, comma-separated): the fan-out of every publish.
+    #[arg(long, value_delimiter = ',', required = true)]
+    peers: Vec<SocketAddrV4>,
+    /// Device id.
+    #[arg(long)]
+    id: String,
+    /// Exit after this long.
+    #[arg(long, default_value_t = 60)]
+    duration_secs: u64,
 }
 
 /// A child node: `sub` prints READY, then `MSG <channel> <body hex>` per message;
@@ -185,6 +216,25 @@ fn main() -> ExitCode {
         }
         Mode::Node(args) => runtime.block_on(child_node(args)),
         Mode::NetnsProbe { role } => netns_probe(role),
+        Mode::Tap => finish(&tap_mode(), cli.opts.json),
+        Mode::TapDevice(a) => {
+            // Only ever inside a lab namespace: the TAP device must be the lab's.
+            if nomq_harness::netns::lab_namespace().is_none() {
+                eprintln!(
+                    "__tap-device: runs only inside a lab namespace (use `nomq-harness tap`)"
+                );
+                return ExitCode::from(2);
+            }
+            let opts = tap::DeviceOpts {
+                stack: a.stack,
+                tap: a.tap,
+                ip: a.ip,
+                peers: a.peers,
+                id: a.id,
+                duration: Duration::from_secs(a.duration_secs),
+            };
+            ExitCode::from(u8::try_from(tap::run_device(opts)).unwrap_or(1))
+        }
     }
 }
 
@@ -494,6 +544,32 @@ fn nomq_in_lab(lab: &Lab, exe: &std::path::Path, multicast: bool) -> Result<Stri
         ));
     }
     Ok(format!("3 messages, both subscribers delivered, {acked}/3 acknowledged by both"))
+}
+
+/// Both embedded stacks, each in its own TAP namespace.
+fn tap_mode() -> Report {
+    let mut report = Report::new(
+        "nomq-harness tap (nomq-esp on embassy-net and smoltcp over a TAP device, vs nomq-host)",
+    );
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            report.record("tap", Err(format!("cannot locate own binary: {e}")));
+            return report;
+        }
+    };
+    for stack in [tap::StackKind::Embassy, tap::StackKind::Smoltcp] {
+        if let Err(e) = tap::run_stack(stack, &exe, &mut report) {
+            let name = format!("{}: TAP namespace", stack.name());
+            let required = std::env::var(REQUIRE_NETNS).is_ok_and(|v| v == "1");
+            if e.is_unavailable() && !required {
+                report.skip(name, e.to_string());
+            } else {
+                report.record(name, Err(lab_failure(&e)));
+            }
+        }
+    }
+    report
 }
 
 fn lab_failure(e: &LabError) -> String {

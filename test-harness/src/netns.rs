@@ -121,14 +121,7 @@ impl Lab {
 
         // The first step tells "cannot have namespaces here" apart from real failures.
         let br = lab.bridge_ns.clone();
-        if let Err(e) = ip(&["netns", "add", &br]) {
-            return Err(match e {
-                LabError::Command { stderr, .. } if looks_unpermitted(&stderr) => {
-                    LabError::NotPermitted(stderr)
-                }
-                other => other,
-            });
-        }
+        add_namespace(&br)?;
         lab.created.push(br.clone());
         ip(&["-n", &br, "link", "set", "lo", "up"])?;
         ip(&[
@@ -248,6 +241,74 @@ impl Drop for Lab {
         for ns in self.created.iter().rev() {
             let _ = ip(&["netns", "delete", ns]);
         }
+    }
+}
+
+/// One namespace with a TAP device, for the `tap` mode: `tap0` is 192.168.69.1/24 on the
+/// kernel's side; a user-space IP stack (embassy-net, smoltcp) opened on `tap0` from inside
+/// the namespace is the other host of that subnet. Dropping it deletes the namespace and
+/// with it the TAP device.
+#[derive(Debug)]
+pub struct TapLab {
+    ns: String,
+}
+
+impl TapLab {
+    /// The TAP device's name inside the namespace.
+    pub const TAP: &'static str = "tap0";
+
+    /// Makes the namespace and `tap0` with `host_ip`/24, up.
+    ///
+    /// # Errors
+    ///
+    /// As [`Lab::create`]: unavailable (no `ip`, not permitted) or a failed setup step.
+    pub fn create(host_ip: Ipv4Addr) -> Result<TapLab, LabError> {
+        ip_available()?;
+        prune_stale();
+        let ns = format!(
+            "{PREFIX}{}-{}-tap",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
+        add_namespace(&ns)?;
+        let lab = TapLab { ns };
+        let ns = lab.ns.as_str();
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", ns, "tuntap", "add", "name", Self::TAP, "mode", "tap"])?;
+        ip(&["-n", ns, "addr", "add", &format!("{host_ip}/24"), "dev", Self::TAP])?;
+        ip(&["-n", ns, "link", "set", Self::TAP, "up"])?;
+        Ok(lab)
+    }
+
+    /// The namespace's name.
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// A command that runs `program` inside the namespace.
+    #[must_use]
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for TapLab {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "delete", &self.ns]);
+    }
+}
+
+/// `ip netns add`, telling "cannot have namespaces here" apart from real failures.
+fn add_namespace(ns: &str) -> Result<(), LabError> {
+    match ip(&["netns", "add", ns]) {
+        Ok(_) => Ok(()),
+        Err(LabError::Command { stderr, .. }) if looks_unpermitted(&stderr) => {
+            Err(LabError::NotPermitted(stderr))
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -117,7 +117,8 @@ impl Report {
         });
     }
 
-    fn push(&mut self, row: Row) {
+    /// Adds a finished row as it is (from another report, say).
+    pub fn push(&mut self, row: Row) {
         self.rows.push(row);
         self.lap = Instant::now();
     }
