@@ -34,7 +34,6 @@ use core::task::{Context, Poll};
 use embassy_net::Stack;
 use embassy_net::udp::{BindError, PacketMetadata, RecvError, UdpSocket};
 use embassy_sync::blocking_mutex::Mutex;
-use embassy_sync::blocking_mutex::raw::RawMutex;
 use embassy_sync::waitqueue::WakerRegistration;
 use embassy_time::Timer;
 use nomq::body::MessageId;
@@ -42,6 +41,10 @@ use nomq::node::{PublishError, PublishHandle, SubscribeError};
 use nomq::{Addr, ChannelName, Instant, Message, PublishOptions, Qos, SessionId};
 
 use crate::{Engine, Fanout, MAX_DATAGRAM, TxStats, from_endpoint};
+
+/// The blocking mutexes [`State`] can use, re-exported so firmware need not depend on
+/// `embassy-sync` (and match its version) only to name one.
+pub use embassy_sync::blocking_mutex::raw::{CriticalSectionRawMutex, NoopRawMutex, RawMutex};
 
 /// The engine's clock: embassy-time's, in microseconds.
 pub fn now() -> Instant {

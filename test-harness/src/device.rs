@@ -16,10 +16,16 @@
 //! tell PUBLISH datagrams and their QoS apart; it never decrypts anything.
 //!
 //! Every wait is bounded: no check takes longer than [`DeviceCheck::timeout`].
+//!
+//! [`run_std_device`] is a device to check without hardware or root: the script
+//! ([`DeviceApp`]) over a `nomq::Node` and a blocking `std::net::UdpSocket`, run as a child
+//! process (`nomq-harness __device`) by the `loopback` mode.
 
 use crate::report::Report;
 use nomq::node::DropReason;
+use nomq::node::Target;
 use nomq::{Flags, Packet, PacketType, Qos};
+use nomq_esp::device::{DeviceApp, DeviceConfig, DeviceCounters};
 use nomq_host::{Handle, Message, NodeBuilder, PublishOptions, Status, Subscription};
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
@@ -750,6 +756,112 @@ impl Session {
             "{} captured device PUBLISH datagram(s) sent again to {to}: host replay drops stayed at {before}",
             candidates.len().min(HOST_REPLAY_TRIES)
         )))
+    }
+}
+
+/// The loopback device: where it listens, whom it sends to, for how long.
+#[derive(Clone, Debug)]
+pub struct StdDevice {
+    /// Local address of the device's socket.
+    pub bind: SocketAddr,
+    /// Static peers: the fan-out of every publish (the checking node, the capture socket).
+    pub peers: Vec<SocketAddr>,
+    /// Device id (`[a-z0-9-]`, up to 16 characters).
+    pub id: String,
+    /// Run this long, then return.
+    pub duration: Duration,
+}
+
+/// The device's node with the harness's test keys, an MCU's capacities
+/// ([`crate::tap::DeviceNode`]) and an MCU's clock: unsynced, Unix time unknown (0).
+///
+/// # Errors
+/// The OS random generator failed (the node seed).
+pub fn std_device_node(now: nomq::Instant) -> Result<Box<crate::tap::DeviceNode>, String> {
+    let ring = nomq::Keyring::new(&crate::test_key_pair()).map_err(|e| format!("keyring: {e}"))?;
+    let mut cfg = nomq::Config::default();
+    cfg.clock = nomq::node::ClockMode::Unsynced;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| format!("node seed: {e}"))?;
+    Ok(Box::new(crate::tap::DeviceNode::new(cfg, ring, seed, now, 0)))
+}
+
+/// Runs the device script ([`DeviceApp`]) over a blocking UDP socket until
+/// `opts.duration` has passed, and returns the script's counters. `ready` is called with
+/// the bound address once the script has started (the retained status is queued).
+///
+/// The loop is the one `nomq-esp`'s adapters run: send what the node has to send, block
+/// on the socket until the earlier of the node's and the script's deadlines, hand a
+/// datagram to the node and its message to the script, fire the node's timer when due,
+/// and poll the script after anything happened.
+///
+/// # Errors
+/// An invalid id, a socket that cannot be bound or read, a refused `cmd/#` subscription.
+pub fn run_std_device(
+    opts: &StdDevice,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<DeviceCounters, String> {
+    let socket =
+        std::net::UdpSocket::bind(opts.bind).map_err(|e| format!("bind {}: {e}", opts.bind))?;
+    let local = socket.local_addr().map_err(|e| format!("local address: {e}"))?;
+    let base = Instant::now();
+    let clock = || {
+        nomq::Instant::from_micros(u64::try_from(base.elapsed().as_micros()).unwrap_or(u64::MAX))
+    };
+    let mut node = std_device_node(clock())?;
+    let mut app = DeviceApp::new(&opts.id, DeviceConfig::default()).map_err(|e| e.to_string())?;
+    app.poll(clock(), &mut *node).map_err(|e| e.to_string())?;
+    ready(local);
+    let end = base + opts.duration;
+    let mut rbuf = vec![0u8; 2048];
+    let mut tbuf = vec![0u8; node.max_datagram_len()];
+    loop {
+        while let Some(t) = node.poll_transmit(clock(), &mut tbuf) {
+            let data = &tbuf[..t.len];
+            let to: &[SocketAddr] = match t.target {
+                Target::Fanout => &opts.peers,
+                Target::Unicast(a) => &[SocketAddr::from(a)],
+                // The script publishes to the fan-out only, and the loopback device joins
+                // no group: nothing is ever multicast from here.
+                Target::Group(_) => &[],
+            };
+            for &a in to {
+                // A peer that is not (yet) listening answers with ICMP; the node retransmits.
+                let _ = socket.send_to(data, a);
+            }
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(*app.counters());
+        }
+        let now = clock();
+        let due = node.poll_timeout().map_or(app.poll_at(), |t| t.min(app.poll_at()));
+        let wait = Duration::from_micros(due.saturating_duration_since(now).total_micros());
+        // At least 1 ms: a script with work it cannot do yet (outbox full) must not spin.
+        let wait = wait.clamp(Duration::from_millis(1), left.max(Duration::from_millis(1)));
+        socket.set_read_timeout(Some(wait)).map_err(|e| format!("read timeout: {e}"))?;
+        match socket.recv_from(&mut rbuf) {
+            Ok((n, from)) => {
+                let now = clock();
+                if let Some(m) = node.handle_datagram(now, from.into(), &mut rbuf[..n]) {
+                    app.on_message(now, &mut *node, &m);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => return Err(format!("receive: {e}")),
+        }
+        let now = clock();
+        if node.poll_timeout().is_some_and(|t| t <= now) {
+            node.handle_timeout(now);
+        }
+        app.poll(now, &mut *node).map_err(|e| e.to_string())?;
     }
 }
 

@@ -68,6 +68,9 @@ enum Mode {
     /// Internal: a NoMQ node in its own process (a subscriber or a publisher).
     #[command(name = "__node", hide = true)]
     Node(NodeArgs),
+    /// Internal: the device script over a std UDP socket (the `loopback` mode's device).
+    #[command(name = "__device", hide = true)]
+    StdDevice(StdDeviceArgs),
     /// Internal: one side of a lab probe, run inside a namespace by `broadcast`.
     #[command(name = "__netns-probe", hide = true)]
     NetnsProbe {
@@ -126,6 +129,23 @@ struct NodeArgs {
     count: u32,
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+}
+
+/// The loopback device: prints READY once started, then `COUNTERS ...` when its time is up.
+#[derive(Debug, Args)]
+struct StdDeviceArgs {
+    /// Local address (loopback only, outside a lab namespace).
+    #[arg(long)]
+    bind: std::net::SocketAddr,
+    /// Static peers (ip:port, comma-separated): the fan-out of every publish.
+    #[arg(long, value_delimiter = ',', required = true)]
+    peers: Vec<std::net::SocketAddr>,
+    /// Device id.
+    #[arg(long)]
+    id: String,
+    /// Exit after this long.
+    #[arg(long, default_value_t = 60)]
+    duration_secs: u64,
 }
 
 /// Where the device is and how to reach it.
@@ -215,6 +235,7 @@ fn main() -> ExitCode {
             finish(&report, cli.opts.json)
         }
         Mode::Node(args) => runtime.block_on(child_node(args)),
+        Mode::StdDevice(args) => std_device(args),
         Mode::NetnsProbe { role } => netns_probe(role),
         Mode::Tap => finish(&tap_mode(), cli.opts.json),
         Mode::TapDevice(a) => {
@@ -255,6 +276,7 @@ async fn loopback(opts: &Options) -> Report {
     scenarios::row(&mut r, "rate limit", scenarios::rate_limit()).await;
     scenarios::row(&mut r, "peer liveness", scenarios::liveness()).await;
     scenarios::row(&mut r, "separate processes, QoS 2", separate_processes()).await;
+    loopback_device(&mut r).await;
     scenarios::row(&mut r, "performance run", scenarios::throughput(opts.messages)).await;
     r
 }
@@ -328,6 +350,91 @@ async fn separate_processes() -> scenarios::Outcome {
         }
     }
     Ok("5 QoS 2 messages to 2 subscriber processes: each printed exactly 5".into())
+}
+
+/// Device id of the loopback device.
+const LOOPBACK_DEVICE_ID: &str = "loopback-1";
+
+/// The device script in a child process (`__device`) on 127.0.0.1, checked by the device
+/// checker; its rows are prefixed `std device:`.
+async fn loopback_device(r: &mut Report) {
+    let started = std::time::Instant::now();
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            r.record("std device: process", Err(format!("cannot locate own binary: {e}")));
+            return;
+        }
+    };
+    // Device, checking node, capture socket.
+    let ports = scenarios::free_ports(3);
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(["__device", "--id", LOOPBACK_DEVICE_ID, "--duration-secs", "180"])
+        .arg("--bind")
+        .arg(ports[0].to_string())
+        .arg("--peers")
+        .arg(format!("{},{}", ports[1], ports[2]))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut child = match spawn_ready(cmd) {
+        Ok(c) => c,
+        Err(e) => {
+            r.record_timed("std device: process", started.elapsed(), Err(e));
+            return;
+        }
+    };
+    let opts = DeviceCheck {
+        bind: ports[1],
+        capture: Some(ports[2]),
+        id: LOOPBACK_DEVICE_ID.into(),
+        ..DeviceCheck::new(ports[0])
+    };
+    let mut rows = Report::new("std device");
+    device::check_device(&opts, &mut rows).await;
+    let early = child.0.try_wait().ok().flatten();
+    let _ = child.0.kill();
+    let _ = wait_child(child);
+    for row in rows.rows() {
+        let mut row = row.clone();
+        row.name = format!("std device: {}", row.name);
+        r.push(row);
+    }
+    if let Some(status) = early {
+        r.record("std device: process", Err(format!("exited during the check ({status})")));
+    }
+}
+
+/// `__device`: the device script over a std UDP socket until its time is up.
+fn std_device(a: StdDeviceArgs) -> ExitCode {
+    let loopback_only = nomq_harness::netns::lab_namespace().is_none();
+    if loopback_only && !std::iter::once(&a.bind).chain(&a.peers).all(|p| p.ip().is_loopback()) {
+        eprintln!("__device: outside a lab namespace it binds and sends to loopback only");
+        return ExitCode::from(2);
+    }
+    let opts = device::StdDevice {
+        bind: a.bind,
+        peers: a.peers,
+        id: a.id,
+        duration: Duration::from_secs(a.duration_secs),
+    };
+    let ready = |_| {
+        use std::io::Write as _;
+        println!("READY");
+        let _ = std::io::stdout().flush();
+    };
+    match device::run_std_device(&opts, ready) {
+        Ok(c) => {
+            println!(
+                "COUNTERS readings={} replies={} refused={} ignored={} sent={} acked={} unacked={}",
+                c.readings, c.replies, c.refused, c.ignored, c.sent, c.acked, c.unacked
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("__device: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A child node and the lines it prints after READY.

@@ -129,9 +129,8 @@ mod embassy_device {
     use embassy_executor::{Executor, Spawner};
     use embassy_net::{Ipv4Cidr, StackResources, StaticConfigV4};
     use embassy_net_tuntap::TunTapDevice;
-    use embassy_sync::blocking_mutex::raw::NoopRawMutex;
     use embassy_time::Timer;
-    use nomq_esp::embassy::{Client, Resources, Runner, State};
+    use nomq_esp::embassy::{Client, NoopRawMutex, Resources, Runner, State};
 
     type NomqRunner = Runner<'static, NoopRawMutex, DeviceNode>;
     type NomqClient = Client<'static, NoopRawMutex, DeviceNode>;
