@@ -396,7 +396,8 @@ async fn loopback_device(r: &mut Report) {
     let _ = wait_child(child);
     for row in rows.rows() {
         let mut row = row.clone();
-        row.name = format!("std device: {}", row.name);
+        let name = row.name.strip_prefix("device ").unwrap_or(&row.name);
+        row.name = format!("std device: {name}");
         r.push(row);
     }
     if let Some(status) = early {
