@@ -772,20 +772,6 @@ pub struct StdDevice {
     pub duration: Duration,
 }
 
-/// The device's node with the harness's test keys, an MCU's capacities
-/// ([`crate::tap::DeviceNode`]) and an MCU's clock: unsynced, Unix time unknown (0).
-///
-/// # Errors
-/// The OS random generator failed (the node seed).
-pub fn std_device_node(now: nomq::Instant) -> Result<Box<crate::tap::DeviceNode>, String> {
-    let ring = nomq::Keyring::new(&crate::test_key_pair()).map_err(|e| format!("keyring: {e}"))?;
-    let mut cfg = nomq::Config::default();
-    cfg.clock = nomq::node::ClockMode::Unsynced;
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| format!("node seed: {e}"))?;
-    Ok(Box::new(crate::tap::DeviceNode::new(cfg, ring, seed, now, 0)))
-}
-
 /// Runs the device script ([`DeviceApp`]) over a blocking UDP socket until
 /// `opts.duration` has passed, and returns the script's counters. `ready` is called with
 /// the bound address once the script has started (the retained status is queued).
@@ -808,7 +794,7 @@ pub fn run_std_device(
     let clock = || {
         nomq::Instant::from_micros(u64::try_from(base.elapsed().as_micros()).unwrap_or(u64::MAX))
     };
-    let mut node = std_device_node(clock())?;
+    let mut node = Box::new(crate::tap::device_node(clock())?);
     let mut app = DeviceApp::new(&opts.id, DeviceConfig::default()).map_err(|e| e.to_string())?;
     app.poll(clock(), &mut *node).map_err(|e| e.to_string())?;
     ready(local);

@@ -85,7 +85,13 @@ pub struct DeviceOpts {
 /// entries, 4 retained, 16 QoS 2 receive slots, 8 lockouts, 128-byte messages).
 pub type DeviceNode = Node<Keyring<0>, 8, 4, 16, 4, 16, 8, 128>;
 
-fn device_node(now: nomq::Instant) -> Result<DeviceNode, String> {
+/// A device's node: the harness's test keys, an MCU's capacities ([`DeviceNode`]) and an
+/// MCU's clock (unsynced, Unix time unknown), seeded from the OS generator through
+/// `rand_core`, as firmware seeds from the chip's RNG.
+///
+/// # Errors
+/// The OS random generator failed.
+pub fn device_node(now: nomq::Instant) -> Result<DeviceNode, String> {
     let ring = Keyring::new(&crate::test_key_pair()).map_err(|e| format!("keyring: {e:?}"))?;
     let mut cfg = Config::default();
     // Like a fresh MCU without SNTP.
