@@ -87,6 +87,10 @@ impl<'a, N: Engine> Poller<'a, N> {
     /// delivered message with the node (to publish a reply, say). Returns when to call
     /// again at the latest (`now` if datagrams wait for room in the socket), or `None`
     /// if only incoming traffic can give the engine work.
+    ///
+    /// # Panics
+    /// If `sockets` is not the set the socket was added to in [`Poller::new`] (smoltcp's
+    /// `SocketSet::get_mut` panics on a foreign handle).
     pub fn poll(
         &mut self,
         now: SmolInstant,
