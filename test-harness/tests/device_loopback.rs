@@ -2,6 +2,7 @@
 //! every check passes, including the host-side replay (the device lists the capture socket).
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ impl Drop for Device {
     }
 }
 
-fn spawn_device(bind: std::net::SocketAddr, peers: &[std::net::SocketAddr]) -> Device {
+fn spawn_device(bind: SocketAddr, peers: &[SocketAddr]) -> Device {
     let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_nomq-harness"))
         .args(["__device", "--id", "it-1", "--duration-secs", "60"])
@@ -34,19 +35,31 @@ fn spawn_device(bind: std::net::SocketAddr, peers: &[std::net::SocketAddr]) -> D
     Device(child)
 }
 
+/// Runs the checker from `bind` (capture socket `capture`) against the device at `device`.
+async fn check(
+    device: SocketAddr,
+    bind: SocketAddr,
+    capture: SocketAddr,
+    id: &str,
+    secs: u64,
+) -> Report {
+    let opts = DeviceCheck {
+        bind,
+        capture: Some(capture),
+        id: id.into(),
+        timeout: Duration::from_secs(secs),
+        ..DeviceCheck::new(device)
+    };
+    let mut report = Report::new(format!("device checker vs loopback device, id {id}"));
+    check_device(&opts, &mut report).await;
+    report
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_device_passes_every_check() {
     let ports = free_ports(3);
     let _device = spawn_device(ports[0], &ports[1..]);
-    let opts = DeviceCheck {
-        bind: ports[1],
-        capture: Some(ports[2]),
-        id: "it-1".into(),
-        timeout: Duration::from_secs(15),
-        ..DeviceCheck::new(ports[0])
-    };
-    let mut report = Report::new("device checker vs loopback device");
-    check_device(&opts, &mut report).await;
+    let report = check(ports[0], ports[1], ports[2], "it-1", 15).await;
     let text = report.render();
     assert_eq!(report.rows().len(), 5, "{text}");
     assert!(report.rows().iter().all(|r| r.outcome == Outcome::Pass), "{text}");
@@ -57,15 +70,7 @@ async fn without_the_capture_peer_the_host_replay_is_skipped_and_a_wrong_id_fail
     let ports = free_ports(3);
     // The device does not send to the capture socket.
     let _device = spawn_device(ports[0], &ports[1..2]);
-    let opts = DeviceCheck {
-        bind: ports[1],
-        capture: Some(ports[2]),
-        id: "it-1".into(),
-        timeout: Duration::from_secs(15),
-        ..DeviceCheck::new(ports[0])
-    };
-    let mut report = Report::new("no capture peer");
-    check_device(&opts, &mut report).await;
+    let report = check(ports[0], ports[1], ports[2], "it-1", 15).await;
     let text = report.render();
     let outcomes: Vec<Outcome> = report.rows().iter().map(|r| r.outcome).collect();
     assert_eq!(
@@ -77,15 +82,7 @@ async fn without_the_capture_peer_the_host_replay_is_skipped_and_a_wrong_id_fail
 
     // Another id: the retained status of `it-1` is not the one asked for.
     let ports2 = free_ports(2);
-    let opts = DeviceCheck {
-        bind: ports2[0],
-        capture: Some(ports2[1]),
-        id: "someone-else".into(),
-        timeout: Duration::from_secs(2),
-        ..DeviceCheck::new(ports[0])
-    };
-    let mut report = Report::new("wrong id");
-    check_device(&opts, &mut report).await;
+    let report = check(ports[0], ports2[0], ports2[1], "someone-else", 2).await;
     assert_eq!(report.rows()[0].outcome, Outcome::Fail, "{}", report.render());
     assert_eq!(report.exit_code(), 1);
 }
