@@ -75,7 +75,7 @@ pub fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, HostError> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, DEFAULT_PORT));
     }
-    Err(HostError::Config(format!("{what}: '{s}' is not an address (expected IP:PORT)")))
+    Err(HostError::config(what, format!("'{s}' is not an address (expected IP:PORT)")))
 }
 
 impl HostConfig {
@@ -84,15 +84,19 @@ impl HostConfig {
     /// # Errors
     /// [`HostError::Config`] naming the file and field.
     pub fn apply_file(&mut self, path: &Path) -> Result<(), HostError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| HostError::Config(format!("{}: cannot read: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            HostError::config(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
         let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| HostError::Config(format!("{}: not JSON: {e}", path.display())))?;
+            .map_err(|e| HostError::config(path.display().to_string(), format!("not JSON: {e}")))?;
         let obj = v.as_object().ok_or_else(|| {
-            HostError::Config(format!("{}: expected a JSON object", path.display()))
+            HostError::config(path.display().to_string(), "expected a JSON object")
         })?;
         let bad = |k: &str, want: &str| {
-            HostError::Config(format!("{}: field '{k}': expected {want}", path.display()))
+            HostError::config(
+                format!("{}: field '{k}'", path.display()),
+                format!("expected {want}"),
+            )
         };
         for (k, val) in obj {
             let s = || val.as_str().ok_or_else(|| bad(k, "a string"));
@@ -164,7 +168,7 @@ impl HostConfig {
         let num = |k: &str, v: &str| {
             v.trim()
                 .parse::<u64>()
-                .map_err(|_| HostError::Config(format!("{k}: '{v}' is not a number")))
+                .map_err(|_| HostError::config(k, format!("'{v}' is not a number")))
         };
         if let Some(v) = get("NOMQ_BIND") {
             self.bind = parse_addr("NOMQ_BIND", &v)?;
@@ -181,7 +185,7 @@ impl HostConfig {
         if let Some(v) = get("NOMQ_MULTICAST") {
             self.multicast =
                 Some(v.trim().parse().map_err(|_| {
-                    HostError::Config(format!("NOMQ_MULTICAST: '{v}' is not an IP"))
+                    HostError::config("NOMQ_MULTICAST", format!("'{v}' is not an IP"))
                 })?);
         }
         if let Some(v) = get("NOMQ_HEARTBEAT_MS") {
@@ -192,15 +196,15 @@ impl HostConfig {
         }
         if let Some(v) = get("NOMQ_DEFAULT_TTL_S") {
             self.engine.default_ttl = u16::try_from(num("NOMQ_DEFAULT_TTL_S", &v)?)
-                .map_err(|_| HostError::Config("NOMQ_DEFAULT_TTL_S: above 65535".into()))?;
+                .map_err(|_| HostError::config("NOMQ_DEFAULT_TTL_S", "above 65535"))?;
         }
         if let Some(v) = get("NOMQ_MAX_ATTEMPTS") {
             self.engine.max_attempts = u8::try_from(num("NOMQ_MAX_ATTEMPTS", &v)?)
-                .map_err(|_| HostError::Config("NOMQ_MAX_ATTEMPTS: above 255".into()))?;
+                .map_err(|_| HostError::config("NOMQ_MAX_ATTEMPTS", "above 255"))?;
         }
         if let Some(v) = get("NOMQ_RATE_LIMIT") {
             self.engine.rate_limit = u32::try_from(num("NOMQ_RATE_LIMIT", &v)?)
-                .map_err(|_| HostError::Config("NOMQ_RATE_LIMIT: too large".into()))?;
+                .map_err(|_| HostError::config("NOMQ_RATE_LIMIT", "too large"))?;
         }
         Ok(())
     }

@@ -33,40 +33,79 @@ pub const MAX_MESSAGE_LEN: usize =
 /// (counted in [`HostStats::app_dropped`] and logged).
 pub const STREAM_DEPTH: usize = 4096;
 
-/// Errors of the host adapter.
+/// A boxed source error (keyring, codec).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors of the host adapter, grouped by who is to blame. Every variant that wraps
+/// another error returns it from [`std::error::Error::source`].
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum HostError {
-    /// Configuration is invalid (message names the field or variable).
-    Config(String),
+    /// The caller's configuration: `field` names the setting (a builder method, a JSON
+    /// field, an environment variable or a command-line option) and `problem` says what
+    /// is wrong with it, including the allowed range where there is one.
+    Config {
+        /// The setting.
+        field: String,
+        /// What is wrong, e.g. "0 is outside 1..=3600000".
+        problem: String,
+    },
     /// The keyring could not be loaded or used.
-    Keys(String),
-    /// A socket operation failed.
-    Io(&'static str, std::io::Error),
-    /// The engine refused the publish.
+    Keys(BoxError),
+    /// A socket operation failed: `op` names it ("bind", "join multicast group").
+    Network {
+        /// The operation.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The engine refused the publish (the caller's request: invalid channel, too large,
+    /// outbox full).
     Publish(nomq::node::PublishError),
-    /// The engine refused the subscription.
+    /// The engine refused the subscription (invalid pattern, table full).
     Subscribe(nomq::node::SubscribeError),
     /// A typed payload could not be encoded or decoded.
-    Codec(String),
+    Codec(BoxError),
     /// The node's driver has stopped.
     Closed,
+}
+
+impl HostError {
+    /// A configuration error for `field`.
+    pub fn config(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Config { field: field.into(), problem: problem.into() }
+    }
+    /// A socket error of operation `op`.
+    pub fn network(op: &'static str, source: std::io::Error) -> Self {
+        Self::Network { op, source }
+    }
 }
 
 impl fmt::Display for HostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Config(m) => write!(f, "configuration: {m}"),
-            Self::Keys(m) => write!(f, "keyring: {m}"),
-            Self::Io(what, e) => write!(f, "{what}: {e}"),
+            Self::Config { field, problem } => write!(f, "configuration: {field}: {problem}"),
+            Self::Keys(e) => write!(f, "keyring: {e}"),
+            Self::Network { op, source } => write!(f, "{op}: {source}"),
             Self::Publish(e) => write!(f, "publish refused: {e}"),
             Self::Subscribe(e) => write!(f, "subscribe refused: {e}"),
-            Self::Codec(m) => write!(f, "payload: {m}"),
+            Self::Codec(e) => write!(f, "payload: {e}"),
             Self::Closed => f.write_str("node has shut down"),
         }
     }
 }
-impl std::error::Error for HostError {}
+
+impl std::error::Error for HostError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Keys(e) | Self::Codec(e) => Some(&**e),
+            Self::Network { source, .. } => Some(source),
+            Self::Publish(e) => Some(e),
+            Self::Subscribe(e) => Some(e),
+            Self::Config { .. } | Self::Closed => None,
+        }
+    }
+}
 
 /// A message delivered to a subscription.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,14 +134,14 @@ impl Message {
     /// # Errors
     /// [`HostError::Codec`].
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HostError> {
-        serde_json::from_slice(&self.body).map_err(|e| HostError::Codec(e.to_string()))
+        serde_json::from_slice(&self.body).map_err(|e| HostError::Codec(e.into()))
     }
     /// Decodes the body as postcard.
     ///
     /// # Errors
     /// [`HostError::Codec`].
     pub fn postcard<T: serde::de::DeserializeOwned>(&self) -> Result<T, HostError> {
-        postcard::from_bytes(&self.body).map_err(|e| HostError::Codec(e.to_string()))
+        postcard::from_bytes(&self.body).map_err(|e| HostError::Codec(e.into()))
     }
 }
 
@@ -170,12 +209,11 @@ impl NodeBuilder {
     /// # Errors
     /// [`HostError::Keys`] with the file, field and problem.
     pub fn from_keyring_file(path: &std::path::Path) -> Result<Self, HostError> {
-        let loaded =
-            nomq_keys::KeyringFile::load(path).map_err(|e| HostError::Keys(e.to_string()))?;
+        let loaded = nomq_keys::KeyringFile::load(path).map_err(|e| HostError::Keys(e.into()))?;
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
-        let ring = loaded.keyring.to_core().map_err(|e| HostError::Keys(e.to_string()))?;
+        let ring = loaded.keyring.to_core().map_err(|e| HostError::Keys(e.into()))?;
         Ok(Self::new(ring))
     }
     /// Replaces all settings.
@@ -217,11 +255,11 @@ impl NodeBuilder {
     /// Binds the socket and starts the driver task on the current tokio runtime.
     ///
     /// # Errors
-    /// [`HostError::Io`] if the socket cannot be bound or configured.
+    /// [`HostError::Network`] if the socket cannot be bound or configured.
     pub async fn start(self) -> Result<Handle, HostError> {
         let cfg = self.config;
         let socket = bind(&cfg).await?;
-        let local = socket.local_addr().map_err(|e| HostError::Io("local address", e))?;
+        let local = socket.local_addr().map_err(|e| HostError::network("local address", e))?;
         let mut fanout: Vec<SocketAddr> = cfg.peers.clone();
         fanout.extend(cfg.effective_broadcast());
         if let Some(g) = cfg.multicast {
@@ -232,7 +270,7 @@ impl NodeBuilder {
         }
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed)
-            .map_err(|e| HostError::Io("OS random generator", std::io::Error::other(e)))?;
+            .map_err(|e| HostError::network("OS random generator", std::io::Error::other(e)))?;
         let clock = Clock::new();
         let node =
             Box::new(HostNode::new(cfg.engine, self.keyring, seed, clock.now(), clock.unix()));
@@ -261,19 +299,20 @@ const SEND_BUFFER: usize = 1 << 20;
 async fn bind(cfg: &HostConfig) -> Result<UdpSocket, HostError> {
     let domain = socket2::Domain::for_address(cfg.bind);
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
-        .map_err(|e| HostError::Io("socket", e))?;
+        .map_err(|e| HostError::network("socket", e))?;
     // Best effort: a smaller grant only means more drops under bursts.
     let _ = s.set_recv_buffer_size(RECV_BUFFER);
     let _ = s.set_send_buffer_size(SEND_BUFFER);
     if cfg.multicast.is_some() {
         // Several nodes on one host may share a multicast port.
-        s.set_reuse_address(true).map_err(|e| HostError::Io("SO_REUSEADDR", e))?;
+        s.set_reuse_address(true).map_err(|e| HostError::network("SO_REUSEADDR", e))?;
     }
-    s.set_nonblocking(true).map_err(|e| HostError::Io("non-blocking", e))?;
-    s.bind(&cfg.bind.into()).map_err(|e| HostError::Io("bind", e))?;
-    let socket = UdpSocket::from_std(s.into()).map_err(|e| HostError::Io("register socket", e))?;
+    s.set_nonblocking(true).map_err(|e| HostError::network("non-blocking", e))?;
+    s.bind(&cfg.bind.into()).map_err(|e| HostError::network("bind", e))?;
+    let socket =
+        UdpSocket::from_std(s.into()).map_err(|e| HostError::network("register socket", e))?;
     if !cfg.effective_broadcast().is_empty() {
-        socket.set_broadcast(true).map_err(|e| HostError::Io("SO_BROADCAST", e))?;
+        socket.set_broadcast(true).map_err(|e| HostError::network("SO_BROADCAST", e))?;
     }
     match cfg.multicast {
         Some(IpAddr::V4(g)) => {
@@ -283,15 +322,15 @@ async fn bind(cfg: &HostConfig) -> Result<UdpSocket, HostError> {
             };
             socket
                 .join_multicast_v4(g, iface)
-                .map_err(|e| HostError::Io("join multicast group", e))?;
+                .map_err(|e| HostError::network("join multicast group", e))?;
             socket
                 .set_multicast_ttl_v4(cfg.multicast_ttl)
-                .map_err(|e| HostError::Io("multicast TTL", e))?;
+                .map_err(|e| HostError::network("multicast TTL", e))?;
         }
         Some(IpAddr::V6(g)) => {
             socket
                 .join_multicast_v6(&g, cfg.multicast_if)
-                .map_err(|e| HostError::Io("join multicast group", e))?;
+                .map_err(|e| HostError::network("join multicast group", e))?;
         }
         None => {}
     }
@@ -398,8 +437,9 @@ impl Handle {
         opts: PublishOptions,
     ) -> Result<usize, HostError> {
         if opts.qos != Qos::AtMostOnce {
-            return Err(HostError::Config(
-                "publish_batch is for QoS 0; use publish for QoS 1/2".into(),
+            return Err(HostError::config(
+                "qos",
+                "publish_batch is for QoS 0; use publish for QoS 1/2",
             ));
         }
         let (tx, rx) = oneshot::channel();
@@ -420,7 +460,7 @@ impl Handle {
         value: &T,
         opts: PublishOptions,
     ) -> Result<Delivery, HostError> {
-        let body = serde_json::to_vec(value).map_err(|e| HostError::Codec(e.to_string()))?;
+        let body = serde_json::to_vec(value).map_err(|e| HostError::Codec(e.into()))?;
         self.publish(channel, body, opts).await
     }
 
@@ -434,7 +474,7 @@ impl Handle {
         value: &T,
         opts: PublishOptions,
     ) -> Result<Delivery, HostError> {
-        let body = postcard::to_stdvec(value).map_err(|e| HostError::Codec(e.to_string()))?;
+        let body = postcard::to_stdvec(value).map_err(|e| HostError::Codec(e.into()))?;
         self.publish(channel, body, opts).await
     }
 

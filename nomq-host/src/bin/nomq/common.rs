@@ -42,7 +42,7 @@ impl From<HostError> for Failure {
     fn from(e: HostError) -> Self {
         use nomq::node::PublishError as P;
         match e {
-            HostError::Io(..) | HostError::Closed => Self::network(e.to_string()),
+            HostError::Network { .. } | HostError::Closed => Self::network(e.to_string()),
             HostError::Publish(P::OutboxFull | P::RetainedFull) => Self::undelivered(e.to_string()),
             _ => Self::usage(e.to_string()),
         }
@@ -149,7 +149,7 @@ pub async fn start(
         b = b.events(tx);
     }
     b.start().await.map_err(|e| match e {
-        HostError::Io(what, err) => {
+        HostError::Network { op: what, source: err } => {
             let hint = match err.kind() {
                 std::io::ErrorKind::AddrInUse => {
                     " (another process uses it: choose another with --bind, \
