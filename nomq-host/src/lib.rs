@@ -175,6 +175,17 @@ pub struct HostStats {
     pub app_dropped: u64,
 }
 
+/// A peer the node knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its session.
+    pub session: SessionId,
+    /// Its address (where it last sent from).
+    pub addr: SocketAddr,
+    /// Subscriptions it announced.
+    pub subscriptions: usize,
+}
+
 /// Peer and security events, as the engine reports them.
 pub type NodeEvent = Event<64>;
 
@@ -189,6 +200,8 @@ enum Command {
     ),
     PublishBatch(String, Vec<Vec<u8>>, PublishOptions, oneshot::Sender<Result<usize, HostError>>),
     Stats(oneshot::Sender<HostStats>),
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Subscribers(String, oneshot::Sender<Vec<SessionId>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -488,6 +501,54 @@ impl Handle {
         rx.await.map_err(|_| HostError::Closed)
     }
 
+    /// The peers the node knows now.
+    ///
+    /// # Errors
+    /// [`HostError::Closed`].
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, HostError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Peers(tx)).await.map_err(|_| HostError::Closed)?;
+        rx.await.map_err(|_| HostError::Closed)
+    }
+
+    /// The known peers subscribed to `channel` now: those a QoS 1/2 publish to it would
+    /// wait for.
+    ///
+    /// # Errors
+    /// [`HostError::Closed`].
+    pub async fn subscribers(&self, channel: &str) -> Result<Vec<SessionId>, HostError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Subscribers(channel.to_string(), tx))
+            .await
+            .map_err(|_| HostError::Closed)?;
+        rx.await.map_err(|_| HostError::Closed)
+    }
+
+    /// Waits until at least `n` known peers subscribe to `channel`, checking every 10 ms.
+    /// Returns the subscribers, or `None` if `timeout` passed first.
+    ///
+    /// # Errors
+    /// [`HostError::Closed`].
+    pub async fn wait_for_subscribers(
+        &self,
+        channel: &str,
+        n: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Vec<SessionId>>, HostError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let subs = self.subscribers(channel).await?;
+            if subs.len() >= n {
+                return Ok(Some(subs));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops the driver after sending what is queued to send now. Pending QoS 1/2
     /// publishes resolve with [`HostError::Closed`].
     pub async fn shutdown(&self) {
@@ -720,6 +781,21 @@ impl Driver {
                 let mut s = self.stats.clone();
                 s.engine = self.node.stats().clone();
                 let _ = reply.send(s);
+            }
+            Command::Peers(reply) => {
+                let peers = self
+                    .node
+                    .peers()
+                    .map(|(session, addr, subscriptions)| PeerInfo {
+                        session,
+                        addr: SocketAddr::from(addr),
+                        subscriptions,
+                    })
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::Subscribers(channel, reply) => {
+                let _ = reply.send(self.node.subscribers(&channel).map(|(s, _)| s).collect());
             }
             Command::Shutdown(_) | Command::PublishBatch(..) => {}
         }

@@ -314,6 +314,19 @@ where
     pub fn peers(&self) -> impl Iterator<Item = (SessionId, Addr, usize)> + '_ {
         self.peers.iter().map(|p| (p.session, p.addr, p.subs.len()))
     }
+    /// Known peers subscribed to `channel` (exact name or a matching wildcard): the
+    /// sessions a QoS 1/2 publish to it would wait for now. An invalid name has none.
+    pub fn subscribers<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> impl Iterator<Item = (SessionId, Addr)> + 'a {
+        let name = ChannelName::new(channel).ok();
+        let id = name.map(|n| self.keys.channel_id(n.as_str()));
+        self.peers.iter().filter_map(move |p| match (name, &id) {
+            (Some(n), Some(id)) if self.peer_subscribes(p, n, id) => Some((p.session, p.addr)),
+            _ => None,
+        })
+    }
     /// Entries in the outbox (queued or awaiting acknowledgement).
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
