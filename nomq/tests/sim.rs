@@ -38,6 +38,8 @@ struct Member {
     log: Log,
     /// Drops everything to and from it (a peer that went silent).
     silent: bool,
+    /// Share of deliveries its application refuses (a full queue), seeded.
+    refuse: f64,
 }
 
 struct Sim {
@@ -85,7 +87,7 @@ impl Sim {
         seed[..8].copy_from_slice(&self.rng.next().to_le_bytes());
         let node = SimNode::new(config, keyring, seed, self.now, UNIX_START);
         let addr = Addr::V4([10, 0, 0, i as u8 + 1], 8888);
-        self.members.push(Member { node, addr, log: Log::default(), silent: false });
+        self.members.push(Member { node, addr, log: Log::default(), silent: false, refuse: 0.0 });
         i
     }
     fn add(&mut self) -> usize {
@@ -141,9 +143,15 @@ impl Sim {
     fn deliver(&mut self, to: usize, from: Addr, mut data: Vec<u8>) {
         self.recorded.push((to, from, data.clone()));
         let now = self.now;
+        let refuse = self.members[to].refuse > 0.0 && self.rng.chance(self.members[to].refuse);
         let m = &mut self.members[to];
         if let Some(msg) = m.node.handle_datagram(now, from, &mut data) {
-            m.log.delivered.push((msg.name.as_str().to_string(), msg.body.to_vec(), msg.dup));
+            if refuse {
+                assert!(m.node.refuse_delivery());
+                assert!(!m.node.refuse_delivery(), "refuses only once");
+            } else {
+                m.log.delivered.push((msg.name.as_str().to_string(), msg.body.to_vec(), msg.dup));
+            }
         }
     }
 
@@ -598,4 +606,58 @@ fn node_size_at_default_capacities() {
         "Node<Keyring<0>> default capacities: {default} bytes; with 4 channel key scopes: {with_keys} bytes"
     );
     assert!(default < 80 * 1024, "{default}");
+}
+
+/// An application whose queue is often full refuses deliveries: nothing it refused was
+/// acknowledged, so publishers retransmit; every message still arrives (QoS 2 once) and
+/// every outcome is Acknowledged.
+#[test]
+fn refused_deliveries_are_retransmitted_not_lost() {
+    for (seed, qos) in [(11, Qos::AtLeastOnce), (12, Qos::ExactlyOnce)] {
+        let mut s = three(seed, HOSTILE);
+        // With 30 % loss each way, an attempt then succeeds with p ≈ 0.7 × 0.75 × 0.7;
+        // 24 attempts leave about 2e-5 per message unacknowledged.
+        s.members[1].refuse = 0.25;
+        s.members[2].refuse = 0.1;
+        s.publish_many(0, 2_000, PublishOptions::qos(qos));
+        for b in [1, 2] {
+            let c = s.counts(b);
+            assert_eq!(c.len(), 2_000, "node {b} missed messages at {qos:?}");
+            if qos == Qos::ExactlyOnce {
+                assert!(c.values().all(|&n| n == 1), "node {b} delivered a QoS 2 message twice");
+            }
+            assert!(s.members[b].node.stats().drops(DropReason::DeliveryRefused) > 100);
+        }
+        assert_all_acked(&s, 0, 2_000);
+    }
+}
+
+/// A late subscriber joins while the publish that set the retained value is still being
+/// retried (another subscriber does not answer): it receives the value once, under the
+/// original message id, and its acknowledgement is in the original publish's outcome.
+#[test]
+fn retained_reaches_late_subscriber_once_while_original_is_retried() {
+    let mut s = Sim::new(13, PERFECT);
+    let (a, b) = (s.add(), s.add());
+    s.members[b].node.subscribe("cfg/#").unwrap();
+    s.discover(a, 1);
+    s.members[b].silent = true;
+    let now = s.now;
+    let opts =
+        PublishOptions { retain: true, ttl: Some(100), ..PublishOptions::qos(Qos::AtLeastOnce) };
+    s.members[a].node.publish(now, "cfg/setpoint", b"21.5", opts).unwrap();
+    s.run_for(Duration::from_secs(1));
+    assert!(s.members[a].log.outcomes.is_empty(), "still retrying towards the silent peer");
+    let late = s.add();
+    s.members[late].node.subscribe("cfg/#").unwrap();
+    s.run_for(Duration::from_secs(40));
+    let got: Vec<_> =
+        s.members[late].log.delivered.iter().filter(|d| d.0 == "cfg/setpoint").collect();
+    assert_eq!(got.len(), 1, "retained value delivered {} times", got.len());
+    let outcomes = &s.members[a].log.outcomes;
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    let o = &outcomes[0];
+    assert!(!o.retained_reply);
+    assert!(o.acked.contains(&s.members[late].node.session()), "{o:?}");
+    assert!(o.missing.contains(&s.members[b].node.session()), "{o:?}");
 }

@@ -212,6 +212,19 @@ pub struct Node<
     events: Deque<Event<P>, EVENT_QUEUE>,
     lockouts: Lockouts<L>,
     stats: Stats,
+    /// What the message `handle_datagram` just returned committed this node to, so that
+    /// [`Node::refuse_delivery`] can take it back. Cleared by every other input.
+    last_delivery: Option<Delivered>,
+}
+
+/// The commitments of the last delivered message.
+#[derive(Clone, Copy, Debug)]
+struct Delivered {
+    msg: MessageId,
+    /// Its PUBACK/PUBREC is the last entry of the control queue.
+    ack_queued: bool,
+    /// A QoS 2 receive state was created for it.
+    qos2_state: bool,
 }
 
 fn wire_reason(e: WireError) -> DropReason {
@@ -277,6 +290,7 @@ where
             events: Deque::new(),
             lockouts: Lockouts::new(),
             stats: Stats::default(),
+            last_delivery: None,
         }
     }
 
@@ -347,8 +361,10 @@ where
 
     fn push_event(&mut self, e: Event<P>) {
         // Only outcomes must never be lost, and those wait in the outbox for room
-        // (see `finish_ready`); informational events past a full queue are dropped.
-        let _ = self.events.push_back(e);
+        // (see `finish_ready`); informational events past a full queue are counted.
+        if self.events.push_back(e).is_err() {
+            self.stats.events_dropped += 1;
+        }
     }
 
     // ------------------------------------------------------------------ subscriptions
@@ -518,10 +534,14 @@ where
             if !pattern.matches(n) {
                 continue;
             }
+            if r.qos != Qos::AtMostOnce && self.join_original(now, i, session) {
+                continue;
+            }
             if self.outbox.is_full() {
                 self.stats.drop(DropReason::RetainedDeferred);
                 return;
             }
+            let r = &self.retained[i];
             let mut targets = Vec::new();
             if r.qos != Qos::AtMostOnce {
                 let state =
@@ -556,6 +576,28 @@ where
         }
     }
 
+    /// If the publish that set retained value `i` is still in the outbox (QoS 1/2, being
+    /// retried), makes `session` one of its targets instead of sending a second copy
+    /// under another message id: the late subscriber receives the value once, and its
+    /// acknowledgement counts in the original publish's outcome. Returns whether it did.
+    fn join_original(&mut self, now: Instant, i: usize, session: SessionId) -> bool {
+        let r = &self.retained[i];
+        let Some(e) = self.outbox.iter_mut().find(|e| {
+            !e.preset && e.retain && e.channel_id == r.channel_id && e.data == r.data
+        }) else {
+            return false;
+        };
+        if e.msg.is_some() && !e.targets.iter().any(|t| t.session == session) {
+            let state = if e.qos == Qos::AtLeastOnce { TState::AwaitAck } else { TState::AwaitRec };
+            if e.targets.push(TargetPeer { session, state }).is_err() {
+                return false;
+            }
+            e.next_at = e.next_at.min(now);
+        }
+        // Not yet sent: its first transmission collects this subscriber as a target.
+        true
+    }
+
     // ------------------------------------------------------------------ receiving
 
     /// Processes one datagram from `from`. Returns the message it carried, if it is a
@@ -567,6 +609,7 @@ where
         from: Addr,
         buf: &'a mut [u8],
     ) -> Option<Message<'a>> {
+        self.last_delivery = None;
         self.stats.rx_datagrams += 1;
         if self.lockouts.is_locked(&from, now) {
             self.stats.drop(DropReason::LockedOut);
@@ -628,6 +671,29 @@ where
                 None
             }
         }
+    }
+
+    /// Takes back the message the last [`Node::handle_datagram`] returned, because the
+    /// application cannot take it now (its queue is full): its PUBACK/PUBREC is not sent
+    /// and a QoS 2 receive state made for it is forgotten, so the publisher retransmits
+    /// it (as a new packet, which the replay window lets through) and it is delivered
+    /// then. A refused QoS 0 message is lost. Either way it is counted as
+    /// [`DropReason::DeliveryRefused`] instead of [`Stats::delivered`].
+    ///
+    /// Call it right after `handle_datagram`, before any other input or poll; returns
+    /// `false` (and does nothing) if there is no such message any more.
+    pub fn refuse_delivery(&mut self) -> bool {
+        let Some(d) = self.last_delivery.take() else { return false };
+        if d.ack_queued {
+            let last = self.control.pop_back();
+            debug_assert!(matches!(last, Some(Control::Ack { msg, .. }) if msg == d.msg));
+        }
+        if d.qos2_state {
+            self.qos2.retain(|q| q.msg != d.msg);
+        }
+        self.stats.delivered = self.stats.delivered.saturating_sub(1);
+        self.stats.drop(DropReason::DeliveryRefused);
+        true
     }
 
     /// Local instant after which a packet with this header is expired.
@@ -850,10 +916,12 @@ where
             return None;
         }
         let (session, addr) = (self.peers[peer].session, self.peers[peer].addr);
+        let mut delivered = Delivered { msg: p.msg, ack_queued: false, qos2_state: false };
         match h.flags.qos {
             Qos::AtMostOnce => {}
             Qos::AtLeastOnce => {
-                self.queue_ack(PacketType::PubAck, p.msg, addr, h.channel_id, scope)
+                delivered.ack_queued =
+                    self.queue_ack(PacketType::PubAck, p.msg, addr, h.channel_id, scope);
             }
             Qos::ExactlyOnce => {
                 if p.msg.session == session {
@@ -882,11 +950,14 @@ where
                             self.stats.drop(DropReason::Qos2Full);
                             return None;
                         }
-                        self.queue_ack(PacketType::PubRec, p.msg, addr, h.channel_id, scope);
+                        delivered.qos2_state = true;
+                        delivered.ack_queued =
+                            self.queue_ack(PacketType::PubRec, p.msg, addr, h.channel_id, scope);
                     }
                 }
             }
         }
+        self.last_delivery = Some(delivered);
         self.stats.delivered += 1;
         Some(Message {
             name: p.name,
@@ -914,10 +985,12 @@ where
         to: Addr,
         channel_id: ChannelId,
         scope: ScopeIndex,
-    ) {
-        if self.control.push_back(Control::Ack { kind, msg, to, channel_id, scope }).is_err() {
+    ) -> bool {
+        let queued = self.control.push_back(Control::Ack { kind, msg, to, channel_id, scope });
+        if queued.is_err() {
             self.stats.drop(DropReason::ControlQueueFull);
         }
+        queued.is_ok()
     }
 
     fn on_ack(&mut self, peer: usize, h: &Header, scope: ScopeIndex, plaintext: &[u8]) {
@@ -1094,6 +1167,7 @@ where
 
     /// Advances timers: liveness, retransmission deadlines, expiries, lockout pruning.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_delivery = None;
         // Liveness.
         let mut i = 0;
         while i < self.peers.len() {
@@ -1168,6 +1242,7 @@ where
                 status,
                 acked,
                 missing,
+                retained_reply: e.preset,
             }));
         }
     }
@@ -1274,6 +1349,7 @@ where
     /// outbox by priority (higher first, then oldest).
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.last_delivery = None;
         if let Some(t) = self.transmit_control(now, buf) {
             return Some(t);
         }

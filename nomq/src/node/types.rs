@@ -228,6 +228,9 @@ pub struct Outcome<const P: usize> {
     pub acked: heapless::Vec<SessionId, P>,
     /// Known subscribers that did not.
     pub missing: heapless::Vec<SessionId, P>,
+    /// A retained value this node sent on its own to a subscriber that joined later
+    /// (its handle was never returned by `publish`).
+    pub retained_reply: bool,
 }
 
 /// Why a peer left the table.
@@ -412,6 +415,11 @@ drop_reasons! {
     PeerSubsFull,
     /// `poll_transmit` was given a buffer too small for the packet.
     TxBufferTooSmall,
+    /// The application could not take a delivered message (its queue was full) and
+    /// refused it with [`Node::refuse_delivery`](crate::Node::refuse_delivery): no
+    /// PUBACK/PUBREC was sent, so a QoS 1/2 publisher retransmits it; a QoS 0 message
+    /// is lost (and counted here).
+    DeliveryRefused,
 }
 
 /// Counters of the node. Every dropped datagram is counted under exactly one reason.
@@ -425,6 +433,9 @@ pub struct Stats {
     pub tx_datagrams: u64,
     /// Of which retransmissions (PUBLISH with dup, repeated PUBREL).
     pub retransmissions: u64,
+    /// Informational events (not outcomes) that found the event queue full and were
+    /// discarded. Outcomes are never discarded: they wait in their outbox slot.
+    pub events_dropped: u64,
     drops: [u64; DropReason::COUNT],
 }
 
