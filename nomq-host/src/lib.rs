@@ -29,8 +29,13 @@ pub type HostNode = Node<Keyring<HOST_CHANNEL_KEYS>, 64, 32, 128, 32, 512, 256, 
 /// payload (1376): the padded plaintext of a PUBLISH holds 13 bytes of header fields.
 pub const MAX_MESSAGE_LEN: usize =
     nomq::envelope::max_plaintext(1376) - nomq::body::PUBLISH_PREFIX_LEN;
-/// Messages buffered per subscription stream before the slowest reader loses some
-/// (counted in [`HostStats::app_dropped`] and logged).
+/// Messages buffered per subscription stream by default ([`NodeBuilder::stream_depth`]).
+///
+/// The stream is the flow-control window of delivery: a message that finds a matching
+/// stream full is refused ([`nomq::Node::refuse_delivery`]), so it is never
+/// acknowledged; a QoS 1/2 publisher retransmits it until the reader has made room
+/// (counted in [`HostStats::app_deferred`]); a QoS 0 message is lost and counted in
+/// [`HostStats::app_dropped`].
 pub const STREAM_DEPTH: usize = 4096;
 
 /// A boxed source error (keyring, codec).
@@ -171,8 +176,14 @@ pub struct HostStats {
     pub send_errors: u64,
     /// Receive errors recovered from.
     pub recv_errors: u64,
-    /// Messages a full subscription stream could not take.
+    /// QoS 0 messages lost because a matching subscription stream was full.
     pub app_dropped: u64,
+    /// QoS 1/2 messages refused unacknowledged because a matching subscription stream
+    /// was full; their publishers retransmit them.
+    pub app_deferred: u64,
+    /// Peer and security events the [`NodeBuilder::events`] channel could not take
+    /// (plus those the engine's own queue could not: `engine.events_dropped`).
+    pub events_dropped: u64,
 }
 
 /// A peer the node knows.
@@ -189,9 +200,11 @@ pub struct PeerInfo {
 /// Peer and security events, as the engine reports them.
 pub type NodeEvent = Event<64>;
 
+/// Identifies one [`Subscription`] in the driver.
+type SubId = u64;
+
 enum Command {
-    Subscribe(String, oneshot::Sender<Result<mpsc::Receiver<Message>, HostError>>),
-    Unsubscribe(String),
+    Subscribe(String, oneshot::Sender<Result<Subscription, HostError>>),
     Publish(
         String,
         Vec<u8>,
@@ -210,12 +223,20 @@ pub struct NodeBuilder {
     config: HostConfig,
     keyring: Keyring<HOST_CHANNEL_KEYS>,
     events: Option<mpsc::Sender<NodeEvent>>,
+    stream_depth: usize,
+    socket: Option<std::net::UdpSocket>,
 }
 
 impl NodeBuilder {
     /// A builder with this keyring and [`HostConfig::default`] settings.
     pub fn new(keyring: Keyring<HOST_CHANNEL_KEYS>) -> Self {
-        Self { config: HostConfig::default(), keyring, events: None }
+        Self {
+            config: HostConfig::default(),
+            keyring,
+            events: None,
+            stream_depth: STREAM_DEPTH,
+            socket: None,
+        }
     }
     /// Loads the keyring from a file (warnings are logged).
     ///
@@ -259,9 +280,26 @@ impl NodeBuilder {
         self.config.engine = engine;
         self
     }
-    /// Receives peer and security events on this channel (bounded; excess dropped).
+    /// Receives peer and security events on this channel. It is bounded: events that
+    /// find it full are counted in [`HostStats::events_dropped`] and logged. Publish
+    /// outcomes never travel here (each publish has its own), except the outcomes of
+    /// retained values sent to late subscribers ([`Event::Outcome`] with
+    /// `retained_reply`), which have no publish to report to.
     pub fn events(mut self, tx: mpsc::Sender<NodeEvent>) -> Self {
         self.events = Some(tx);
+        self
+    }
+    /// Uses this already-bound socket instead of binding [`HostConfig::bind`] (which
+    /// becomes the socket's address). Bind every node's socket first, then hand each one
+    /// over with the others' addresses as peers: no port is found free and released.
+    pub fn socket(mut self, socket: std::net::UdpSocket) -> Self {
+        self.socket = Some(socket);
+        self
+    }
+    /// Messages each subscription stream buffers (default [`STREAM_DEPTH`], at least 1):
+    /// its flow-control window (see [`STREAM_DEPTH`]).
+    pub fn stream_depth(mut self, depth: usize) -> Self {
+        self.stream_depth = depth.max(1);
         self
     }
 
@@ -270,8 +308,15 @@ impl NodeBuilder {
     /// # Errors
     /// [`HostError::Network`] if the socket cannot be bound or configured.
     pub async fn start(self) -> Result<Handle, HostError> {
-        let cfg = self.config;
-        let socket = bind(&cfg).await?;
+        let mut cfg = self.config;
+        if let Some(s) = &self.socket {
+            cfg.bind = s.local_addr().map_err(|e| HostError::network("local address", e))?;
+        }
+        // MERGE: cfg.validate()?;
+        let socket = match self.socket {
+            Some(s) => configure(s, &cfg)?,
+            None => bind(&cfg).await?,
+        };
         let local = socket.local_addr().map_err(|e| HostError::network("local address", e))?;
         let mut fanout: Vec<SocketAddr> = cfg.peers.clone();
         fanout.extend(cfg.effective_broadcast());
@@ -288,6 +333,9 @@ impl NodeBuilder {
         let node =
             Box::new(HostNode::new(cfg.engine, self.keyring, seed, clock.now(), clock.unix()));
         let (tx, rx) = mpsc::channel(1024);
+        // Dropped subscriptions. Unbounded so that `Drop` never loses one, yet bounded in
+        // practice: each Subscription sends exactly one id, once.
+        let (unsub_tx, unsub_rx) = mpsc::unbounded_channel();
         let driver = Driver {
             node,
             socket: Arc::new(socket),
@@ -295,11 +343,15 @@ impl NodeBuilder {
             fanout,
             clock,
             subs: Vec::new(),
+            next_sub: 0,
+            unsub: unsub_tx,
+            cmd: tx.downgrade(),
+            stream_depth: self.stream_depth,
             pending: HashMap::new(),
             stats: HostStats::default(),
             events: self.events,
         };
-        tokio::spawn(driver.run(rx));
+        tokio::spawn(driver.run(rx, unsub_rx));
         Ok(Handle { tx, local })
     }
 }
@@ -313,17 +365,23 @@ async fn bind(cfg: &HostConfig) -> Result<UdpSocket, HostError> {
     let domain = socket2::Domain::for_address(cfg.bind);
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
         .map_err(|e| HostError::network("socket", e))?;
-    // Best effort: a smaller grant only means more drops under bursts.
-    let _ = s.set_recv_buffer_size(RECV_BUFFER);
-    let _ = s.set_send_buffer_size(SEND_BUFFER);
     if cfg.multicast.is_some() {
         // Several nodes on one host may share a multicast port.
         s.set_reuse_address(true).map_err(|e| HostError::network("SO_REUSEADDR", e))?;
     }
-    s.set_nonblocking(true).map_err(|e| HostError::network("non-blocking", e))?;
     s.bind(&cfg.bind.into()).map_err(|e| HostError::network("bind", e))?;
+    configure(s.into(), cfg)
+}
+
+/// Sets up a bound socket for a node: buffers, non-blocking, broadcast, multicast.
+fn configure(socket: std::net::UdpSocket, cfg: &HostConfig) -> Result<UdpSocket, HostError> {
+    let s = socket2::SockRef::from(&socket);
+    // Best effort: a smaller grant only means more drops under bursts.
+    let _ = s.set_recv_buffer_size(RECV_BUFFER);
+    let _ = s.set_send_buffer_size(SEND_BUFFER);
+    socket.set_nonblocking(true).map_err(|e| HostError::network("non-blocking", e))?;
     let socket =
-        UdpSocket::from_std(s.into()).map_err(|e| HostError::network("register socket", e))?;
+        UdpSocket::from_std(socket).map_err(|e| HostError::network("register socket", e))?;
     if !cfg.effective_broadcast().is_empty() {
         socket.set_broadcast(true).map_err(|e| HostError::network("SO_BROADCAST", e))?;
     }
@@ -375,6 +433,11 @@ impl Clock {
 }
 
 /// A handle to a running node; cheap to clone.
+///
+/// # Cancel safety
+/// Every async method is cancel safe unless its own docs say otherwise: the queries
+/// ([`Handle::stats`], [`Handle::peers`], [`Handle::subscribers`]) change nothing, and a
+/// cancelled [`Handle::shutdown`] still stops the node if the request reached it.
 #[derive(Clone, Debug)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
@@ -389,6 +452,11 @@ impl Handle {
 
     /// Subscribes to a pattern (MQTT wildcards) and returns the stream of its messages.
     ///
+    /// # Cancel safety
+    /// Cancel safe: if the future is dropped before it returns, no subscription is left
+    /// behind (one the driver already made is dropped, and so unsubscribed, with the
+    /// reply that carried it).
+    ///
     /// # Errors
     /// [`HostError::Subscribe`] for an invalid pattern or a full table.
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, HostError> {
@@ -397,12 +465,17 @@ impl Handle {
             .send(Command::Subscribe(pattern.to_string(), tx))
             .await
             .map_err(|_| HostError::Closed)?;
-        let stream = rx.await.map_err(|_| HostError::Closed)??;
-        Ok(Subscription { rx: stream, pattern: pattern.to_string(), handle: self.clone() })
+        rx.await.map_err(|_| HostError::Closed)?
     }
 
     /// Publishes and waits for the outcome: at once for QoS 0 after sending; for QoS 1/2
     /// when every known subscriber acknowledged, or retransmissions gave up, or the TTL ran out.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not withdraw the message: once it reached the driver it is
+    /// published, retransmitted and finished as if awaited (its outbox slot is freed when
+    /// it ends), and only the outcome is discarded. Before it reached the driver (the
+    /// command queue was full), nothing was published.
     ///
     /// # Errors
     /// [`HostError::Publish`] when the engine refuses it (invalid channel, too large,
@@ -419,6 +492,10 @@ impl Handle {
 
     /// Queues a publish and returns a receiver of its outcome without waiting for it
     /// (for pipelining many publishes).
+    ///
+    /// # Cancel safety
+    /// As [`Handle::publish`]: a cancelled call may still have queued the message. Dropping
+    /// the returned receiver only discards the outcome.
     ///
     /// # Errors
     /// As [`Handle::publish`].
@@ -439,6 +516,10 @@ impl Handle {
     /// Publishes many QoS 0 messages to one channel in one round trip to the driver
     /// (high-rate streams). Returns how many were queued: fewer than `bodies.len()` when
     /// the outbox stayed full after sending what it held; retry the rest.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a cancelled call may have queued any prefix of `bodies`, and the
+    /// count is lost with it.
     ///
     /// # Errors
     /// [`HostError::Config`] for QoS 1/2 (their outcomes need [`Handle::publish`]);
@@ -560,16 +641,28 @@ impl Handle {
 }
 
 /// The messages of one subscription, as a `futures_core::Stream` (or with [`Subscription::recv`]).
-/// Dropping it unsubscribes.
+///
+/// Dropping it always unsubscribes, on any runtime and however full the node's command
+/// queue is: the drop sends its id on a separate unbounded queue that the driver reads
+/// before anything else (each subscription sends one id, once, so that queue never holds
+/// more than the subscriptions that were dropped). The engine withdraws the pattern (and
+/// announces the UNSUBSCRIBE) once no other [`Subscription`] of this node uses it.
+///
+/// A live subscription keeps its node running.
 #[derive(Debug)]
 pub struct Subscription {
     rx: mpsc::Receiver<Message>,
     pattern: String,
-    handle: Handle,
+    id: SubId,
+    unsub: mpsc::UnboundedSender<SubId>,
+    _node: Option<mpsc::Sender<Command>>,
 }
 
 impl Subscription {
     /// The next message; `None` once the node shut down.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a message is removed from the stream only when this returns it.
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
@@ -588,8 +681,16 @@ impl futures_core::Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.handle.tx.try_send(Command::Unsubscribe(self.pattern.clone()));
+        // Fails only when the driver has stopped, and with it the engine.
+        let _ = self.unsub.send(self.id);
     }
+}
+
+/// One subscription as the driver holds it.
+struct Sub {
+    id: SubId,
+    pattern: String,
+    tx: mpsc::Sender<Message>,
 }
 
 struct Driver {
@@ -598,14 +699,31 @@ struct Driver {
     cfg: HostConfig,
     fanout: Vec<SocketAddr>,
     clock: Clock,
-    subs: Vec<(String, mpsc::Sender<Message>)>,
+    subs: Vec<Sub>,
+    next_sub: SubId,
+    /// Given to each new [`Subscription`]: the way its drop reaches the driver, and what
+    /// keeps the driver running while it lives (weak here, so the driver still stops
+    /// once every handle and subscription is gone).
+    unsub: mpsc::UnboundedSender<SubId>,
+    cmd: mpsc::WeakSender<Command>,
+    stream_depth: usize,
     pending: HashMap<nomq::node::PublishHandle, oneshot::Sender<Delivery>>,
     stats: HostStats,
     events: Option<mpsc::Sender<NodeEvent>>,
 }
 
+/// What the driver loop does next.
+enum Next {
+    Continue,
+    Stop,
+}
+
 impl Driver {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut unsub: mpsc::UnboundedReceiver<SubId>,
+    ) {
         let mut rbuf = vec![0u8; 65_536];
         let mut tbuf = vec![0u8; self.node.max_datagram_len()];
         loop {
@@ -617,28 +735,31 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                r = self.socket.recv_from(&mut rbuf) => match r {
-                    Ok((n, from)) => self.on_datagram(&mut rbuf[..n], from),
-                    Err(e) => self.on_recv_error(e).await,
-                },
+            let next = tokio::select! {
+                biased;
+                Some(id) = unsub.recv() => {
+                    self.drop_sub(id);
+                    Next::Continue
+                }
                 cmd = rx.recv() => match cmd {
-                    Some(Command::Shutdown(done)) => {
-                        self.flush(&mut tbuf).await;
-                        let _ = done.send(());
-                        return;
-                    }
-                    Some(Command::PublishBatch(ch, bodies, opts, reply)) => {
-                        let r = self.publish_batch(&ch, bodies, opts, &mut tbuf).await;
-                        let _ = reply.send(r);
-                    }
-                    Some(c) => self.on_command(c),
-                    None => return,
+                    Some(c) => self.on_command(c, &mut tbuf).await,
+                    None => Next::Stop,
                 },
+                r = self.socket.recv_from(&mut rbuf) => {
+                    match r {
+                        Ok((n, from)) => self.on_datagram(&mut rbuf[..n], from),
+                        Err(e) => self.on_recv_error(e).await,
+                    }
+                    Next::Continue
+                }
                 () = sleep => {
                     let now = self.clock.now();
                     self.node.handle_timeout(now);
+                    Next::Continue
                 }
+            };
+            if matches!(next, Next::Stop) {
+                return;
             }
             // Batch: take whatever else is ready without re-arming the timer each time,
             // charging each datagram to the task budget so readers on this thread run.
@@ -649,57 +770,82 @@ impl Driver {
                 }
                 tokio::task::consume_budget().await;
             }
+            while let Ok(id) = unsub.try_recv() {
+                self.drop_sub(id);
+            }
             while let Ok(c) = rx.try_recv() {
-                match c {
-                    Command::Shutdown(done) => {
-                        self.flush(&mut tbuf).await;
-                        let _ = done.send(());
-                        return;
-                    }
-                    Command::PublishBatch(ch, bodies, opts, reply) => {
-                        let r = self.publish_batch(&ch, bodies, opts, &mut tbuf).await;
-                        let _ = reply.send(r);
-                    }
-                    c => self.on_command(c),
+                if let Next::Stop = self.on_command(c, &mut tbuf).await {
+                    return;
                 }
             }
         }
     }
 
+    /// Delivers a message to every matching subscription, or to none: if one matching
+    /// stream is full, the engine takes the message back unacknowledged (the publisher
+    /// retransmits QoS 1/2), so nothing is acknowledged and then lost.
     fn on_datagram(&mut self, buf: &mut [u8], from: SocketAddr) {
         let now = self.clock.now();
         let Some(m) = self.node.handle_datagram(now, Addr::from(from), buf) else { return };
         let name = m.name;
-        let mut msg = None;
-        for (pattern, tx) in &self.subs {
-            let Ok(p) = nomq::Pattern::new(pattern) else { continue };
-            if !p.matches(name) {
-                continue;
+        let matches = |sub: &Sub| nomq::Pattern::new(&sub.pattern).is_ok_and(|p| p.matches(name));
+        // The driver is each stream's only sender, so room seen here is still there below.
+        let mut open = 0;
+        let mut full = None;
+        let mut closed = None;
+        for sub in self.subs.iter().filter(|s| matches(s)) {
+            if sub.tx.is_closed() {
+                closed = Some(sub.id);
+            } else if sub.tx.capacity() == 0 {
+                full = Some(sub.pattern.clone());
+            } else {
+                open += 1;
             }
-            let message = msg
-                .get_or_insert_with(|| Message {
-                    channel: name.as_str().to_string(),
-                    body: m.body.to_vec(),
-                    from,
-                    session: m.session,
-                    msg: m.msg,
-                    qos: m.qos,
-                    retained: m.retained,
-                    dup: m.dup,
-                })
-                .clone();
-            match tx.try_send(message) {
-                Ok(()) => {}
-                // A dropped Subscription whose unsubscribe is still queued: not a loss.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
+        }
+        if full.is_some() || open == 0 {
+            let qos = m.qos;
+            self.node.refuse_delivery();
+            if let Some(pattern) = full {
+                let n = if qos == Qos::AtMostOnce {
                     self.stats.app_dropped += 1;
-                    // Power-of-two spacing keeps a flood from flooding the log too.
-                    if self.stats.app_dropped.is_power_of_two() {
-                        tracing::warn!(pattern = %pattern, dropped = self.stats.app_dropped, "subscription stream full: messages dropped (reader too slow)");
-                    }
+                    self.stats.app_dropped
+                } else {
+                    self.stats.app_deferred += 1;
+                    self.stats.app_deferred
+                };
+                // Power-of-two spacing keeps a flood from flooding the log too.
+                if n.is_power_of_two() {
+                    tracing::warn!(%pattern, ?qos, refused = n, "subscription stream full: message refused (reader too slow; QoS 1/2 publishers retransmit, QoS 0 is lost)");
                 }
             }
+        } else {
+            let message = Message {
+                channel: name.as_str().to_string(),
+                body: m.body.to_vec(),
+                from,
+                session: m.session,
+                msg: m.msg,
+                qos: m.qos,
+                retained: m.retained,
+                dup: m.dup,
+            };
+            for sub in self.subs.iter().filter(|s| matches(s) && !s.tx.is_closed()) {
+                // Room checked above; a reader closing meanwhile is an unsubscribe.
+                let _ = sub.tx.try_send(message.clone());
+            }
+        }
+        if let Some(id) = closed {
+            self.drop_sub(id);
+        }
+    }
+
+    /// Forgets subscription `id`; withdraws its pattern from the engine once no other
+    /// subscription uses it.
+    fn drop_sub(&mut self, id: SubId) {
+        let Some(i) = self.subs.iter().position(|s| s.id == id) else { return };
+        let sub = self.subs.swap_remove(i);
+        if !self.subs.iter().any(|s| s.pattern == sub.pattern) {
+            self.node.unsubscribe(&sub.pattern);
         }
     }
 
@@ -745,26 +891,26 @@ impl Driver {
         }
     }
 
-    fn on_command(&mut self, c: Command) {
+    async fn on_command(&mut self, c: Command, tbuf: &mut [u8]) -> Next {
         let now = self.clock.now();
         match c {
             Command::Subscribe(pattern, reply) => {
                 let r = self.node.subscribe(&pattern).map_err(HostError::Subscribe).map(|()| {
-                    let (tx, rx) = mpsc::channel(STREAM_DEPTH);
-                    self.subs.push((pattern, tx));
-                    rx
+                    let (tx, rx) = mpsc::channel(self.stream_depth);
+                    let id = self.next_sub;
+                    self.next_sub += 1;
+                    self.subs.push(Sub { id, pattern: pattern.clone(), tx });
+                    Subscription {
+                        rx,
+                        pattern,
+                        id,
+                        unsub: self.unsub.clone(),
+                        _node: self.cmd.upgrade(),
+                    }
                 });
+                // A caller that gave up waiting drops the reply, and with it the
+                // Subscription, whose Drop unsubscribes: nothing is left behind.
                 let _ = reply.send(r);
-            }
-            Command::Unsubscribe(pattern) => {
-                if let Some(i) =
-                    self.subs.iter().position(|(p, tx)| *p == pattern && tx.is_closed())
-                {
-                    self.subs.swap_remove(i);
-                }
-                if !self.subs.iter().any(|(p, _)| *p == pattern) {
-                    let _ = self.node.unsubscribe(&pattern);
-                }
             }
             Command::Publish(channel, body, opts, reply) => {
                 let r =
@@ -775,6 +921,10 @@ impl Driver {
                             rx
                         },
                     );
+                let _ = reply.send(r);
+            }
+            Command::PublishBatch(ch, bodies, opts, reply) => {
+                let r = self.publish_batch(&ch, bodies, opts, tbuf).await;
                 let _ = reply.send(r);
             }
             Command::Stats(reply) => {
@@ -797,8 +947,13 @@ impl Driver {
             Command::Subscribers(channel, reply) => {
                 let _ = reply.send(self.node.subscribers(&channel).map(|(s, _)| s).collect());
             }
-            Command::Shutdown(_) | Command::PublishBatch(..) => {}
+            Command::Shutdown(done) => {
+                self.flush(tbuf).await;
+                let _ = done.send(());
+                return Next::Stop;
+            }
         }
+        Next::Continue
     }
 
     async fn flush(&mut self, tbuf: &mut [u8]) {
@@ -819,17 +974,27 @@ impl Driver {
         }
         while let Some(e) = self.node.poll_event() {
             match e {
-                Event::Outcome(o) => {
+                Event::Outcome(o) if !o.retained_reply => {
+                    // A publisher that stopped waiting dropped its receiver: fine.
                     if let Some(tx) = self.pending.remove(&o.handle) {
                         let _ = tx.send(Delivery::from(o));
                     }
                 }
-                other => {
-                    tracing::debug!(event = ?other, "node event");
-                    if let Some(tx) = &self.events {
-                        let _ = tx.try_send(other);
-                    }
-                }
+                other => self.forward_event(other),
+            }
+        }
+    }
+
+    fn forward_event(&mut self, e: NodeEvent) {
+        tracing::debug!(event = ?e, "node event");
+        let Some(tx) = &self.events else { return };
+        if tx.try_send(e).is_err() {
+            self.stats.events_dropped += 1;
+            if self.stats.events_dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = self.stats.events_dropped,
+                    "event channel full: events dropped (read it faster or make it larger)"
+                );
             }
         }
     }

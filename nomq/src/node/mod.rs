@@ -582,9 +582,11 @@ where
     /// acknowledgement counts in the original publish's outcome. Returns whether it did.
     fn join_original(&mut self, now: Instant, i: usize, session: SessionId) -> bool {
         let r = &self.retained[i];
-        let Some(e) = self.outbox.iter_mut().find(|e| {
-            !e.preset && e.retain && e.channel_id == r.channel_id && e.data == r.data
-        }) else {
+        let Some(e) = self
+            .outbox
+            .iter_mut()
+            .find(|e| !e.preset && e.retain && e.channel_id == r.channel_id && e.data == r.data)
+        else {
             return false;
         };
         if e.msg.is_some() && !e.targets.iter().any(|t| t.session == session) {
