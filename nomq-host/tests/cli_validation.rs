@@ -46,13 +46,20 @@ fn durations_out_of_range_are_usage_errors_not_panics() {
         (vec!["pub", "-c", "a", "-m", "x", "--ttl", "65536"], 2, vec!["--ttl", "0..=65535"]),
         (vec!["pub", "-c", "a", "-m", "x", "--ttl", "-0.5"], 2, vec!["--ttl", "0..=65535"]),
         (vec!["pub", "-c", "a", "-m", "x", "--ttl", "1e20"], 2, vec!["--ttl"]),
-        (vec!["pub", "-c", "a", "-m", "x", "--linger-s", "1e20"], 2, vec!["--linger-s", "0..=86400"]),
+        (
+            vec!["pub", "-c", "a", "-m", "x", "--linger-s", "1e20"],
+            2,
+            vec!["--linger-s", "0..=86400"],
+        ),
         (
             vec!["pub", "-c", "a", "-m", "x", "--wait-ms", "18446744073709551615"],
             2,
             vec!["--wait-ms", "0..=600000"],
         ),
         (vec!["pub", "-c", "a", "-m", "x", "--priority", "256"], 2, vec!["--priority"]),
+        (vec!["pub", "-c", "a", "-m", "x", "--priority", "-1"], 2, vec!["--priority"]),
+        (vec!["pub", "-c", "a", "-m", "x", "--wait-ms", "-5"], 2, vec!["--wait-ms"]),
+        (vec!["pub", "-c", "a", "-m", "x", "--linger-s", "-5"], 2, vec!["--linger-s"]),
         (vec!["sub", "-c", "a", "-C", "0"], 2, vec!["--count"]),
     ];
     check_cases(&dir, &cases, &[]);
@@ -103,21 +110,13 @@ fn config_values_out_of_range_are_refused_by_name() {
             2,
             vec!["[::1]:7000", "IPv6", "IPv4", "--bind"],
         ),
-        (
-            with_keys(sub(&["--broadcast", "[::1]:7000"]), k),
-            2,
-            vec!["--broadcast", "IPv6", "IPv4"],
-        ),
+        (with_keys(sub(&["--broadcast", "[::1]:7000"]), k), 2, vec!["--broadcast", "IPv6", "IPv4"]),
         (
             with_keys(sub(&["--multicast", "192.0.2.1"]), k),
             2,
             vec!["--multicast", "not a multicast address"],
         ),
-        (
-            with_keys(sub(&["--multicast", "ff02::1"]), k),
-            2,
-            vec!["--multicast", "IPv6", "IPv4"],
-        ),
+        (with_keys(sub(&["--multicast", "ff02::1"]), k), 2, vec!["--multicast", "IPv6", "IPv4"]),
         // Exited 0 at QoS 0 before while every send failed.
         (
             vec!["pub", "-c", "a", "-m", "x", "--bind", b, "--peer", "[::1]:7000", "--keys", k],
@@ -185,7 +184,8 @@ fn fractional_seconds_ttl_zero_and_priority_clamp() {
     let k = keys.as_str();
     let [p1, p2] = ports::<2>();
     let started = Instant::now();
-    let (code, _, stderr) = outcome(&run(&dir, &["sub", "-c", "a", "--keys", k, "--bind", &s(&p1), "-W", "0.5"]));
+    let (code, _, stderr) =
+        outcome(&run(&dir, &["sub", "-c", "a", "--keys", k, "--bind", &s(&p1), "-W", "0.5"]));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("timed out after 0.5 s"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(8));
@@ -214,7 +214,12 @@ fn fractional_seconds_ttl_zero_and_priority_clamp() {
     assert_eq!(code, Some(0), "{stderr}");
     let bodies: Vec<String> = stdout
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["body"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["body"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(bodies, ["2.5", "0", "0.001"]);
 }

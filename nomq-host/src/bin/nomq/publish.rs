@@ -26,11 +26,11 @@ pub struct PubArgs {
     /// Seconds the message lives, 0..=65535, fractional allowed; retransmissions stop at
     /// its end. The wire carries whole seconds: a fraction is rounded up (2.5 → 3). 0
     /// means no expiry; this version sends the longest TTL, 65535 s (about 18 h), instead.
-    #[arg(long, value_name = "S", default_value = "10", value_parser = ttl_arg)]
+    #[arg(long, value_name = "S", default_value = "10", value_parser = ttl_arg, allow_negative_numbers = true)]
     ttl: u16,
     /// 0 (lowest) to 15 (highest). As the protocol specifies, more than 15 is sent as 15
     /// (with a warning).
-    #[arg(long, value_name = "P", default_value_t = 0)]
+    #[arg(long, value_name = "P", default_value_t = 0, allow_negative_numbers = true)]
     priority: u8,
     /// Send to this one peer instead of the fan-out.
     #[arg(long, value_name = "ADDR", value_parser = common::addr_arg)]
@@ -38,12 +38,12 @@ pub struct PubArgs {
     /// QoS 1/2: wait up to this long to hear from a peer (and learn its subscriptions)
     /// before publishing.
     #[arg(long, value_name = "N", default_value_t = 1500,
-          value_parser = value_parser!(u64).range(0..=600_000))]
+          value_parser = value_parser!(u64).range(0..=600_000), allow_negative_numbers = true)]
     wait_ms: u64,
     /// Keep running this many seconds after the outcome, 0..=86400, fractional allowed
     /// (serves a retained value to subscribers that join meanwhile).
     #[arg(long, value_name = "S", default_value = "0",
-          value_parser = common::seconds_arg(0.0, 86_400.0))]
+          value_parser = common::seconds_arg(0.0, 86_400.0), allow_negative_numbers = true)]
     linger_s: Duration,
     #[command(flatten)]
     node: NodeArgs,

@@ -29,7 +29,7 @@ pub struct SubArgs {
     /// Exit 1 if fewer than --count messages (or none, without --count) arrived within
     /// this many seconds, 0.001..=31536000 (a year), fractional allowed (e.g. 2.5).
     #[arg(short = 'W', long = "timeout-s", value_name = "S",
-          value_parser = common::seconds_arg(0.001, 31_536_000.0))]
+          value_parser = common::seconds_arg(0.001, 31_536_000.0), allow_negative_numbers = true)]
     timeout_s: Option<Duration>,
     #[command(flatten)]
     node: NodeArgs,
