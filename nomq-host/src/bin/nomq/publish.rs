@@ -110,6 +110,9 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
     };
     if outcome.as_ref().is_err_and(|f| f.code == 1) {
         refusals.print_totals(&node).await;
+    } else if verbose {
+        // The last counts, if they changed since the last summary line.
+        refusals.report_changes(&node).await;
     }
     node.shutdown().await;
     outcome
