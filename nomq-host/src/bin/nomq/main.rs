@@ -15,11 +15,17 @@ use clap::{Parser, Subcommand};
 use common::Failure;
 use std::process::ExitCode;
 
-/// The exit codes, in every command's --help.
-const EXIT_CODES: &str = "Exit codes: 0 success, 1 delivery not confirmed (or too few \
-messages before --timeout-s), 2 usage/configuration/keyring error, 3 network error, \
-130 interrupted by SIGINT (Ctrl-C), 143 terminated by SIGTERM (`nomq sub` withdraws its \
-subscriptions first).\n\
+/// The exit codes, in the --help of `nomq` and `nomq pub`.
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 delivery not confirmed (or, for `nomq \
+sub`, too few messages before --timeout-s), 2 usage/configuration/keyring error, 3 network \
+error; `nomq sub` stopped by SIGINT (Ctrl-C) 130, by SIGTERM 143.\n\
+Logs go to stderr; set RUST_LOG (default: warn).";
+
+/// The exit codes of `nomq sub`.
+const SUB_EXIT_CODES: &str = "Exit codes: 0 success (--count messages arrived, or at least \
+one before --timeout-s without --count), 1 too few messages before --timeout-s, 2 \
+usage/configuration/keyring error, 3 network error, 130 stopped by SIGINT (Ctrl-C), 143 \
+stopped by SIGTERM. On a signal it withdraws its subscriptions (UNSUBSCRIBE) before it exits.\n\
 Logs go to stderr; set RUST_LOG (default: warn).";
 
 /// Brokerless, encrypted publish/subscribe over UDP.
@@ -40,7 +46,7 @@ enum Command {
     #[command(after_help = EXIT_CODES)]
     Pub(publish::PubArgs),
     /// Print the messages of channels as they arrive.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = SUB_EXIT_CODES)]
     Sub(subscribe::SubArgs),
     /// Measure throughput and latency on 127.0.0.1 against a plain UDP loop.
     Bench(bench::BenchArgs),

@@ -35,8 +35,8 @@ pub struct PubArgs {
     /// Send to this one peer instead of the fan-out.
     #[arg(long, value_name = "ADDR", value_parser = common::addr_arg)]
     to: Option<SocketAddr>,
-    /// QoS 1/2: wait up to this long to hear from a peer (and learn its subscriptions)
-    /// before publishing.
+    /// QoS 1/2: wait up to this many milliseconds, 0..=600000, to hear from a peer (and
+    /// learn its subscriptions) before publishing.
     #[arg(long, value_name = "N", default_value_t = 1500,
           value_parser = value_parser!(u64).range(0..=600_000), allow_negative_numbers = true)]
     wait_ms: u64,

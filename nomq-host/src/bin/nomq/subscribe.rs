@@ -19,8 +19,8 @@ pub struct SubArgs {
     /// Print one JSON object per line: channel, body, encoding ("utf8" or "hex"), from
     /// (the sender's IP:PORT), session (the sender's), id {session, packet_id} (the
     /// message id, the same in every repeat of a QoS 1 message: de-duplicate on it), qos,
-    /// retained, dup (a retransmission), and received (when this node received it, Unix
-    /// time in seconds as a float, e.g. 1764627000.123).
+    /// retained, dup (a retransmission), and received (Unix time in seconds as a float,
+    /// e.g. 1764627000.123, taken as the message is printed, right after it arrived).
     #[arg(long)]
     json: bool,
     /// Exit 0 after this many messages.
