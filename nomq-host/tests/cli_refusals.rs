@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const DAY: u32 = 86_400;
 
-/// A sender whose wall clock reads a day ago: a core node in this process, its packets
-/// sealed with the keyring in `keys` and sent from a plain UDP socket.
+/// A sender whose wall clock reads `behind` seconds ago: a core node in this process, its
+/// packets sealed with the keyring in `keys` and sent from a plain UDP socket.
 struct OldClockSender {
     node: Box<HostNode>,
     socket: UdpSocket,
@@ -23,14 +23,14 @@ struct OldClockSender {
 }
 
 impl OldClockSender {
-    fn new(keys: &str) -> Self {
+    fn new(keys: &str, behind: u32) -> Self {
         let ring = nomq_keys::KeyringFile::load(keys).unwrap().keyring;
         let ring = ring.to_core::<HOST_CHANNEL_KEYS>().unwrap();
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let day_ago = u32::try_from(unix).unwrap() - DAY;
+        let then = u32::try_from(unix).unwrap() - behind;
         let mut seed = [7u8; 32];
         seed[0] = std::process::id() as u8;
-        let node = HostNode::new(nomq::Config::default(), ring, seed, CoreInstant::ZERO, day_ago);
+        let node = HostNode::new(nomq::Config::default(), ring, seed, CoreInstant::ZERO, then);
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         Self { node: Box::new(node), socket, started: Instant::now() }
     }
@@ -39,8 +39,9 @@ impl OldClockSender {
         CoreInstant::from_micros(self.started.elapsed().as_micros() as u64)
     }
 
-    /// Publishes one QoS 0 message and sends everything queued to `to`.
-    fn publish(&mut self, to: SocketAddr, channel: &str, body: &str) {
+    /// Publishes one QoS 0 message and sends everything queued to `to`; returns the
+    /// datagrams sent.
+    fn publish(&mut self, to: SocketAddr, channel: &str, body: &str) -> Vec<Vec<u8>> {
         let opts = PublishOptions {
             qos: Qos::AtMostOnce,
             ttl: Some(60),
@@ -50,10 +51,13 @@ impl OldClockSender {
         let now = self.now();
         self.node.publish(now, channel, body.as_bytes(), opts).unwrap();
         let mut buf = vec![0u8; self.node.max_datagram_len()];
+        let mut sent = Vec::new();
         for _ in 0..64 {
             let Some(t) = self.node.poll_transmit(now, &mut buf) else { break };
             self.socket.send_to(&buf[..t.len], to).unwrap();
+            sent.push(buf[..t.len].to_vec());
         }
+        sent
     }
 }
 
@@ -70,7 +74,7 @@ fn feed_until_exit(
             let _ = sub.kill();
             panic!("nomq sub still running after 15 s");
         }
-        sender.publish(to, "sensor/c3/reading", &format!("seq={n}"));
+        let _ = sender.publish(to, "sensor/c3/reading", &format!("seq={n}"));
         n += 1;
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -94,7 +98,7 @@ fn wrong_keyring_total_and_hint_on_timeout() {
         &dir,
         &["sub", "-c", "factory/#", "--bind", &s(&p1), "--peer", &s(&p2), "--keys", &ka]
             .into_iter()
-            .chain(["-W", "3", "-v"])
+            .chain(["-W", "4", "-v"])
             .collect::<Vec<_>>(),
     );
     until_bound(p1);
@@ -117,7 +121,7 @@ fn wrong_keyring_total_and_hint_on_timeout() {
     let n: u64 = total.split(' ').next().unwrap().parse().unwrap();
     assert!(n >= 2, "the heartbeat and the publish at least: {total}");
     assert!(total.contains("wrong keyring?") && total.contains("nomq keys show"), "{total}");
-    assert!(stderr.contains("timed out after 3 s"), "{stderr}");
+    assert!(stderr.contains("timed out after 4 s"), "{stderr}");
 }
 
 /// A QoS 1 publisher with another keyring exits 1 and prints the totals too.
@@ -159,7 +163,7 @@ fn failed_delivery_prints_refusal_totals() {
 fn stale_clock_refused_by_default_accepted_with_unsynced_clock() {
     let dir = Scratch::new("stale");
     let keys = dir.keys("k.json");
-    let mut sender = OldClockSender::new(&keys);
+    let mut sender = OldClockSender::new(&keys, DAY);
     let [p1] = ports::<1>();
     let peer = s(&sender.socket.local_addr().unwrap());
     let base = ["sub", "-c", "sensor/#", "--bind", &s(&p1), "--peer", &peer, "--keys", &keys];
@@ -270,4 +274,38 @@ fn pub_verbose_reports_refusals() {
     assert!(line.contains(" BadMac"), "{line}");
     // Done with it: no need to wait for its -W.
     stop(sub);
+}
+
+/// A captured datagram sent again is refused as Replay, and the timeout says so.
+#[test]
+fn replayed_datagram_total_and_hint() {
+    let dir = Scratch::new("replay");
+    let keys = dir.keys("k.json");
+    let mut sender = OldClockSender::new(&keys, 0);
+    let [p1] = ports::<1>();
+    let peer = s(&sender.socket.local_addr().unwrap());
+    let sub = spawn(
+        &dir,
+        &["sub", "-c", "a/#", "--bind", &s(&p1), "--peer", &peer, "--keys", &keys]
+            .into_iter()
+            .chain(["-C", "2", "-W", "2"])
+            .collect::<Vec<_>>(),
+    );
+    until_bound(p1);
+    // The replay window is checked before the subscription: whether or not the first
+    // copy arrives before the subscriber has subscribed, the later copies are replays.
+    let capture = sender.publish(p1, "a/b", "once");
+    for d in &capture {
+        for _ in 0..3 {
+            sender.socket.send_to(d, p1).unwrap();
+        }
+    }
+    let (code, stdout, stderr) = outcome(&finish(sub, Duration::from_secs(15)));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stdout.lines().all(|l| l == "a/b once"), "{stdout}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("refused as Replay: "))
+        .unwrap_or_else(|| panic!("no Replay total: {stderr}"));
+    assert!(line.contains("replayed or duplicated capture"), "{line}");
 }
