@@ -3,6 +3,7 @@
 use crate::HostError;
 use nomq::node::ClockMode;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,8 +22,13 @@ pub const DEFAULT_PORT: u16 = 8888;
 /// ```
 /// Environment: `NOMQ_BIND`, `NOMQ_KEYRING`, `NOMQ_PEERS` (comma-separated),
 /// `NOMQ_BROADCAST` (comma-separated), `NOMQ_MULTICAST`, `NOMQ_HEARTBEAT_MS`,
-/// `NOMQ_LIVENESS_MS`, `NOMQ_DEFAULT_TTL_S`, `NOMQ_MAX_ATTEMPTS`, `NOMQ_RATE_LIMIT`.
+/// `NOMQ_LIVENESS_MS`, `NOMQ_DEFAULT_TTL_S`, `NOMQ_MAX_ATTEMPTS`, `NOMQ_RATE_LIMIT`,
+/// `NOMQ_CLOCK_SKEW_S`, `NOMQ_UNSYNCED_CLOCK` (`1`/`true`/`yes` or `0`/`false`/`no`).
 /// Environment overrides the file; explicit builder calls override both.
+///
+/// Reading a file or the environment only checks that each value parses; whether the
+/// values are in range, and agree with each other, is [`HostConfig::validate`]'s job, run
+/// once on the final configuration (the ranges are listed there).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostConfig {
     /// Local address (default `0.0.0.0:8888`).
@@ -84,6 +90,7 @@ impl HostConfig {
     /// # Errors
     /// [`HostError::Config`] naming the file and field.
     pub fn apply_file(&mut self, path: &Path) -> Result<(), HostError> {
+        require_regular_file(path, "configuration file")?;
         let text = std::fs::read_to_string(path).map_err(|e| {
             HostError::config(path.display().to_string(), format!("cannot read: {e}"))
         })?;
@@ -206,15 +213,26 @@ impl HostConfig {
             self.engine.rate_limit = u32::try_from(num("NOMQ_RATE_LIMIT", &v)?)
                 .map_err(|_| HostError::config("NOMQ_RATE_LIMIT", "too large"))?;
         }
+        if let Some(v) = get("NOMQ_CLOCK_SKEW_S") {
+            let skew = nomq::Duration::from_secs(num("NOMQ_CLOCK_SKEW_S", &v)?);
+            self.engine.clock = ClockMode::Synced { skew };
+        }
+        if let Some(v) = get("NOMQ_UNSYNCED_CLOCK")
+            && parse_bool("NOMQ_UNSYNCED_CLOCK", &v)?
+        {
+            self.engine.clock = ClockMode::Unsynced;
+        }
         Ok(())
     }
 
-    /// The broadcast addresses fan-out uses (see [`HostConfig::broadcast`]).
+    /// The broadcast addresses fan-out uses (see [`HostConfig::broadcast`]). IPv6 has no
+    /// broadcast: an IPv6 node gets no default one.
     pub fn effective_broadcast(&self) -> Vec<SocketAddr> {
         match &self.broadcast {
             Some(b) => b.clone(),
             None if self.peers.is_empty()
                 && self.multicast.is_none()
+                && self.bind.is_ipv4()
                 && !self.bind.ip().is_loopback() =>
             {
                 vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::BROADCAST), self.bind.port())]
@@ -226,6 +244,265 @@ impl HostConfig {
     /// Converts a duration for display.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_micros(self.engine.heartbeat_interval.total_micros())
+    }
+}
+
+/// Accepted `"1"`/`"true"`/`"yes"`/`"on"` and `"0"`/`"false"`/`"no"`/`"off"` (any case).
+fn parse_bool(k: &str, v: &str) -> Result<bool, HostError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(HostError::config(
+            k,
+            format!("'{v}' is not a boolean (expected 1/true or 0/false)"),
+        )),
+    }
+}
+
+/// Refuses anything but a regular file (after following symbolic links) before it is
+/// opened: a FIFO would block the reader forever, a directory gives an unhelpful OS
+/// error, a device could be read without end. `what` names the file's role in the error.
+///
+/// # Errors
+/// [`HostError::Config`] naming the path: missing, unreadable, or not a regular file.
+pub fn require_regular_file(path: &Path, what: &str) -> Result<(), HostError> {
+    let field = || format!("{what} {}", path.display());
+    let meta = std::fs::metadata(path)
+        .map_err(|e| HostError::config(field(), format!("cannot read: {e}")))?;
+    let ft = meta.file_type();
+    if ft.is_file() {
+        return Ok(());
+    }
+    let kind = if ft.is_dir() { "a directory" } else { file_kind(&ft) };
+    Err(HostError::config(field(), format!("is {kind}, not a regular file")))
+}
+
+#[cfg(unix)]
+fn file_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn file_kind(_: &std::fs::FileType) -> &'static str {
+    "a special file"
+}
+
+/// Allowed heartbeat interval, milliseconds: faster floods the network (0 would send
+/// tens of thousands a second), slower lets peers go unnoticed for hours.
+pub const HEARTBEAT_MS: RangeInclusive<u64> = 10..=3_600_000;
+/// Largest liveness timeout, milliseconds (one day).
+pub const LIVENESS_MAX_MS: u64 = 86_400_000;
+/// Allowed retransmission delays (first and longest), milliseconds.
+pub const RETRANSMIT_MS: RangeInclusive<u64> = 1..=600_000;
+/// Allowed rate-limit window, milliseconds.
+pub const RATE_WINDOW_MS: RangeInclusive<u64> = 1..=3_600_000;
+/// Allowed clock skew of [`ClockMode::Synced`], seconds (timestamps are whole seconds,
+/// so 0 would refuse packets that cross a second boundary).
+pub const CLOCK_SKEW_S: RangeInclusive<u64> = 1..=86_400;
+/// Largest UDP payload over IPv4 (65535 − 8 UDP − 20 IP header bytes).
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+/// Largest `max_payload` (ciphertext bytes): a multiple of 16 whose packet (header,
+/// ciphertext, MAC) still fits one UDP datagram.
+pub const MAX_PAYLOAD_LIMIT: usize =
+    (MAX_UDP_PAYLOAD - nomq::wire::OVERHEAD) / nomq::wire::BLOCK_LEN * nomq::wire::BLOCK_LEN;
+
+/// `250 ms`, `0.5 ms`.
+fn fmt_ms(d: nomq::Duration) -> String {
+    let us = d.total_micros();
+    if us.is_multiple_of(1000) {
+        format!("{} ms", us / 1000)
+    } else {
+        format!("{} ms", us as f64 / 1000.0)
+    }
+}
+
+/// Checks `d` against `range` (milliseconds); returns it in whole milliseconds.
+fn check_ms(field: &str, d: nomq::Duration, range: &RangeInclusive<u64>) -> Result<u64, HostError> {
+    let us = d.total_micros();
+    let (lo, hi) = (range.start().saturating_mul(1000), range.end().saturating_mul(1000));
+    if us < lo || us > hi {
+        return Err(HostError::config(
+            field,
+            format!("{} is outside {}..={} ms", fmt_ms(d), range.start(), range.end()),
+        ));
+    }
+    Ok(d.total_millis())
+}
+
+impl HostConfig {
+    /// Checks every setting, the engine's included, against its allowed range, and the
+    /// settings against each other. Run it on the final configuration (after the file,
+    /// the environment and any explicit settings were applied).
+    ///
+    /// | setting (file field, variable) | allowed |
+    /// |---|---|
+    /// | `heartbeat_interval` (`heartbeat_ms`, `NOMQ_HEARTBEAT_MS`) | 10 ms ..= 1 h |
+    /// | `liveness_timeout` (`liveness_ms`, `NOMQ_LIVENESS_MS`) | above the heartbeat interval, ≤ 24 h |
+    /// | `retransmit_initial` (`retransmit_initial_ms`) | 1 ms ..= 10 min, ≤ `retransmit_max` |
+    /// | `retransmit_max` (`retransmit_max_ms`) | 1 ms ..= 10 min |
+    /// | `max_attempts` (`max_attempts`, `NOMQ_MAX_ATTEMPTS`) | 1 ..= 255 |
+    /// | `default_ttl` (`default_ttl_s`, `NOMQ_DEFAULT_TTL_S`) | 1 ..= 65535 s |
+    /// | `rate_limit` (`rate_limit`, `NOMQ_RATE_LIMIT`) | ≥ 1 per window |
+    /// | `rate_window` | 1 ms ..= 1 h |
+    /// | clock skew (`clock_skew_s`, `NOMQ_CLOCK_SKEW_S`) | 1 ..= 86400 s |
+    /// | `max_payload` | a multiple of 16 in 16 ..= [`MAX_PAYLOAD_LIMIT`] |
+    /// | `lockout` | threshold ≥ 1; 1 ms ≤ base ≤ cap ≤ 24 h |
+    /// | `qos2_window` | ≥ 1 |
+    /// | `multicast_ttl` | 0 ..= 255 |
+    /// | `peers`, `broadcast` | port ≠ 0; same IP family as `bind` |
+    /// | `multicast` | a multicast address of the same IP family as `bind` |
+    ///
+    /// # Errors
+    /// The first problem found, as [`HostError::Config`] naming the setting (with its
+    /// file field and environment variable) and the allowed range.
+    pub fn validate(&self) -> Result<(), HostError> {
+        let e = &self.engine;
+        let hb = check_ms(
+            "heartbeat interval (heartbeat_ms, NOMQ_HEARTBEAT_MS)",
+            e.heartbeat_interval,
+            &HEARTBEAT_MS,
+        )?;
+        let live = e.liveness_timeout.total_millis();
+        if e.liveness_timeout <= e.heartbeat_interval || live > LIVENESS_MAX_MS {
+            return Err(HostError::config(
+                "liveness timeout (liveness_ms, NOMQ_LIVENESS_MS)",
+                format!(
+                    "{live} ms is outside {}..={LIVENESS_MAX_MS} ms (it must exceed the heartbeat interval of {hb} ms; 3 × that or more is usual)",
+                    hb + 1
+                ),
+            ));
+        }
+        let ri = check_ms(
+            "first retransmission delay (retransmit_initial_ms)",
+            e.retransmit_initial,
+            &RETRANSMIT_MS,
+        )?;
+        let rm = check_ms(
+            "longest retransmission delay (retransmit_max_ms)",
+            e.retransmit_max,
+            &RETRANSMIT_MS,
+        )?;
+        if ri > rm {
+            return Err(HostError::config(
+                "first retransmission delay (retransmit_initial_ms)",
+                format!(
+                    "{ri} ms is above the longest retransmission delay (retransmit_max_ms) of {rm} ms; allowed 1..={rm} ms"
+                ),
+            ));
+        }
+        if e.max_attempts == 0 {
+            return Err(HostError::config(
+                "max_attempts (NOMQ_MAX_ATTEMPTS)",
+                "0 is outside 1..=255",
+            ));
+        }
+        if e.default_ttl == 0 {
+            return Err(HostError::config(
+                "default TTL (default_ttl_s, NOMQ_DEFAULT_TTL_S)",
+                "0 s is outside 1..=65535 s",
+            ));
+        }
+        if e.rate_limit == 0 {
+            return Err(HostError::config(
+                "rate_limit (NOMQ_RATE_LIMIT)",
+                format!("0 is outside 1..={} packets per window", u32::MAX),
+            ));
+        }
+        check_ms("rate-limit window (rate_window)", e.rate_window, &RATE_WINDOW_MS)?;
+        if let ClockMode::Synced { skew } = e.clock {
+            let s = skew.total_secs();
+            if !CLOCK_SKEW_S.contains(&s) || !skew.total_micros().is_multiple_of(1_000_000) {
+                return Err(HostError::config(
+                    "clock skew (clock_skew_s, NOMQ_CLOCK_SKEW_S)",
+                    format!(
+                        "{} is outside 1..=86400 s (whole seconds); without a synced clock use unsynced_clock / --unsynced-clock instead",
+                        fmt_secs(skew)
+                    ),
+                ));
+            }
+        }
+        let mp = e.max_payload;
+        if mp == 0 || !mp.is_multiple_of(nomq::wire::BLOCK_LEN) || mp > MAX_PAYLOAD_LIMIT {
+            return Err(HostError::config(
+                "max_payload",
+                format!(
+                    "{mp} bytes is not a multiple of 16 in 16..={MAX_PAYLOAD_LIMIT} (a packet must fit one UDP datagram)"
+                ),
+            ));
+        }
+        let l = &e.lockout;
+        if l.threshold == 0 {
+            return Err(HostError::config("lockout threshold", "0 is outside 1..=255"));
+        }
+        let base = check_ms("lockout base duration", l.base, &(1..=LIVENESS_MAX_MS))?;
+        check_ms("lockout cap", l.cap, &(base..=LIVENESS_MAX_MS))?;
+        if e.qos2_window == 0 {
+            return Err(HostError::config("qos2_window", "0 is outside 1..=65535"));
+        }
+        if self.multicast_ttl > 255 {
+            return Err(HostError::config(
+                "multicast_ttl",
+                format!("{} is outside 0..=255", self.multicast_ttl),
+            ));
+        }
+        let family = |a: IpAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+        let bind_family = family(self.bind.ip());
+        let same_family = |what: &str, a: SocketAddr| -> Result<(), HostError> {
+            if a.port() == 0 {
+                return Err(HostError::config(what, format!("{a}: port 0 is outside 1..=65535")));
+            }
+            if a.is_ipv4() != self.bind.is_ipv4() {
+                return Err(HostError::config(
+                    what,
+                    format!(
+                        "{a} is an {} address but the node binds the {bind_family} address {} (every send would fail); bind an {} address, e.g. --bind {}",
+                        family(a.ip()),
+                        self.bind,
+                        family(a.ip()),
+                        if a.is_ipv4() { "0.0.0.0:8888" } else { "[::]:8888" },
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        for &p in &self.peers {
+            same_family("peer (peers, NOMQ_PEERS, --peer)", p)?;
+        }
+        for &b in self.broadcast.iter().flatten() {
+            same_family("broadcast address (broadcast, NOMQ_BROADCAST, --broadcast)", b)?;
+        }
+        if let Some(g) = self.multicast {
+            let what = "multicast group (multicast, NOMQ_MULTICAST, --multicast)";
+            if !g.is_multicast() {
+                return Err(HostError::config(
+                    what,
+                    format!(
+                        "{g} is not a multicast address (IPv4 224.0.0.0/4, e.g. 239.77.0.1; IPv6 ff00::/8, e.g. ff02::1)"
+                    ),
+                ));
+            }
+            // The group's port is the bound port, so only the family can disagree.
+            same_family(what, SocketAddr::new(g, self.bind.port().max(1)))?;
+        }
+        Ok(())
+    }
+}
+
+fn fmt_secs(d: nomq::Duration) -> String {
+    let us = d.total_micros();
+    if us.is_multiple_of(1_000_000) {
+        format!("{} s", us / 1_000_000)
+    } else {
+        format!("{} s", us as f64 / 1e6)
     }
 }
 
@@ -283,6 +560,221 @@ mod tests {
         assert!(e.contains("max_attempts") && e.contains("c.json"), "{e}");
         std::fs::write(&f, "{").unwrap();
         assert!(c.apply_file(&f).unwrap_err().to_string().contains("not JSON"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Validates `c` and returns the message, which must name `field` and `range`.
+    fn refused(c: &HostConfig, needles: &[&str]) {
+        let e = c.validate().expect_err("should be refused");
+        assert!(matches!(e, HostError::Config { .. }), "{e:?}");
+        let m = e.to_string();
+        for n in needles {
+            assert!(m.contains(n), "expected {n:?} in: {m}");
+        }
+    }
+
+    fn with(f: impl FnOnce(&mut HostConfig)) -> HostConfig {
+        let mut c = HostConfig::default();
+        f(&mut c);
+        c
+    }
+
+    #[test]
+    fn validate_accepts_defaults_and_edges() {
+        HostConfig::default().validate().unwrap();
+        with(|c| {
+            c.engine.heartbeat_interval = ms(10);
+            c.engine.liveness_timeout = ms(11);
+            c.engine.retransmit_initial = ms(600_000);
+            c.engine.retransmit_max = ms(600_000);
+            c.engine.max_attempts = 1;
+            c.engine.default_ttl = 1;
+            c.engine.rate_limit = 1;
+            c.engine.max_payload = MAX_PAYLOAD_LIMIT;
+            c.engine.clock = ClockMode::Synced { skew: nomq::Duration::from_secs(86_400) };
+        })
+        .validate()
+        .unwrap();
+        with(|c| c.engine.clock = ClockMode::Unsynced).validate().unwrap();
+        with(|c| {
+            c.bind = "[::1]:0".parse().unwrap();
+            c.peers = vec!["[::1]:7000".parse().unwrap()];
+            c.multicast = Some("ff02::1".parse().unwrap());
+        })
+        .validate()
+        .unwrap();
+        const { assert!(MAX_PAYLOAD_LIMIT + nomq::wire::OVERHEAD <= MAX_UDP_PAYLOAD) };
+        const { assert!(MAX_PAYLOAD_LIMIT.is_multiple_of(16)) };
+    }
+
+    #[test]
+    fn validate_refuses_engine_values_out_of_range() {
+        refused(
+            &with(|c| c.engine.heartbeat_interval = ms(0)),
+            &["heartbeat", "NOMQ_HEARTBEAT_MS", "0 ms", "10..=3600000 ms"],
+        );
+        refused(
+            &with(|c| c.engine.heartbeat_interval = nomq::Duration::from_micros(9_500)),
+            &["heartbeat", "9.5 ms"],
+        );
+        refused(
+            &with(|c| {
+                c.engine.heartbeat_interval = ms(3_600_001);
+                c.engine.liveness_timeout = ms(86_400_000);
+            }),
+            &["heartbeat", "3600001 ms"],
+        );
+        refused(
+            &with(|c| c.engine.liveness_timeout = ms(5000)),
+            &["liveness", "NOMQ_LIVENESS_MS", "5001..=86400000"],
+        );
+        refused(
+            &with(|c| c.engine.liveness_timeout = ms(86_400_001)),
+            &["liveness", "86400001 ms"],
+        );
+        refused(
+            &with(|c| c.engine.retransmit_initial = ms(0)),
+            &["retransmit_initial_ms", "1..=600000 ms"],
+        );
+        refused(
+            &with(|c| c.engine.retransmit_max = ms(600_001)),
+            &["retransmit_max_ms", "1..=600000 ms"],
+        );
+        refused(
+            &with(|c| {
+                c.engine.retransmit_initial = ms(4000);
+                c.engine.retransmit_max = ms(3000);
+            }),
+            &["retransmit_initial_ms", "1..=3000 ms"],
+        );
+        refused(&with(|c| c.engine.max_attempts = 0), &["max_attempts", "1..=255"]);
+        refused(&with(|c| c.engine.default_ttl = 0), &["default_ttl_s", "1..=65535"]);
+        refused(&with(|c| c.engine.rate_limit = 0), &["rate_limit", "1..="]);
+        refused(&with(|c| c.engine.rate_window = ms(0)), &["rate_window", "1..=3600000 ms"]);
+        for skew in [0, 86_401] {
+            refused(
+                &with(|c| {
+                    c.engine.clock = ClockMode::Synced { skew: nomq::Duration::from_secs(skew) }
+                }),
+                &["clock_skew_s", "1..=86400 s", "--unsynced-clock"],
+            );
+        }
+        for mp in [0, 100, MAX_PAYLOAD_LIMIT + 16] {
+            refused(
+                &with(|c| c.engine.max_payload = mp),
+                &["max_payload", "multiple of 16", &format!("16..={MAX_PAYLOAD_LIMIT}")],
+            );
+        }
+        refused(&with(|c| c.engine.lockout.threshold = 0), &["lockout threshold", "1..=255"]);
+        refused(&with(|c| c.engine.lockout.cap = ms(10)), &["lockout cap", "1000..=86400000 ms"]);
+        refused(&with(|c| c.engine.qos2_window = 0), &["qos2_window", "1..=65535"]);
+        refused(&with(|c| c.multicast_ttl = 256), &["multicast_ttl", "0..=255"]);
+    }
+
+    #[test]
+    fn validate_refuses_bad_addresses() {
+        refused(
+            &with(|c| c.peers = vec!["127.0.0.1:0".parse().unwrap()]),
+            &["peer", "port 0", "1..=65535"],
+        );
+        refused(
+            &with(|c| c.broadcast = Some(vec!["192.0.2.255:0".parse().unwrap()])),
+            &["broadcast", "port 0"],
+        );
+        // IPv4 bind, IPv6 peer / broadcast / group; and the other way round.
+        refused(
+            &with(|c| c.peers = vec!["[::1]:7000".parse().unwrap()]),
+            &["peer", "[::1]:7000", "IPv6", "IPv4", "--bind"],
+        );
+        refused(
+            &with(|c| c.broadcast = Some(vec!["[ff02::1]:7000".parse().unwrap()])),
+            &["broadcast", "IPv6"],
+        );
+        refused(
+            &with(|c| c.multicast = Some("ff02::1".parse().unwrap())),
+            &["multicast", "IPv6", "IPv4"],
+        );
+        refused(
+            &with(|c| {
+                c.bind = "[::]:8888".parse().unwrap();
+                c.peers = vec!["127.0.0.1:7000".parse().unwrap()];
+            }),
+            &["peer", "127.0.0.1:7000", "IPv4", "IPv6"],
+        );
+        refused(
+            &with(|c| {
+                c.bind = "[::]:8888".parse().unwrap();
+                c.multicast = Some("239.77.0.1".parse().unwrap());
+            }),
+            &["multicast", "IPv4", "IPv6"],
+        );
+        refused(
+            &with(|c| c.multicast = Some("192.0.2.1".parse().unwrap())),
+            &["multicast", "192.0.2.1", "not a multicast address"],
+        );
+        refused(
+            &with(|c| {
+                c.bind = "[::]:8888".parse().unwrap();
+                c.multicast = Some("fe80::1".parse().unwrap());
+            }),
+            &["not a multicast address"],
+        );
+        // An IPv6 node without peers gets no IPv4 broadcast by default.
+        assert!(with(|c| c.bind = "[::]:8888".parse().unwrap()).effective_broadcast().is_empty());
+    }
+
+    #[test]
+    fn file_and_env_values_are_validated() {
+        let dir = std::env::temp_dir().join(format!("nomq-host-val-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("v.json");
+        std::fs::write(&f, r#"{"heartbeat_ms":0,"default_ttl_s":0}"#).unwrap();
+        let mut c = HostConfig::default();
+        c.apply_file(&f).unwrap();
+        refused(&c, &["heartbeat_ms", "10..=3600000"]);
+        let mut c = HostConfig::default();
+        c.apply_vars(|k| (k == "NOMQ_MAX_ATTEMPTS").then(|| "0".to_string())).unwrap();
+        refused(&c, &["NOMQ_MAX_ATTEMPTS", "1..=255"]);
+        let mut c = HostConfig::default();
+        c.apply_vars(|k| (k == "NOMQ_CLOCK_SKEW_S").then(|| "0".to_string())).unwrap();
+        refused(&c, &["NOMQ_CLOCK_SKEW_S"]);
+        // A directory as the configuration file: refused before it is opened.
+        let e = HostConfig::default().apply_file(&dir).unwrap_err().to_string();
+        assert!(e.contains("a directory, not a regular file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unsynced_clock_from_env() {
+        for (v, unsynced) in
+            [("1", true), ("true", true), ("YES", true), ("0", false), ("false", false)]
+        {
+            let mut c = HostConfig::default();
+            c.apply_vars(|k| (k == "NOMQ_UNSYNCED_CLOCK").then(|| v.to_string())).unwrap();
+            assert_eq!(c.engine.clock == ClockMode::Unsynced, unsynced, "{v}");
+        }
+        let e = HostConfig::default()
+            .apply_vars(|k| (k == "NOMQ_UNSYNCED_CLOCK").then(|| "maybe".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NOMQ_UNSYNCED_CLOCK") && e.contains("maybe"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn regular_file_required() {
+        let dir = std::env::temp_dir().join(format!("nomq-host-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let e = require_regular_file(&fifo, "keyring").unwrap_err().to_string();
+            assert!(e.contains("FIFO") && e.contains("keyring"), "{e}");
+        }
+        let e = require_regular_file(&dir.join("missing"), "keyring").unwrap_err().to_string();
+        assert!(e.contains("cannot read"), "{e}");
+        std::fs::write(dir.join("f"), "{}").unwrap();
+        require_regular_file(&dir.join("f"), "keyring").unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,11 +1,13 @@
 //! What every node command shares: flags, configuration, keyring loading, errors.
 
-use nomq_host::config::{HostConfig, parse_addr};
+use nomq::node::{ClockMode, DropReason};
+use nomq_host::config::{HostConfig, parse_addr, require_regular_file};
 use nomq_host::{HOST_CHANNEL_KEYS, Handle, HostError, NodeBuilder, NodeEvent, SessionId};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Why a command failed, with the exit code it maps to.
@@ -29,6 +31,10 @@ impl Failure {
     /// Exit 3: sockets and the runtime.
     pub fn network(message: impl Into<String>) -> Self {
         Self { code: 3, message: message.into() }
+    }
+    /// Stopped by a signal: exit `code` (128 + the signal number), nothing more to say.
+    pub fn signalled(code: u8) -> Self {
+        Self { code, message: String::new() }
     }
 }
 
@@ -55,6 +61,36 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::network(format!("cannot start the async runtime: {e}")))
+}
+
+/// `clap` parser for a duration in seconds, fractional allowed (`2.5`), within
+/// `min..=max` seconds. Never panics: NaN, infinities, negatives and values past `max`
+/// are refused with the range.
+pub fn seconds_arg(
+    min: f64,
+    max: f64,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let range = format!("{}..={} seconds", fmt_f64(min), fmt_f64(max));
+        let v: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not a number of seconds (e.g. 2.5); allowed {range}"))?;
+        if !v.is_finite() || v < min || v > max {
+            return Err(format!("{s} is outside {range}"));
+        }
+        Duration::try_from_secs_f64(v).map_err(|e| format!("{s}: {e}; allowed {range}"))
+    }
+}
+
+/// `2.5`, `60`.
+pub fn fmt_f64(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+}
+
+/// A duration in seconds as the user wrote it: `2.5 s`, `60 s`.
+pub fn fmt_duration(d: Duration) -> String {
+    format!("{} s", fmt_f64(d.as_secs_f64()))
 }
 
 /// `clap` parser for `IP:PORT` (or a bare IP, port 8888).
@@ -86,6 +122,16 @@ pub struct NodeArgs {
     /// JSON configuration file (every field optional; see the nomq-host docs)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Accept packets whatever their timestamp: for senders without a synchronised clock,
+    /// such as the ESP32-C3 firmware. Replay protection then rests on the per-session
+    /// windows [default: $NOMQ_UNSYNCED_CLOCK (1/true), else the config file's
+    /// `unsynced_clock`, else off: packets more than 30 s off our clock are refused as Stale]
+    #[arg(long)]
+    pub unsynced_clock: bool,
+    /// Print to stderr, at most once a second and only when the counts change, how many
+    /// datagrams were refused and why (wrong keyring, stale clock, replay, ...)
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
 }
 
 impl NodeArgs {
@@ -111,6 +157,10 @@ impl NodeArgs {
         if self.multicast.is_some() {
             cfg.multicast = self.multicast;
         }
+        if self.unsynced_clock {
+            cfg.engine.clock = ClockMode::Unsynced;
+        }
+        cfg.validate().map_err(|e| Failure::usage(e.to_string()))?;
         Ok(cfg)
     }
 }
@@ -118,6 +168,10 @@ impl NodeArgs {
 /// Loads the keyring `cfg` names; warnings go to stderr.
 pub fn load_keys(cfg: &HostConfig) -> Result<nomq::Keyring<HOST_CHANNEL_KEYS>, Failure> {
     let path = &cfg.keyring;
+    // A FIFO would block the load forever, a directory fail obscurely: check first.
+    require_regular_file(path, "keyring").map_err(|e| {
+        Failure::usage(format!("{e} (--keys FILE names a keyring made by `nomq keys gen`)"))
+    })?;
     let loaded = nomq_keys::KeyringFile::load(path).map_err(|e| {
         let hint = match &e {
             nomq_keys::Error::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
@@ -193,16 +247,138 @@ impl PeerBook {
     }
 }
 
-/// Hint about datagrams that failed authentication, if any did.
-pub async fn auth_hint(node: &Handle) -> Option<String> {
-    let s = node.stats().await.ok()?;
-    let bad = s.engine.drops(nomq::node::DropReason::BadMac);
-    (bad > 0).then(|| {
-        format!(
-            "{bad} datagram(s) from peers failed authentication: they use another keyring \
-             (compare the fingerprints of `nomq keys show` on both sides)"
-        )
-    })
+/// What a drop reason most likely means, and what to do about it; `None` for drops
+/// that are no refusal (our own packets looped back by broadcast or multicast). The one
+/// table of hints: the running summary of `--verbose` and the totals printed on failure
+/// both use it.
+pub fn refusal_hint(r: DropReason, cfg: &HostConfig) -> Option<String> {
+    use DropReason as D;
+    let e = &cfg.engine;
+    let s = match r {
+        D::OwnPacket => return None,
+        D::TooShort
+        | D::BadMagic
+        | D::UnknownType
+        | D::InvalidQos
+        | D::PayloadNotBlockMultiple
+        | D::LengthMismatch => {
+            "not a NoMQ packet (another program sends to this port?)".to_string()
+        }
+        D::UnsupportedVersion => {
+            "a NoMQ packet of another protocol version: update the sender (we speak version 2)"
+                .to_string()
+        }
+        D::TooLarge => format!(
+            "larger than our max_payload of {} bytes: the sender allows bigger packets",
+            e.max_payload
+        ),
+        D::BadMac => "failed authentication: wrong keyring? (compare the fingerprints of \
+                      `nomq keys show` on both sides)"
+            .to_string(),
+        D::BadPadding => "authentic but badly padded: a sender bug".to_string(),
+        D::LockedOut => "from an address locked out after repeated authentication failures \
+                         (wrong keyring?)"
+            .to_string(),
+        D::ZeroSession => "session id 0: a broken sender".to_string(),
+        D::Stale => match e.clock {
+            ClockMode::Synced { skew } => format!(
+                "the sender's clock differs from ours by more than {} s (or the sender runs \
+                 without a synced clock); see --unsynced-clock",
+                skew.total_secs()
+            ),
+            ClockMode::Unsynced => "timestamp outside the freshness window".to_string(),
+        },
+        D::Expired => "its TTL ran out before it arrived: the sender's clock is behind ours, \
+                       or its --ttl is too short"
+            .to_string(),
+        D::Replay => "a replayed or duplicated capture (a packet id seen before)".to_string(),
+        D::ReplayTooOld => {
+            "a packet id far below the replay window: a delayed or replayed capture".to_string()
+        }
+        D::EvictedSession => "from a session we no longer track (from before it was evicted, \
+                              or a replay of an old capture)"
+            .to_string(),
+        D::RateLimited => format!(
+            "the sender exceeds the rate limit of {} packets per {} ms (rate_limit)",
+            e.rate_limit,
+            e.rate_window.total_millis()
+        ),
+        D::MalformedBody => "authentic but malformed: a sender bug".to_string(),
+        D::ChannelMismatch => "the channel id disagrees with the channel name inside: a \
+                               sender bug, or keys mixed up between networks"
+            .to_string(),
+        D::ScopeMismatch => "sealed with keys of another scope than the channel requires: \
+                             the sender lacks this channel's keys (compare `nomq keys show`)"
+            .to_string(),
+        D::NotSubscribed => "messages on channels nobody here subscribes to".to_string(),
+        D::Qos2Full => "no room for more QoS 2 state (the publisher retransmits)".to_string(),
+        D::Qos2Duplicate => "QoS 2 repeats of messages already delivered (normal)".to_string(),
+        D::StrayAck => "acknowledgements of nothing pending (late duplicates)".to_string(),
+        D::ControlQueueFull => "an acknowledgement or announcement was not queued (peers \
+                                retransmit)"
+            .to_string(),
+        D::RetainedDeferred => "a retained value waits for outbox room".to_string(),
+        D::PeerSubsFull => "a peer announced more subscriptions than we track".to_string(),
+        D::TxBufferTooSmall => "a packet did not fit the send buffer".to_string(),
+        _ => "see DropReason in the nomq docs".to_string(),
+    };
+    Some(s)
+}
+
+/// Refusal counts by reason, reported as they change (`--verbose`) and in full when a
+/// command fails.
+pub struct Refusals {
+    last: Vec<(DropReason, u64)>,
+    cfg: HostConfig,
+}
+
+impl Refusals {
+    pub fn new(cfg: &HostConfig) -> Self {
+        Self { last: Vec::new(), cfg: cfg.clone() }
+    }
+
+    async fn counts(&self, node: &Handle) -> Vec<(DropReason, u64)> {
+        match node.stats().await {
+            Ok(s) => {
+                s.engine.nonzero().filter(|&(r, _)| refusal_hint(r, &self.cfg).is_some()).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Prints one line of running totals if they changed since the last call. Call it at
+    /// most once per interval: that is the rate limit.
+    pub async fn report_changes(&mut self, node: &Handle) {
+        let now = self.counts(node).await;
+        if now == self.last {
+            return;
+        }
+        let list: Vec<String> = now.iter().map(|(r, n)| format!("{n} {}", r.name())).collect();
+        eprintln!("nomq: refused so far: {}", list.join(", "));
+        self.last = now;
+    }
+
+    /// Prints every reason's total with its hint; returns whether any datagram was refused.
+    pub async fn print_totals(&self, node: &Handle) -> bool {
+        let now = self.counts(node).await;
+        for &(r, n) in &now {
+            let hint = refusal_hint(r, &self.cfg).unwrap_or_default();
+            eprintln!("{n} refused as {}: {hint}", r.name());
+        }
+        !now.is_empty()
+    }
+
+    /// The first-time warning about authentication failures (without `--verbose`).
+    pub async fn auth_warning(&self, node: &Handle) -> Option<String> {
+        let s = node.stats().await.ok()?;
+        let bad = s.engine.drops(DropReason::BadMac);
+        (bad > 0).then(|| {
+            format!(
+                "{bad} datagram(s) failed authentication so far: wrong keyring? (compare the \
+                 fingerprints of `nomq keys show` on both sides; -v reports all refusals)"
+            )
+        })
+    }
 }
 
 /// Lowercase hex.

@@ -70,6 +70,8 @@ fn generate(out: &Path, force: bool, channels: &[String]) -> Result<(), Failure>
 }
 
 fn load(path: &Path) -> Result<KeyringFile, Failure> {
+    nomq_host::config::require_regular_file(path, "keyring")
+        .map_err(|e| Failure::usage(e.to_string()))?;
     let loaded = KeyringFile::load(path).map_err(|e| Failure::usage(e.to_string()))?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");

@@ -2,7 +2,8 @@
 //! habits of `mosquitto_pub` / `mosquitto_sub`.
 //!
 //! Exit codes: 0 success; 1 delivery not confirmed (or too few messages before a
-//! timeout); 2 usage, configuration or keyring errors; 3 network errors.
+//! timeout); 2 usage, configuration or keyring errors; 3 network errors; `nomq sub`
+//! stopped by SIGINT 130, by SIGTERM 143 (after withdrawing its subscriptions).
 
 mod bench;
 mod common;
@@ -14,12 +15,23 @@ use clap::{Parser, Subcommand};
 use common::Failure;
 use std::process::ExitCode;
 
+/// The exit codes, in the --help of `nomq` and `nomq pub`.
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 delivery not confirmed (or, for `nomq \
+sub`, too few messages before --timeout-s), 2 usage/configuration/keyring error, 3 network \
+error; `nomq sub` stopped by SIGINT (Ctrl-C) 130, by SIGTERM 143.\n\
+Logs go to stderr; set RUST_LOG (default: warn).";
+
+/// The exit codes of `nomq sub`.
+const SUB_EXIT_CODES: &str = "Exit codes: 0 success (--count messages arrived, or at least \
+one before --timeout-s without --count), 1 too few messages before --timeout-s, 2 \
+usage/configuration/keyring error, 3 network error, 130 stopped by SIGINT (Ctrl-C), 143 \
+stopped by SIGTERM. On a signal it withdraws its subscriptions (UNSUBSCRIBE) before it exits.\n\
+Logs go to stderr; set RUST_LOG (default: warn).";
+
 /// Brokerless, encrypted publish/subscribe over UDP.
 #[derive(Parser, Debug)]
 #[command(name = "nomq", version, about, long_about = None)]
-#[command(after_help = "Exit codes: 0 success, 1 delivery not confirmed, \
-2 usage/configuration/keyring error, 3 network error.\n\
-Logs go to stderr; set RUST_LOG (default: warn).")]
+#[command(after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,8 +43,10 @@ enum Command {
     #[command(subcommand)]
     Keys(keys::KeysCommand),
     /// Publish one message.
+    #[command(after_help = EXIT_CODES)]
     Pub(publish::PubArgs),
     /// Print the messages of channels as they arrive.
+    #[command(after_help = SUB_EXIT_CODES)]
     Sub(subscribe::SubArgs),
     /// Measure throughput and latency on 127.0.0.1 against a plain UDP loop.
     Bench(bench::BenchArgs),
@@ -50,7 +64,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {f}");
+            if !f.message.is_empty() {
+                eprintln!("error: {f}");
+            }
             ExitCode::from(f.code)
         }
     }

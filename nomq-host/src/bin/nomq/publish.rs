@@ -1,6 +1,6 @@
 //! `nomq pub`: publish one message and, for QoS 1/2, wait for its outcome.
 
-use crate::common::{self, Failure, NodeArgs, PeerBook};
+use crate::common::{self, Failure, NodeArgs, PeerBook, Refusals};
 use clap::value_parser;
 use nomq::ChannelName;
 use nomq_host::{Delivery, Destination, Handle, PublishOptions, Qos, Status};
@@ -23,59 +23,120 @@ pub struct PubArgs {
     /// Keep as the channel's retained value while this process runs (see --linger-s).
     #[arg(short = 'r', long)]
     retain: bool,
-    /// Seconds the message lives; retransmissions stop at its end.
-    #[arg(long, value_name = "S", default_value_t = 10,
-          value_parser = value_parser!(u16).range(1..))]
+    /// Seconds the message lives, 0..=65535, fractional allowed; retransmissions stop at
+    /// its end. The wire carries whole seconds: a fraction is rounded up (2.5 → 3). 0
+    /// means no expiry; this version sends the longest TTL, 65535 s (about 18 h), instead.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = ttl_arg, allow_negative_numbers = true)]
     ttl: u16,
-    /// 0 (lowest) to 15 (highest).
-    #[arg(long, value_name = "P", default_value_t = 0,
-          value_parser = value_parser!(u8).range(0..=15))]
+    /// 0 (lowest) to 15 (highest). As the protocol specifies, more than 15 is sent as 15
+    /// (with a warning).
+    #[arg(long, value_name = "P", default_value_t = 0, allow_negative_numbers = true)]
     priority: u8,
     /// Send to this one peer instead of the fan-out.
     #[arg(long, value_name = "ADDR", value_parser = common::addr_arg)]
     to: Option<SocketAddr>,
-    /// QoS 1/2: wait up to this long to hear from a peer (and learn its subscriptions)
-    /// before publishing.
-    #[arg(long, value_name = "N", default_value_t = 1500)]
+    /// QoS 1/2: wait up to this many milliseconds, 0..=600000, to hear from a peer (and
+    /// learn its subscriptions) before publishing.
+    #[arg(long, value_name = "N", default_value_t = 1500,
+          value_parser = value_parser!(u64).range(0..=600_000), allow_negative_numbers = true)]
     wait_ms: u64,
-    /// Keep running this long after the outcome (serves a retained value to subscribers
-    /// that join meanwhile).
-    #[arg(long, value_name = "S", default_value_t = 0)]
-    linger_s: u64,
+    /// Keep running this many seconds after the outcome, 0..=86400, fractional allowed
+    /// (serves a retained value to subscribers that join meanwhile).
+    #[arg(long, value_name = "S", default_value = "0",
+          value_parser = common::seconds_arg(0.0, 86_400.0), allow_negative_numbers = true)]
+    linger_s: Duration,
     #[command(flatten)]
     node: NodeArgs,
+}
+
+/// Highest priority on the wire.
+const MAX_PRIORITY: u8 = 15;
+
+/// `--ttl`: seconds, fractional allowed, rounded up to whole seconds; 0 (no expiry on the
+/// wire) becomes the longest TTL, since the engine refuses 0.
+fn ttl_arg(s: &str) -> Result<u16, String> {
+    let d = common::seconds_arg(0.0, f64::from(u16::MAX))(s)?;
+    if d.is_zero() {
+        return Ok(u16::MAX);
+    }
+    // 0 < d ≤ 65535 s, so the rounded-up seconds fit a u16.
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    u16::try_from(secs).map_err(|_| format!("{s} is outside 0..=65535 seconds"))
 }
 
 pub async fn run(a: PubArgs) -> Result<(), Failure> {
     let cfg = a.node.host_config()?;
     check(&a.channel, a.message.len(), cfg.engine.max_payload)?;
+    let priority = if a.priority > MAX_PRIORITY {
+        eprintln!(
+            "warning: --priority {} is above {MAX_PRIORITY}, the highest; sending {MAX_PRIORITY}",
+            a.priority
+        );
+        MAX_PRIORITY
+    } else {
+        a.priority
+    };
     let keys = common::load_keys(&cfg)?;
     let (events, mut events_rx) = mpsc::channel(256);
     let node = common::start(&cfg, keys, Some(events)).await?;
+    let mut refusals = Refusals::new(&cfg);
+    let verbose = a.node.verbose;
     // Checked by clap: 0..=2.
     let qos = Qos::from_level(a.qos).unwrap_or_default();
     let opts = PublishOptions {
         qos,
         retain: a.retain,
         ttl: Some(a.ttl),
-        priority: a.priority,
+        priority,
         destination: a.to.map_or(Destination::All, |t| Destination::Peer(t.into())),
     };
     let heard = if qos != Qos::AtMostOnce && common::has_fanout(&cfg) {
-        wait_for_peer(&node, Duration::from_millis(a.wait_ms)).await
+        let wait = wait_for_peer(&node, Duration::from_millis(a.wait_ms));
+        summarised(wait, &node, &mut refusals, verbose).await
     } else {
         false
     };
-    let result = node.publish(&a.channel, a.message.into_bytes(), opts).await;
+    let publish = node.publish(&a.channel, a.message.into_bytes(), opts);
+    let result = summarised(publish, &node, &mut refusals, verbose).await;
     let mut book = PeerBook::default();
     book.drain(&mut events_rx);
-    let hint = common::auth_hint(&node).await;
-    if a.linger_s > 0 && result.is_ok() {
-        tokio::time::sleep(Duration::from_secs(a.linger_s)).await;
+    if !a.linger_s.is_zero() && result.is_ok() {
+        let linger = tokio::time::sleep(a.linger_s);
+        summarised(linger, &node, &mut refusals, verbose).await;
+    }
+    let outcome = match result {
+        Ok(d) => report(&a.channel, a.to, a.ttl, heard, &d, &book),
+        Err(e) => Err(Failure::from(e)),
+    };
+    if outcome.as_ref().is_err_and(|f| f.code == 1) {
+        refusals.print_totals(&node).await;
+    } else if verbose {
+        // The last counts, if they changed since the last summary line.
+        refusals.report_changes(&node).await;
     }
     node.shutdown().await;
-    let d = result?;
-    report(&a.channel, a.to, a.ttl, heard, &d, &book, hint)
+    outcome
+}
+
+/// Runs `f`; with `--verbose`, reports refusal counts once a second meanwhile.
+async fn summarised<F: Future>(
+    f: F,
+    node: &Handle,
+    refusals: &mut Refusals,
+    verbose: bool,
+) -> F::Output {
+    if !verbose {
+        return f.await;
+    }
+    let mut f = std::pin::pin!(f);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = &mut f => return r,
+            _ = tick.tick() => refusals.report_changes(node).await,
+        }
+    }
 }
 
 /// Refuses a bad channel or an oversized message before any socket is bound.
@@ -97,7 +158,8 @@ fn check(channel: &str, body_len: usize, max_payload: usize) -> Result<(), Failu
 /// Waits until the node has received a datagram (a peer's heartbeat announces its
 /// subscriptions), at most `limit`.
 async fn wait_for_peer(node: &Handle, limit: Duration) -> bool {
-    let end = Instant::now() + limit;
+    // Past the end of time (not with --wait-ms ≤ 600000) means: wait no longer.
+    let end = Instant::now().checked_add(limit).unwrap_or_else(Instant::now);
     loop {
         if node.stats().await.is_ok_and(|s| s.engine.rx_datagrams > 0) {
             return true;
@@ -116,9 +178,7 @@ fn report(
     heard: bool,
     d: &Delivery,
     book: &PeerBook,
-    hint: Option<String>,
 ) -> Result<(), Failure> {
-    let hint = hint.map_or(String::new(), |h| format!("; {h}"));
     match d.status {
         Status::Sent => Ok(()),
         Status::Acknowledged => {
@@ -138,15 +198,15 @@ fn report(
                 None => "no peer announced a matching subscription".to_string(),
             };
             Err(Failure::undelivered(format!(
-                "not delivered: no subscriber of {channel:?} acknowledged: {why}{hint}"
+                "not delivered: no subscriber of {channel:?} acknowledged: {why}"
             )))
         }
         Status::Unacknowledged => Err(Failure::undelivered(format!(
-            "not confirmed: retransmissions exhausted; {}{hint}",
+            "not confirmed: retransmissions exhausted; {}",
             who(d, book)
         ))),
         Status::Expired => Err(Failure::undelivered(format!(
-            "not confirmed: the TTL of {ttl} s ran out (raise it with --ttl); {}{hint}",
+            "not confirmed: the TTL of {ttl} s ran out (raise it with --ttl); {}",
             who(d, book)
         ))),
     }

@@ -1,6 +1,6 @@
 //! `nomq sub`: print the messages of channel patterns as they arrive.
 
-use crate::common::{self, Failure, NodeArgs};
+use crate::common::{self, Failure, NodeArgs, Refusals};
 use clap::value_parser;
 use futures_core::Stream;
 use nomq::{ChannelName, Pattern};
@@ -16,16 +16,21 @@ pub struct SubArgs {
     /// Channel pattern to subscribe to: `+` matches one level, `#` the rest (repeatable).
     #[arg(short = 'c', long = "channel", value_name = "PATTERN", required = true)]
     patterns: Vec<String>,
-    /// Print one JSON object per message: channel, body, encoding ("utf8" or "hex"),
-    /// from, session, qos, retained, dup.
+    /// Print one JSON object per line: channel, body, encoding ("utf8" or "hex"), from
+    /// (the sender's IP:PORT), session (the sender's), id {session, packet_id} (the
+    /// message id, the same in every repeat of a QoS 1 message: de-duplicate on it), qos,
+    /// retained, dup (a retransmission), and received (Unix time in seconds as a float,
+    /// e.g. 1764627000.123, taken as the message is printed, right after it arrived).
     #[arg(long)]
     json: bool,
     /// Exit 0 after this many messages.
     #[arg(short = 'C', long, value_name = "N", value_parser = value_parser!(u64).range(1..))]
     count: Option<u64>,
-    /// Exit 1 if fewer than --count messages (or none, without --count) arrived by then.
-    #[arg(short = 'W', long = "timeout-s", value_name = "S")]
-    timeout_s: Option<u64>,
+    /// Exit 1 if fewer than --count messages (or none, without --count) arrived within
+    /// this many seconds, 0.001..=31536000 (a year), fractional allowed (e.g. 2.5).
+    #[arg(short = 'W', long = "timeout-s", value_name = "S",
+          value_parser = common::seconds_arg(0.001, 31_536_000.0), allow_negative_numbers = true)]
+    timeout_s: Option<Duration>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -36,6 +41,8 @@ const LINGER_QUIET: Duration = Duration::from_millis(300);
 const LINGER_MAX: Duration = Duration::from_secs(2);
 
 pub async fn run(a: SubArgs) -> Result<(), Failure> {
+    // First, so that a signal from now on ends the command cleanly.
+    let mut signals = Signals::new()?;
     let mut patterns: Vec<String> = Vec::new();
     for p in &a.patterns {
         Pattern::new(p)
@@ -57,20 +64,79 @@ pub async fn run(a: SubArgs) -> Result<(), Failure> {
             }
         }
     }
-    let result = receive(&a, &node, &mut subs).await;
+    let mut refusals = Refusals::new(&cfg);
+    let result = receive(&a, &node, &mut subs, &mut refusals, &mut signals).await;
     if result.is_ok() {
         linger(&node).await;
     }
+    // Dropping the subscriptions queues their UNSUBSCRIBEs; shutting down sends what is
+    // queued before the driver stops, so peers stop sending to us at once (also when a
+    // signal ended the command).
     drop(subs);
     node.shutdown().await;
     result
 }
 
-async fn receive(a: &SubArgs, node: &Handle, subs: &mut [Subscription]) -> Result<(), Failure> {
-    let deadline = a.timeout_s.map(|s| Instant::now() + Duration::from_secs(s));
+/// SIGINT and SIGTERM, as the exit codes they map to (128 + the signal number).
+struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+/// Exit code after SIGINT (Ctrl-C).
+const EXIT_SIGINT: u8 = 130;
+/// Exit code after SIGTERM.
+#[cfg(unix)]
+const EXIT_SIGTERM: u8 = 143;
+
+impl Signals {
+    #[cfg(unix)]
+    fn new() -> Result<Self, Failure> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |k: SignalKind| {
+            signal(k).map_err(|e| Failure::network(format!("cannot handle signals: {e}")))
+        };
+        Ok(Self { int: listen(SignalKind::interrupt())?, term: listen(SignalKind::terminate())? })
+    }
+    #[cfg(not(unix))]
+    fn new() -> Result<Self, Failure> {
+        Ok(Self {})
+    }
+
+    /// Waits for a signal; returns the exit code it maps to.
+    #[cfg(unix)]
+    async fn recv(&mut self) -> u8 {
+        tokio::select! {
+            _ = self.int.recv() => EXIT_SIGINT,
+            _ = self.term.recv() => EXIT_SIGTERM,
+        }
+    }
+    #[cfg(not(unix))]
+    async fn recv(&mut self) -> u8 {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => EXIT_SIGINT,
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+async fn receive(
+    a: &SubArgs,
+    node: &Handle,
+    subs: &mut [Subscription],
+    refusals: &mut Refusals,
+    signals: &mut Signals,
+) -> Result<(), Failure> {
+    // `None` past the end of time (not within -W's range): no deadline.
+    let deadline = a.timeout_s.and_then(|d| Instant::now().checked_add(d));
     let mut printed = 0u64;
+    let verbose = a.node.verbose;
     let mut warned_auth = false;
+    // One summary line per second at most: the rate limit of --verbose.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stdout = std::io::stdout().lock();
     loop {
         if a.count.is_some_and(|n| printed >= n) {
@@ -98,33 +164,42 @@ async fn receive(a: &SubArgs, node: &Handle, subs: &mut [Subscription]) -> Resul
                     Err(e) => return Err(Failure::network(format!("cannot write to stdout: {e}"))),
                 }
             }
-            _ = tick.tick(), if !warned_auth => {
-                if let Some(h) = common::auth_hint(node).await {
+            _ = tick.tick(), if verbose || !warned_auth => {
+                if verbose {
+                    refusals.report_changes(node).await;
+                } else if let Some(h) = refusals.auth_warning(node).await {
                     eprintln!("warning: {h}");
                     warned_auth = true;
                 }
             }
-            () = timeout => return timed_out(a, node, printed).await,
+            code = signals.recv() => return Err(Failure::signalled(code)),
+            () = timeout => return timed_out(a, node, printed, refusals).await,
         }
     }
 }
 
-async fn timed_out(a: &SubArgs, node: &Handle, printed: u64) -> Result<(), Failure> {
-    let s = a.timeout_s.unwrap_or_default();
+async fn timed_out(
+    a: &SubArgs,
+    node: &Handle,
+    printed: u64,
+    refusals: &Refusals,
+) -> Result<(), Failure> {
+    let s = common::fmt_duration(a.timeout_s.unwrap_or_default());
     let got = match a.count {
         Some(n) => format!("received {printed} of {n} messages"),
         None if printed > 0 => return Ok(()),
         None => "no message arrived".to_string(),
     };
+    let refused = refusals.print_totals(node).await;
     let stats = node.stats().await.ok();
-    let why = match (common::auth_hint(node).await, stats) {
-        (Some(h), _) => format!("; {h}"),
-        (None, Some(st)) if st.engine.rx_datagrams == 0 => {
+    let why = match stats {
+        _ if refused => "; datagrams were refused (reasons above)".to_string(),
+        Some(st) if st.engine.rx_datagrams == 0 => {
             "; no datagram arrived at all (check --peer/--bind on both sides)".to_string()
         }
         _ => String::new(),
     };
-    Err(Failure::undelivered(format!("timed out after {s} s: {got}{why}")))
+    Err(Failure::undelivered(format!("timed out after {s}: {got}{why}")))
 }
 
 /// The next message of any subscription, with its index; `None` once the node stopped.
@@ -172,15 +247,20 @@ fn text_line(m: &Message) -> String {
 
 fn json_line(m: &Message) -> String {
     let (body, encoding) = body(m);
+    let received = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     serde_json::json!({
         "channel": m.channel,
         "body": body,
         "encoding": encoding,
         "from": m.from.to_string(),
         "session": m.session.to_string(),
+        "id": { "session": m.msg.session.to_string(), "packet_id": m.msg.packet_id.0 },
         "qos": m.qos.level(),
         "retained": m.retained,
         "dup": m.dup,
+        "received": received,
     })
     .to_string()
 }
