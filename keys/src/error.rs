@@ -22,6 +22,14 @@ pub enum Error {
         /// What the operating system said.
         error: io::Error,
     },
+    /// The path is not a regular file (a directory, a FIFO, a device, a socket): reading
+    /// it could block forever or read something that is no keyring.
+    NotAFile {
+        /// The keyring file.
+        path: PathBuf,
+        /// What it is instead ("a directory", "a FIFO (named pipe)", …).
+        kind: &'static str,
+    },
     /// Saving without `overwrite` to a path that already exists.
     Exists {
         /// The keyring file.
@@ -152,6 +160,9 @@ impl fmt::Display for Error {
                 "keyring file {} already exists; refusing to overwrite it (overwrite was not requested)",
                 path.display()
             ),
+            Self::NotAFile { path, kind } => {
+                write!(f, "keyring file {} is {kind}, not a regular file", path.display())
+            }
             Self::TooLarge { path } => write!(
                 f,
                 "keyring file {} is larger than {} bytes; is it the right file?",
@@ -232,6 +243,7 @@ impl Error {
             Self::Io { path, .. }
             | Self::Exists { path }
             | Self::TooLarge { path }
+            | Self::NotAFile { path, .. }
             | Self::Syntax { path, .. }
             | Self::MissingField { path, .. }
             | Self::WrongType { path, .. }

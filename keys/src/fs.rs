@@ -14,6 +14,23 @@ fn io_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> Erro
     move |error| Error::Io { path, action, error }
 }
 
+/// What a file that is not a regular file is, in words ("a FIFO (named pipe)", "a
+/// directory", …), for errors about paths that must name a regular file.
+pub fn file_kind(ft: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "a FIFO (named pipe)";
+        } else if ft.is_socket() {
+            return "a socket";
+        } else if ft.is_char_device() || ft.is_block_device() {
+            return "a device";
+        }
+    }
+    if ft.is_dir() { "a directory" } else { "a special file" }
+}
+
 impl KeyringFile {
     /// Reads and checks a keyring file.
     ///
@@ -26,6 +43,11 @@ impl KeyringFile {
     /// error of [`from_json`](Self::from_json).
     pub fn load(path: impl AsRef<Path>) -> Result<Loaded, Error> {
         let path = path.as_ref();
+        // Before opening: opening a FIFO for reading blocks until a writer appears.
+        let ft = std::fs::metadata(path).map_err(io_error(path, "read"))?.file_type();
+        if !ft.is_file() {
+            return Err(Error::NotAFile { path: path.to_owned(), kind: file_kind(&ft) });
+        }
         let file = File::open(path).map_err(io_error(path, "read"))?;
         // Metadata of the open file, not of the path: no race with a rename in between.
         let meta = file.metadata().map_err(io_error(path, "read"))?;

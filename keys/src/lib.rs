@@ -4,6 +4,7 @@
 
 mod error;
 mod fs;
+pub use fs::file_kind;
 mod hex;
 mod json;
 mod model;

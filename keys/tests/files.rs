@@ -494,3 +494,26 @@ fn error_too_many_channels_for_core() {
     assert_eq!(err.path(), None);
     assert!(err.to_string().starts_with("keyring: 1 channel entry, "), "{err}");
 }
+
+/// A directory or a FIFO given as keyring fails at once, naming what it is (a FIFO opened
+/// for reading would block until a writer came).
+#[test]
+fn special_files_are_refused_without_blocking() {
+    let dir = TempDir::new();
+    let e = load_err(&dir.0, &["a directory", "not a regular file"]);
+    assert!(matches!(e, Error::NotAFile { .. }), "{e:?}");
+    let fifo = dir.path("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("SKIP the FIFO half: mkfifo unavailable");
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(KeyringFile::load(&path).map(|_| ()));
+    });
+    let r = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("load blocked on a FIFO");
+    let e = r.expect_err("a FIFO is no keyring");
+    assert!(e.to_string().contains("FIFO"), "{e}");
+}

@@ -273,27 +273,8 @@ pub fn require_regular_file(path: &Path, what: &str) -> Result<(), HostError> {
     if ft.is_file() {
         return Ok(());
     }
-    let kind = if ft.is_dir() { "a directory" } else { file_kind(&ft) };
+    let kind = nomq_keys::file_kind(&ft);
     Err(HostError::config(field(), format!("is {kind}, not a regular file")))
-}
-
-#[cfg(unix)]
-fn file_kind(ft: &std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if ft.is_socket() {
-        "a socket"
-    } else if ft.is_char_device() || ft.is_block_device() {
-        "a device"
-    } else {
-        "a special file"
-    }
-}
-
-#[cfg(not(unix))]
-fn file_kind(_: &std::fs::FileType) -> &'static str {
-    "a special file"
 }
 
 /// Allowed heartbeat interval, milliseconds: faster floods the network (0 would send

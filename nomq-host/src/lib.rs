@@ -312,7 +312,7 @@ impl NodeBuilder {
         if let Some(s) = &self.socket {
             cfg.bind = s.local_addr().map_err(|e| HostError::network("local address", e))?;
         }
-        // MERGE: cfg.validate()?;
+        cfg.validate()?;
         let socket = match self.socket {
             Some(s) => configure(s, &cfg)?,
             None => bind(&cfg).await?,
@@ -428,7 +428,8 @@ impl Clock {
         u32::try_from(s).unwrap_or(u32::MAX)
     }
     fn deadline(&self, t: nomq::Instant) -> tokio::time::Instant {
-        self.base + std::time::Duration::from_micros(t.total_micros())
+        let far = self.base + std::time::Duration::from_secs(86_400 * 365);
+        self.base.checked_add(std::time::Duration::from_micros(t.total_micros())).unwrap_or(far)
     }
 }
 
