@@ -308,19 +308,57 @@ async fn tshark_decodes_real_traffic() {
         );
     }
 
-    // Hand-made malformed datagrams, copies of the first real packet: version 1 (heuristic,
-    // random ports); five bytes too many (length mismatch); version 3 to UDP port 8888 (the
-    // heuristic refuses version 3, so only the port registration decodes it).
+    // Hand-made datagrams, made from real packets, and the expert info each must carry.
+    // Those to random ports go through the heuristic (magic and version 1 or 2); those to
+    // port 8888 with version 3 can only be decoded by the port registration.
     let mut template = records[0].clone();
     template.time = records[real - 1].time;
-    let mut bad_version = template.clone();
-    bad_version.data[2] = 1;
-    let mut too_long = template.clone();
-    too_long.data.extend_from_slice(&[0xee; 5]);
-    let mut port_8888 = template.clone();
-    port_8888.data[2] = 3;
-    port_8888.dst.set_port(8888);
-    records.extend([bad_version, too_long, port_8888]);
+    let edit = |f: &dyn Fn(&mut Record)| {
+        let mut r = template.clone();
+        f(&mut r);
+        r
+    };
+    let heartbeat = records.iter().find(|r| r.data[3] == 5).unwrap().data.clone();
+    let publish = records.iter().find(|r| r.data[3] == 1).unwrap().data.clone();
+    let made: Vec<(Record, &[&str])> = vec![
+        (edit(&|r| r.data[2] = 1), &["Unsupported version 1"]),
+        (edit(&|r| r.data.extend_from_slice(&[0xee; 5])), &["Length mismatch: 53 + "]),
+        (edit(&|r| r.data.truncate(r.data.len() - 1)), &["Length mismatch: 53 + "]),
+        (
+            edit(&|r| {
+                r.data[2] = 3;
+                r.dst.set_port(8888);
+            }),
+            &["Unsupported version 3"],
+        ),
+        (
+            edit(&|r| {
+                r.data[0] = 0x4f;
+                r.dst.set_port(8888);
+            }),
+            &["Bad magic 0x4f4d"],
+        ),
+        (
+            edit(&|r| {
+                r.data[3] = 9;
+                r.data[4] |= 3;
+            }),
+            &["Unknown packet type 0x09", "Reserved QoS 3"],
+        ),
+        (
+            edit(&|r| {
+                r.data[52] = 17;
+                r.data.push(0);
+            }),
+            &["Payload length 17 is not a non-zero multiple of 16"],
+        ),
+        (edit(&|r| r.data.truncate(40)), &["Too short: 40 bytes"]),
+        (
+            edit(&|r| r.data = [heartbeat.clone(), publish.clone()].concat()),
+            &["Packet 2 of this datagram"],
+        ),
+    ];
+    records.extend(made.iter().map(|(r, _)| r.clone()));
 
     let dir = std::env::temp_dir().join(format!("nomq-wireshark-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -440,13 +478,29 @@ async fn tshark_decodes_real_traffic() {
         &["-T", "fields", "-E", "separator=|", "-e", "frame.number", "-e", "_ws.expert.message"],
     );
     let expert: Vec<&str> = expert.lines().collect();
-    for (i, want) in [
-        (real, "Unsupported version 1"),
-        (real + 1, "Length mismatch"),
-        (real + 2, "Unsupported version 3"),
-    ] {
-        assert!(expert[i].contains(want), "frame {}: want {want:?}: {}", i + 1, expert[i]);
+    assert_eq!(expert.len(), records.len(), "one line per frame");
+    for (i, (_, wants)) in made.iter().enumerate() {
+        for want in *wants {
+            let line = expert[real + i];
+            assert!(line.contains(want), "frame {}: want {want:?}: {line}", real + i + 1);
+        }
     }
+    // Back to back: both packets decoded, in order.
+    let last = records.len();
+    let both = tshark(
+        &file,
+        &[
+            "-T",
+            "fields",
+            "-E",
+            "occurrence=a",
+            "-e",
+            "nomq.type",
+            "-Y",
+            &format!("frame.number == {last}"),
+        ],
+    );
+    assert_eq!(both.trim(), "0x05,0x01", "two packets in one datagram");
     for line in &expert[..real] {
         assert!(
             line.split('|').nth(1).is_none_or(str::is_empty),
