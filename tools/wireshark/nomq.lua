@@ -4,7 +4,8 @@
 --
 -- or copy this file to ~/.local/lib/wireshark/plugins/ (see tools/wireshark/README.md).
 -- Registered on UDP port 8888 and as a heuristic UDP dissector (magic 0x4E4D followed by
--- version 0x01 or 0x02), so traffic on any port decodes. Requires Wireshark >= 3.6.
+-- version 0x01 or 0x02), so traffic on any port decodes. Requires Wireshark >= 3.6 (Lua 5.2
+-- to 5.4).
 --
 -- The header is decoded field by field; the ciphertext and MAC are shown as bytes. There
 -- is no decryption: Wireshark's Lua API offers no AES or HMAC (see the README).
@@ -120,15 +121,19 @@ local function dissect_one(tvb, pinfo, root, offset, index)
     local pid = tvb(offset + 5, 4):uint()
     local sess = tvb(offset + 9, 4):uint()
     local n = tvb(offset + 51, 2):uint()
-    local qos = bit32.band(flags, 0x03)
+    -- Plain arithmetic, not bit32: Wireshark 4.4+ runs Lua 5.4, which has no bit32.
+    local qos = flags % 4
+    local retain = math.floor(flags / 4) % 2 == 1
+    local dup = math.floor(flags / 8) % 2 == 1
+    local priority = math.floor(flags / 16)
     local total = OVERHEAD + n
     local len = math.min(total, remaining)
 
     local summary = string.format("%s QoS%d sess=0x%08x pid=%d", type_name(ptype), qos, sess, pid)
-    if bit32.band(flags, 0x04) ~= 0 then
+    if retain then
         summary = summary .. " retain"
     end
-    if bit32.band(flags, 0x08) ~= 0 then
+    if dup then
         summary = summary .. " dup"
     end
 
@@ -163,9 +168,9 @@ local function dissect_one(tvb, pinfo, root, offset, index)
     ft:add(f.dup, tvb(offset + 4, 1))
     ft:add(f.priority, tvb(offset + 4, 1))
     ft:append_text(string.format(" (QoS %d%s%s, priority %d)", qos,
-        bit32.band(flags, 0x04) ~= 0 and ", retain" or "",
-        bit32.band(flags, 0x08) ~= 0 and ", dup" or "",
-        bit32.rshift(flags, 4)))
+        retain and ", retain" or "",
+        dup and ", dup" or "",
+        priority))
     tree:add(f.packet_id, tvb(offset + 5, 4))
     tree:add(f.session_id, tvb(offset + 9, 4))
     tree:add(f.ttl, tvb(offset + 13, 2))
