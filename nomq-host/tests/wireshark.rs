@@ -161,6 +161,8 @@ async fn capture() -> (Vec<Record>, SocketAddrV4, SocketAddrV4) {
     assert_eq!(b_sessions.len(), 1, "B sent under several sessions: {b_sessions:x?}");
     let peers_of_a: Vec<u32> = a.peers().await.unwrap().iter().map(|p| p.session.0).collect();
     assert_eq!(peers_of_a, b_sessions, "A's view of B's session");
+    let peers_of_b: Vec<u32> = b.peers().await.unwrap().iter().map(|p| p.session.0).collect();
+    assert_eq!(peers_of_b, a_sessions, "B's view of A's session");
 
     a.shutdown().await;
     b.shutdown().await;
