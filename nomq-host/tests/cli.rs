@@ -1,105 +1,10 @@
 //! The `nomq` binary as a shell user runs it. Every node binds 127.0.0.1 and reaches its
 //! peer through `--peer 127.0.0.1:PORT`; nothing relies on broadcast.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+mod cli_support;
+use cli_support::*;
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
-
-const NOMQ: &str = env!("CARGO_BIN_EXE_nomq");
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("nomq-cli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-    /// A fresh keyring file.
-    fn keys(&self, file: &str) -> PathBuf {
-        let p = self.path(file);
-        let out = run(self, &["keys", "gen", "--out", p.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `nomq` with a clean environment (no `NOMQ_*` variables) in the scratch directory.
-fn nomq(dir: &Scratch, args: &[&str]) -> Command {
-    let mut c = Command::new(NOMQ);
-    c.args(args).current_dir(&dir.0).stdin(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("NOMQ_") || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn run(dir: &Scratch, args: &[&str]) -> Output {
-    let child = nomq(dir, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    finish(child, Duration::from_secs(20))
-}
-
-fn spawn(dir: &Scratch, args: &[&str]) -> Child {
-    nomq(dir, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-}
-
-/// Waits for the process, killing it past `limit`.
-fn finish(mut child: Child, limit: Duration) -> Output {
-    let end = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("nomq still running after {limit:?}; stderr: {}", text(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Exit code, stdout and stderr; and never a panic.
-fn outcome(out: &Output) -> (Option<i32>, String, String) {
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (out.status.code(), stdout, stderr)
-}
-
-/// Free loopback ports (bound, then released).
-fn ports<const N: usize>() -> [SocketAddr; N] {
-    let socks: Vec<UdpSocket> = (0..N).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
-    std::array::from_fn(|i| socks[i].local_addr().unwrap())
-}
-
-/// Waits until a process has bound `addr`.
-fn until_bound(addr: SocketAddr) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while UdpSocket::bind(addr).is_ok() {
-        assert!(Instant::now() < end, "nothing bound {addr}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn s(a: &SocketAddr) -> String {
-    a.to_string()
-}
 
 #[test]
 fn keys_gen_is_private_and_show_prints_no_secret() {
@@ -137,7 +42,7 @@ fn keys_gen_is_private_and_show_prints_no_secret() {
 fn pub_sub_qos2_exactly_once() {
     let dir = Scratch::new("qos2");
     let keys = dir.keys("k.json");
-    let keys = keys.to_str().unwrap();
+    let keys = keys.as_str();
     let [p1, p2] = ports::<2>();
     let sub = spawn(
         &dir,
@@ -167,7 +72,7 @@ fn pub_sub_qos2_exactly_once() {
 fn sub_json_and_qos1() {
     let dir = Scratch::new("json");
     let keys = dir.keys("k.json");
-    let keys = keys.to_str().unwrap();
+    let keys = keys.as_str();
     let [p1, p2] = ports::<2>();
     let sub = spawn(
         &dir,
@@ -203,7 +108,7 @@ fn sub_json_and_qos1() {
 fn bad_input_is_refused_clearly() {
     let dir = Scratch::new("bad");
     let keys = dir.keys("k.json");
-    let keys = keys.to_str().unwrap();
+    let keys = keys.as_str();
     std::fs::write(dir.path("broken.json"), "{\"encryption_key\": ").unwrap();
     std::fs::write(dir.path("cfg.json"), r#"{"max_attempts": "many"}"#).unwrap();
     let big = "x".repeat(1400);
@@ -269,7 +174,7 @@ fn bind_failure_is_a_network_error() {
     let keys = dir.keys("k.json");
     let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = s(&taken.local_addr().unwrap());
-    let args = ["sub", "-c", "a", "--bind", &addr, "--keys", keys.to_str().unwrap()];
+    let args = ["sub", "-c", "a", "--bind", &addr, "--keys", keys.as_str()];
     let (code, _, stderr) = outcome(&run(&dir, &args));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains(&addr) && stderr.contains("--bind"), "{stderr}");
@@ -286,7 +191,7 @@ fn wrong_key_is_rejected() {
         &dir,
         &["sub", "-c", "factory/#", "--bind", &s(&p1), "--peer", &s(&p2)]
             .into_iter()
-            .chain(["--keys", ka.to_str().unwrap(), "--count", "1", "--timeout-s", "4"])
+            .chain(["--keys", ka.as_str(), "--count", "1", "--timeout-s", "4"])
             .collect::<Vec<_>>(),
     );
     until_bound(p1);
@@ -294,7 +199,7 @@ fn wrong_key_is_rejected() {
         &dir,
         &["pub", "-c", "factory/line1", "-m", "hi", "--qos", "1", "--bind", &s(&p2)]
             .into_iter()
-            .chain(["--peer", &s(&p1), "--keys", kb.to_str().unwrap(), "--ttl", "3"])
+            .chain(["--peer", &s(&p1), "--keys", kb.as_str(), "--ttl", "3"])
             .collect::<Vec<_>>(),
     );
     let (code, stdout, stderr) = outcome(&publish);

@@ -229,9 +229,13 @@ impl PeerBook {
     /// Takes every event queued so far.
     pub fn drain(&mut self, rx: &mut mpsc::Receiver<NodeEvent>) {
         while let Ok(e) = rx.try_recv() {
-            if let nomq::Event::PeerJoined { session, addr } = e {
-                self.0.insert(session, SocketAddr::from(addr));
-            }
+            self.note(&e);
+        }
+    }
+    /// Learns the address of a peer that joined.
+    pub fn note(&mut self, e: &NodeEvent) {
+        if let nomq::Event::PeerJoined { session, addr } = e {
+            self.0.insert(*session, SocketAddr::from(*addr));
         }
     }
     /// `3fa4c2d1 at 127.0.0.1:7001`, or the session alone.

@@ -100,12 +100,13 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
     let result = summarised(publish, &node, &mut refusals, verbose).await;
     let mut book = PeerBook::default();
     book.drain(&mut events_rx);
+    let mut late = Vec::new();
     if !a.linger_s.is_zero() && result.is_ok() {
-        let linger = tokio::time::sleep(a.linger_s);
+        let linger = linger(a.linger_s, &mut events_rx, &mut book, &mut late);
         summarised(linger, &node, &mut refusals, verbose).await;
     }
     let outcome = match result {
-        Ok(d) => report(&a.channel, a.to, a.ttl, heard, &d, &book),
+        Ok(d) => report_with_late(&a.channel, a.to, a.ttl, heard, &d, &book, &late),
         Err(e) => Err(Failure::from(e)),
     };
     if outcome.as_ref().is_err_and(|f| f.code == 1) {
@@ -116,6 +117,69 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
     }
     node.shutdown().await;
     outcome
+}
+
+/// Serves the retained value for `d`, collecting the late subscribers that acknowledged
+/// the copy the node sent them on its own (and the addresses of peers that joined).
+async fn linger(
+    d: Duration,
+    events: &mut mpsc::Receiver<nomq_host::NodeEvent>,
+    book: &mut PeerBook,
+    late: &mut Vec<nomq::SessionId>,
+) {
+    let end = tokio::time::sleep(d);
+    tokio::pin!(end);
+    loop {
+        tokio::select! {
+            () = &mut end => return,
+            e = events.recv() => match e {
+                Some(nomq::Event::Outcome(o)) if o.retained_reply => {
+                    if o.status == Status::Acknowledged {
+                        late.extend(o.acked.iter().copied());
+                    }
+                }
+                Some(e) => book.note(&e),
+                // The node is gone: nothing more to serve.
+                None => return,
+            },
+        }
+    }
+}
+
+/// [`report`], where late subscribers that acknowledged the retained copy during the
+/// linger count as delivery: the value reached them, confirmed.
+fn report_with_late(
+    channel: &str,
+    to: Option<SocketAddr>,
+    ttl: u16,
+    heard: bool,
+    d: &Delivery,
+    book: &PeerBook,
+    late: &[nomq::SessionId],
+) -> Result<(), Failure> {
+    let mut late: Vec<_> = late.iter().copied().filter(|s| !d.acked.contains(s)).collect();
+    late.sort_unstable_by_key(|s| s.0);
+    late.dedup();
+    let r = report(channel, to, ttl, heard, d, book);
+    if late.is_empty() {
+        return r;
+    }
+    let n = late.len();
+    let s = if n == 1 { "" } else { "s" };
+    match r {
+        Ok(()) => {
+            println!("retained value acknowledged by {n} late subscriber{s}: {}", book.list(&late));
+            Ok(())
+        }
+        Err(f) => {
+            eprintln!("note: at publish time: {f}");
+            println!(
+                "retained value acknowledged during the linger by {n} late subscriber{s}: {}",
+                book.list(&late)
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Runs `f`; with `--verbose`, reports refusal counts once a second meanwhile.
