@@ -397,11 +397,12 @@ async fn retained_and_ttl_on(a: &Handle, b: &Handle) -> Outcome {
         PublishOptions { retain: true, ttl: Some(60), ..PublishOptions::qos(Qos::AtLeastOnce) };
     let short = PublishOptions { retain: true, ttl: Some(1), ..PublishOptions::default() };
     a.publish("cfg/setpoint", "21.5", keep).await.map_err(|e| e.to_string())?;
-    let stored = Instant::now();
     a.publish("cfg/short", "stale", short).await.map_err(|e| e.to_string())?;
-    // The test itself: wait past the 1 s TTL so the short retained value has expired
-    // (the engine's expiry is monotonic: publish time + TTL). Sleeping longer under load
-    // only makes it more expired.
+    // The engine stamped the value before the publish returned: its expiry is at most
+    // now + TTL (monotonic: publish time + TTL).
+    let stored = Instant::now();
+    // The test itself: wait past the 1 s TTL so the short retained value has expired.
+    // Sleeping longer under load only makes it more expired.
     tokio::time::sleep(Duration::from_millis(1500).saturating_sub(stored.elapsed())).await;
     let t = Instant::now();
     let mut sub = b.subscribe("cfg/#").await.map_err(|e| e.to_string())?;
