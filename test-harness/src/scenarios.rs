@@ -320,7 +320,23 @@ async fn subscribe_unsubscribe_on(a: &Handle, b: &Handle) -> Outcome {
             Ok(a.subscribers("room/kitchen/temp").await.map_err(|e| e.to_string())?.is_empty())
         },
     )
-    .await?;
+    .await;
+    let gone = match gone {
+        Ok(d) => d,
+        Err(e) => {
+            // Tell a lost announcement from a subscription b still holds: b's heartbeats
+            // carry how many patterns it subscribes to.
+            let counts: Vec<String> = a
+                .peers()
+                .await
+                .map(|p| p.iter().map(|p| p.subscriptions.to_string()).collect())
+                .unwrap_or_default();
+            return Err(format!(
+                "{e}; b's heartbeats still announce {} subscription(s)",
+                counts.join("/")
+            ));
+        }
+    };
     let d = a
         .publish("room/kitchen/temp", "21", PublishOptions::qos(Qos::AtLeastOnce))
         .await
