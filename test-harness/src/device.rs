@@ -40,14 +40,17 @@ pub const DEFAULT_BIND: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::
 /// The longest one check may take unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How long a reply to one `cmd/echo` may take before the attempt counts as lost.
+/// How long a reply to one QoS 0 `cmd/echo` may take before the attempt counts as lost
+/// and is tried again (QoS 0 may be lost). A QoS 1 or 2 command is delivered or its
+/// outcome says otherwise, so its reply is waited for until the check's deadline.
 const REPLY_WAIT: Duration = Duration::from_secs(3);
 /// Attempts of a QoS 0 `cmd/echo` (one and three retries): QoS 0 may be lost.
 const QOS0_ATTEMPTS: u32 = 4;
 /// How long a replayed command must stay without a second reply.
 const NO_SECOND_REPLY: Duration = Duration::from_secs(2);
-/// How long the host's replay counter has to move after one replayed datagram.
-const HOST_COUNTER_WAIT: Duration = Duration::from_secs(1);
+/// How long the host's replay counter has to move after one replayed datagram (polled;
+/// generous, as the machine may be busy).
+const HOST_COUNTER_WAIT: Duration = Duration::from_secs(3);
 /// Captured device datagrams tried in turn against the host (the host may have lost the
 /// original of one, and then rightly accepts its copy).
 const HOST_REPLAY_TRIES: usize = 3;
@@ -129,32 +132,54 @@ pub fn valid_id(id: &str) -> bool {
 /// The five checks of `docs/DEVICE.md`, one report row each (names start with `device`).
 /// A node or socket that cannot be set up is one FAIL row, `device setup`.
 pub async fn check_device(opts: &DeviceCheck, report: &mut Report) {
+    check_device_as(opts, report, &|name| name.to_string(), |_, _| Ok(())).await;
+}
+
+/// [`check_device`] with the row names passed through `name` (each row is recorded, and
+/// so streamed, as it finishes), and `bound` called with the checking node's and the
+/// capture socket's addresses once both are bound, before any check (to tell a device
+/// that starts after them where they are). An error from `bound` is the `device setup`
+/// row's failure.
+pub async fn check_device_as(
+    opts: &DeviceCheck,
+    report: &mut Report,
+    name: &dyn Fn(&str) -> String,
+    bound: impl FnOnce(SocketAddr, SocketAddr) -> Result<(), String>,
+) {
     let started = Instant::now();
-    let mut s = match Session::start(opts).await {
+    let setup = async {
+        let s = Session::start(opts).await?;
+        let capture = reachable(s.capture.local_addr()?);
+        match bound(reachable(s.handle.local_addr()), capture) {
+            Ok(()) => Ok(s),
+            Err(e) => {
+                s.handle.shutdown().await;
+                Err(e)
+            }
+        }
+    };
+    let mut s = match setup.await {
         Ok(s) => s,
         Err(e) => {
-            report.record_timed("device setup", started.elapsed(), Err(e));
+            report.record_timed(name("device setup"), started.elapsed(), Err(e));
             return;
         }
     };
     // Each check keeps to `opts.timeout` itself and says what it missed; this bound is
     // only the backstop.
     let bound = opts.timeout + BACKSTOP;
-    row(report, "device retained status", bound, s.retained()).await;
-    row(report, "device readings QoS 0/1/2", bound, s.readings()).await;
-    row(report, "device echo QoS 0/1/2", bound, s.echo()).await;
-    row(report, "device refuses a replayed command", bound, s.replay_to_device()).await;
+    row(report, &name("device retained status"), bound, s.retained()).await;
+    row(report, &name("device readings QoS 0/1/2"), bound, s.readings()).await;
+    row(report, &name("device echo QoS 0/1/2"), bound, s.echo()).await;
+    row(report, &name("device refuses a replayed command"), bound, s.replay_to_device()).await;
     let t = Instant::now();
+    let host = name("host refuses a replayed device datagram");
     match timeout_at(Instant::now() + bound, s.replay_to_host()).await {
-        Some(Verdict::Skip(why)) => report.skip("host refuses a replayed device datagram", why),
-        Some(Verdict::Done(r)) => {
-            report.record_timed("host refuses a replayed device datagram", t.elapsed(), r);
+        Some(Verdict::Skip(why)) => report.skip(host, why),
+        Some(Verdict::Done(r)) => report.record_timed(host, t.elapsed(), r),
+        None => {
+            report.record_timed(host, t.elapsed(), Err(format!("check timed out after {bound:?}")))
         }
-        None => report.record_timed(
-            "host refuses a replayed device datagram",
-            t.elapsed(),
-            Err(format!("check timed out after {bound:?}")),
-        ),
     }
     s.handle.shutdown().await;
 }
@@ -451,7 +476,8 @@ impl Session {
         let mut count = [0u32; 3];
         let mut q2 = BTreeSet::new();
         let (mut low, mut high) = (u64::MAX, 0);
-        // After every level showed up, linger briefly so a late QoS 2 duplicate shows too.
+        // After every level showed up, linger briefly so a late QoS 2 duplicate shows too
+        // (a negative check: the window is the test).
         let mut linger: Option<Instant> = None;
         loop {
             let until = linger.map_or(end, |l| l.min(end));
@@ -506,6 +532,23 @@ impl Session {
         let want = if qos == Qos::AtMostOnce { Status::Sent } else { Status::Acknowledged };
         let mut early = 0u32;
         loop {
+            if qos != Qos::AtMostOnce {
+                // The host may not have heard the device's `cmd/#` announcement yet: wait
+                // until it lists a subscriber to `cmd/echo` (bounded by the check).
+                let left = end.saturating_duration_since(Instant::now());
+                let subs = self
+                    .handle
+                    .wait_for_subscribers("cmd/echo", 1, left)
+                    .await
+                    .map_err(|e| format!("subscribers: {e}"))?;
+                if subs.is_none() {
+                    return Err(format!(
+                        "the host never saw the device's subscription to cmd/# (no subscriber to cmd/echo) within {:?} ({})",
+                        self.timeout,
+                        self.diagnosis().await
+                    ));
+                }
+            }
             let d =
                 timeout_at(end, self.handle.publish("cmd/echo", body, PublishOptions::qos(qos)))
                     .await
@@ -513,13 +556,10 @@ impl Session {
                         format!("no outcome of cmd/echo at QoS {} in time", qos.level())
                     })?
                     .map_err(|e| format!("publish: {e}"))?;
-            // The host may not have heard the device's `cmd/#` announcement yet.
-            if d.status == Status::NoSubscribers
-                && qos != Qos::AtMostOnce
-                && Instant::now() + Duration::from_millis(500) < end
-            {
+            // The subscription seen may have lapsed since (the device restarted, say):
+            // wait for it again.
+            if d.status == Status::NoSubscribers && qos != Qos::AtMostOnce && Instant::now() < end {
                 early += 1;
-                tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
             if d.status != want {
@@ -536,7 +576,8 @@ impl Session {
             }
             break;
         }
-        let wait_end = (Instant::now() + REPLY_WAIT).min(end);
+        let wait_end =
+            if qos == Qos::AtMostOnce { (Instant::now() + REPLY_WAIT).min(end) } else { end };
         while let Some(m) = next(&mut self.reply, wait_end).await {
             if m.body != body.as_bytes() || !self.is_device(id_in(&m.channel, "reply", "")) {
                 continue;
@@ -575,9 +616,10 @@ impl Session {
             }
             let Some((l, attempt)) = latency else {
                 return Err(format!(
-                    "no reply/{} to cmd/echo at QoS {} ({tried} attempt(s), each waiting up to {REPLY_WAIT:?}; {})",
+                    "no reply/{} to cmd/echo at QoS {} ({tried} attempt(s), waiting up to {:?}; {})",
                     self.id(),
                     qos.level(),
+                    if qos == Qos::AtMostOnce { REPLY_WAIT } else { self.timeout },
                     self.diagnosis().await
                 ));
             };
@@ -628,13 +670,12 @@ impl Session {
         let (body, mark) = sent.ok_or_else(|| {
             format!("no reply/{} to a QoS 0 cmd/echo in {QOS0_ATTEMPTS} attempts", self.id())
         })?;
-        // The host's copy to the capture socket left with the one to the device; give the
-        // capture task a moment to file it.
+        // The host's copy to the capture socket left with the one to the device; wait
+        // (polling, bounded by the check) until the capture task has filed it.
         let host = self.handle.local_addr().port();
         let device = self.device;
         let mut copy = None;
-        let copy_end = Instant::now() + Duration::from_millis(500);
-        while copy.is_none() && Instant::now() < copy_end {
+        while copy.is_none() && Instant::now() < end {
             copy = self
                 .capture
                 .find(|c| {
@@ -650,12 +691,16 @@ impl Session {
             }
         }
         let copy = copy.ok_or_else(|| {
-            "the capture socket got no copy of the host's QoS 0 PUBLISH".to_string()
+            format!(
+                "the capture socket got no copy of the host's QoS 0 PUBLISH within {:?}",
+                self.timeout
+            )
         })?;
         self.capture.send(&copy.data, device).await?;
         let replayed = Instant::now();
-        // Watch both at once: replies must stay quiet for the whole window; the counter
-        // shows up with the device's next stats message.
+        // Watch both at once: replies must stay quiet for the whole window (a negative
+        // check: the window is the test); the counter shows up with the device's next
+        // stats message (waited for until the check's deadline).
         let quiet_end = (replayed + NO_SECOND_REPLY).min(end);
         let mut counted = None;
         let mut stats_open = true;
@@ -787,9 +832,24 @@ pub fn run_std_device(
     opts: &StdDevice,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<DeviceCounters, String> {
+    run_std_device_late_peers(opts, |_| Ok(opts.peers.clone()), ready)
+}
+
+/// [`run_std_device`] for a device whose peers bind after it: it binds `opts.bind` (port
+/// 0, say), calls `peers` with its address and takes the peers it returns instead of
+/// `opts.peers`, then starts the script and calls `ready`.
+///
+/// # Errors
+/// As [`run_std_device`]; an error from `peers`.
+pub fn run_std_device_late_peers(
+    opts: &StdDevice,
+    peers: impl FnOnce(SocketAddr) -> Result<Vec<SocketAddr>, String>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<DeviceCounters, String> {
     let socket =
         std::net::UdpSocket::bind(opts.bind).map_err(|e| format!("bind {}: {e}", opts.bind))?;
     let local = socket.local_addr().map_err(|e| format!("local address: {e}"))?;
+    let peers = peers(local)?;
     let base = Instant::now();
     let clock = || {
         nomq::Instant::from_micros(u64::try_from(base.elapsed().as_micros()).unwrap_or(u64::MAX))
@@ -805,7 +865,7 @@ pub fn run_std_device(
         while let Some(t) = node.poll_transmit(clock(), &mut tbuf) {
             let data = &tbuf[..t.len];
             let to: &[SocketAddr] = match t.target {
-                Target::Fanout => &opts.peers,
+                Target::Fanout => &peers,
                 Target::Unicast(a) => &[SocketAddr::from(a)],
                 // The script publishes to the fan-out only, and the loopback device joins
                 // no group: nothing is ever multicast from here.

@@ -12,7 +12,7 @@ use nomq::Qos;
 use nomq_harness::device::{self, DeviceCheck};
 use nomq_harness::netns::{Lab, LabError};
 use nomq_harness::probe::{self, ProbeKind};
-use nomq_harness::report::Report;
+use nomq_harness::report::{Live, Report};
 use nomq_harness::scenarios;
 use nomq_harness::tap;
 
@@ -42,9 +42,27 @@ struct Options {
     /// Messages in the throughput and lossy scenarios.
     #[arg(long, global = true, default_value_t = 2000)]
     messages: u32,
-    /// Print the report as one JSON object instead of a table.
+    /// Print the report as one JSON object instead of a table. Standard output then holds
+    /// only that object, printed at the end; the rows are streamed to standard error as
+    /// they finish instead (unless --quiet).
     #[arg(long, global = true)]
     json: bool,
+    /// Do not stream rows as they finish: print the whole table at the end (or, with
+    /// --json, nothing but the JSON object).
+    #[arg(long, global = true)]
+    quiet: bool,
+}
+
+impl Options {
+    /// A report that streams its rows as they finish: to standard output for the table,
+    /// to standard error with --json, not at all with --quiet.
+    fn report(&self, title: impl Into<String>) -> Report {
+        let mut r = Report::new(title);
+        if !self.quiet {
+            r.stream(if self.json { Live::Stderr } else { Live::Stdout });
+        }
+        r
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,8 +120,9 @@ struct TapDeviceArgs {
     duration_secs: u64,
 }
 
-/// A child node: `sub` prints READY, then `MSG <channel> <body hex>` per message;
-/// `pub` prints `OUTCOME <status> acked=<n>` per message.
+/// A child node: `sub` prints `READY <bound address>`, then `MSG <channel> <body hex>` per
+/// message; `pub` prints `READY <bound address>`, waits for `--subscribers` subscribers to
+/// its channel, then prints `OUTCOME <status> acked=<n>` per message.
 #[derive(Debug, Args)]
 struct NodeArgs {
     /// `sub` or `pub`.
@@ -127,19 +146,28 @@ struct NodeArgs {
     qos: u8,
     #[arg(long, default_value_t = 1)]
     count: u32,
+    /// `pub`: subscribers to the channel to wait for (within --timeout-ms) before publishing.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
 }
 
 /// The loopback device: prints READY once started, then `COUNTERS ...` when its time is up.
+/// With --peers-from-stdin it first prints `BOUND <address>` and reads one line
+/// `PEERS <ip:port,...>` from standard input.
 #[derive(Debug, Args)]
 struct StdDeviceArgs {
-    /// Local address (loopback only, outside a lab namespace).
+    /// Local address (loopback only, outside a lab namespace; port 0 for any).
     #[arg(long)]
     bind: std::net::SocketAddr,
     /// Static peers (ip:port, comma-separated): the fan-out of every publish.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "peers_from_stdin")]
     peers: Vec<std::net::SocketAddr>,
+    /// Print `BOUND <address>` once bound, then read the peers from standard input
+    /// (`PEERS <ip:port,...>`): for peers that bind after the device.
+    #[arg(long, conflicts_with = "peers")]
+    peers_from_stdin: bool,
     /// Device id.
     #[arg(long)]
     id: String,
@@ -213,7 +241,7 @@ fn main() -> ExitCode {
     match cli.mode {
         Mode::Loopback => finish(&runtime.block_on(loopback(&cli.opts)), cli.opts.json),
         Mode::Lossy => finish(&runtime.block_on(lossy(&cli.opts)), cli.opts.json),
-        Mode::Broadcast => finish(&broadcast(), cli.opts.json),
+        Mode::Broadcast => finish(&broadcast(&cli.opts), cli.opts.json),
         Mode::Device(args) => {
             if !device::valid_id(&args.id) {
                 eprintln!(
@@ -230,14 +258,14 @@ fn main() -> ExitCode {
                 timeout: Duration::from_secs(args.timeout_secs.max(1)),
                 ..DeviceCheck::new(args.peer)
             };
-            let mut report = Report::new(format!("nomq-harness device {}", args.peer));
+            let mut report = cli.opts.report(format!("nomq-harness device {}", args.peer));
             runtime.block_on(device::check_device(&opts, &mut report));
             finish(&report, cli.opts.json)
         }
         Mode::Node(args) => runtime.block_on(child_node(args)),
         Mode::StdDevice(args) => std_device(args),
         Mode::NetnsProbe { role } => netns_probe(role),
-        Mode::Tap => finish(&tap_mode(), cli.opts.json),
+        Mode::Tap => finish(&tap_mode(&cli.opts), cli.opts.json),
         Mode::TapDevice(a) => {
             // Only ever inside a lab namespace: the TAP device must be the lab's.
             if nomq_harness::netns::lab_namespace().is_none() {
@@ -260,7 +288,7 @@ fn main() -> ExitCode {
 }
 
 async fn loopback(opts: &Options) -> Report {
-    let mut r = Report::new("nomq-harness loopback (127.0.0.1, static peers)");
+    let mut r = opts.report("nomq-harness loopback (127.0.0.1, static peers)");
     r.check("crypto self-test", scenarios::crypto_self_test);
     scenarios::row(&mut r, "subscribe / unsubscribe", scenarios::subscribe_unsubscribe()).await;
     scenarios::row(&mut r, "QoS 0 publish / receive", scenarios::qos_levels(Qos::AtMostOnce, 20))
@@ -282,7 +310,7 @@ async fn loopback(opts: &Options) -> Report {
 }
 
 async fn lossy(opts: &Options) -> Report {
-    let mut r = Report::new("nomq-harness lossy (UDP relay: 20% loss, 2% duplication, reordering)");
+    let mut r = opts.report("nomq-harness lossy (UDP relay: 20% loss, 2% duplication, reordering)");
     let n = opts.messages;
     scenarios::row(
         &mut r,
@@ -300,50 +328,105 @@ async fn lossy(opts: &Options) -> Report {
 }
 
 /// Two subscriber processes and this process publishing QoS 2 to them.
+///
+/// The children bind port 0 and report their addresses (`READY <address>`). This
+/// process's node must be their peer before it starts (its fan-out list is fixed at
+/// start, and it needs theirs), so its port is picked: bound right after the children
+/// are up, and on `EADDRINUSE` everything starts again on a fresh port.
 async fn separate_processes() -> scenarios::Outcome {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let ports = scenarios::free_ports(3);
-    let mut children = Vec::new();
-    for i in 1..3 {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args([
-            "__node",
-            "--role",
-            "sub",
-            "--pattern",
-            "proc/#",
-            "--count",
-            "5",
-            "--timeout-ms",
-            "8000",
-        ])
-        .arg("--bind")
-        .arg(ports[i].to_string())
-        .arg("--peer")
-        .arg(ports[0].to_string())
-        .stdout(std::process::Stdio::piped());
-        children.push(spawn_ready(cmd)?);
+    let mut last = String::new();
+    for _ in 0..scenarios::BIND_TRIES {
+        let parent = *scenarios::pick_ports(1).first().ok_or("no free loopback port")?;
+        let mut children = Vec::new();
+        let mut addrs = Vec::new();
+        for _ in 1..3 {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args([
+                "__node",
+                "--role",
+                "sub",
+                "--pattern",
+                "proc/#",
+                "--count",
+                "5",
+                "--timeout-ms",
+                "30000",
+                "--bind",
+                "127.0.0.1:0",
+            ])
+            .arg("--peer")
+            .arg(parent.to_string())
+            .stdout(std::process::Stdio::piped());
+            let child = ChildProc::spawn(cmd)?;
+            match child.ready_addr() {
+                Ok(addr) => addrs.push(addr),
+                Err(e) => {
+                    child.kill();
+                    children.into_iter().for_each(ChildProc::kill);
+                    return Err(format!("subscriber process: {e}"));
+                }
+            }
+            children.push(child);
+        }
+        let a = match scenarios::start_node(
+            parent,
+            addrs.clone(),
+            scenarios::keyring(1),
+            scenarios::fast_engine(),
+        )
+        .await
+        {
+            Ok(a) => a,
+            Err(e) if scenarios::addr_in_use(&e) => {
+                last = format!("{parent}: {e}");
+                children.into_iter().for_each(ChildProc::kill);
+                continue;
+            }
+            Err(e) => {
+                children.into_iter().for_each(ChildProc::kill);
+                return Err(format!("node on {parent}: {e}"));
+            }
+        };
+        let r = publish_to_processes(&a.handle, children).await;
+        a.handle.shutdown().await;
+        return r;
     }
-    let a = scenarios::node(
-        ports[0],
-        ports[1..].to_vec(),
-        scenarios::keyring(1),
-        scenarios::fast_engine(),
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    Err(format!(
+        "picked ports kept being taken by other processes ({} tries, last {last})",
+        scenarios::BIND_TRIES
+    ))
+}
+
+async fn publish_to_processes(
+    a: &nomq_host::Handle,
+    children: Vec<ChildProc>,
+) -> scenarios::Outcome {
+    let seen =
+        a.wait_for_subscribers("proc/x", 2, scenarios::WAIT).await.map_err(|e| e.to_string())?;
+    if seen.is_none() {
+        let n = a.subscribers("proc/x").await.map_or(0, |s| s.len());
+        children.into_iter().for_each(ChildProc::kill);
+        return Err(format!(
+            "this process never saw both subscriber processes' subscriptions to 'proc/#' within {:?} ({n} of 2)",
+            scenarios::WAIT
+        ));
+    }
     for i in 0..5u8 {
         let d = a
-            .handle
             .publish("proc/x", vec![i], nomq_host::PublishOptions::qos(Qos::ExactlyOnce))
             .await
-            .map_err(|e| e.to_string())?;
-        if d.status != nomq_host::Status::Acknowledged || d.acked.len() != 2 {
-            return Err(format!("message {i}: {d:?}"));
+            .map_err(|e| e.to_string());
+        match d {
+            Ok(d) if d.status == nomq_host::Status::Acknowledged && d.acked.len() == 2 => {}
+            other => {
+                children.into_iter().for_each(ChildProc::kill);
+                return Err(format!("message {i}: {other:?}"));
+            }
         }
     }
     for (k, child) in children.into_iter().enumerate() {
-        let (ok, lines) = wait_child(child)?;
+        let (ok, lines) = child.wait()?;
         let msgs = lines.iter().filter(|l| l.starts_with("MSG ")).count();
         if !ok || msgs != 5 {
             return Err(format!("subscriber process {k}: success {ok}, {msgs} messages"));
@@ -356,7 +439,11 @@ async fn separate_processes() -> scenarios::Outcome {
 const LOOPBACK_DEVICE_ID: &str = "loopback-1";
 
 /// The device script in a child process (`__device`) on 127.0.0.1, checked by the device
-/// checker; its rows are prefixed `std device:`.
+/// checker; its rows are prefixed `std device:` and recorded as each check finishes.
+///
+/// Every socket binds port 0 once: the device binds first and reports its address
+/// (`BOUND`), the checking node and the capture socket bind next with the device as
+/// their peer, and the device then learns their addresses on standard input (`PEERS`).
 async fn loopback_device(r: &mut Report) {
     let started = std::time::Instant::now();
     let exe = match std::env::current_exe() {
@@ -366,40 +453,43 @@ async fn loopback_device(r: &mut Report) {
             return;
         }
     };
-    // Device, checking node, capture socket.
-    let ports = scenarios::free_ports(3);
     let mut cmd = std::process::Command::new(&exe);
     cmd.args(["__device", "--id", LOOPBACK_DEVICE_ID, "--duration-secs", "180"])
-        .arg("--bind")
-        .arg(ports[0].to_string())
-        .arg("--peers")
-        .arg(format!("{},{}", ports[1], ports[2]))
-        .stdin(std::process::Stdio::null())
+        .args(["--bind", "127.0.0.1:0", "--peers-from-stdin"])
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped());
-    let mut child = match spawn_ready(cmd) {
+    let spawned = ChildProc::spawn(cmd).and_then(|c| {
+        let addr = c.line("BOUND ", SPAWN_WAIT)?;
+        let addr = addr.parse().map_err(|e| format!("device address {addr:?}: {e}"))?;
+        Ok((c, addr))
+    });
+    let (mut child, device) = match spawned {
         Ok(c) => c,
         Err(e) => {
             r.record_timed("std device: process", started.elapsed(), Err(e));
             return;
         }
     };
+    let lo = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let opts = DeviceCheck {
-        bind: ports[1],
-        capture: Some(ports[2]),
+        bind: lo,
+        capture: Some(lo),
         id: LOOPBACK_DEVICE_ID.into(),
-        ..DeviceCheck::new(ports[0])
+        ..DeviceCheck::new(device)
     };
-    let mut rows = Report::new("std device");
-    device::check_device(&opts, &mut rows).await;
-    let early = child.0.try_wait().ok().flatten();
-    let _ = child.0.kill();
-    let _ = wait_child(child);
-    for row in rows.rows() {
-        let mut row = row.clone();
-        let name = row.name.strip_prefix("device ").unwrap_or(&row.name);
-        row.name = format!("std device: {name}");
-        r.push(row);
-    }
+    let name = |n: &str| format!("std device: {}", n.strip_prefix("device ").unwrap_or(n));
+    let mut stdin = child.child.stdin.take();
+    device::check_device_as(&opts, r, &name, |node, capture| {
+        use std::io::Write as _;
+        let stdin = stdin.as_mut().ok_or("device has no standard input")?;
+        writeln!(stdin, "PEERS {node},{capture}")
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("telling the device its peers: {e}"))
+    })
+    .await;
+    drop(stdin);
+    let early = child.child.try_wait().ok().flatten();
+    child.kill();
     if let Some(status) = early {
         r.record("std device: process", Err(format!("exited during the check ({status})")));
     }
@@ -408,7 +498,8 @@ async fn loopback_device(r: &mut Report) {
 /// `__device`: the device script over a std UDP socket until its time is up.
 fn std_device(a: StdDeviceArgs) -> ExitCode {
     let loopback_only = nomq_harness::netns::lab_namespace().is_none();
-    if loopback_only && !std::iter::once(&a.bind).chain(&a.peers).all(|p| p.ip().is_loopback()) {
+    let allowed = |p: &std::net::SocketAddr| !loopback_only || p.ip().is_loopback();
+    if !std::iter::once(&a.bind).chain(&a.peers).all(allowed) {
         eprintln!("__device: outside a lab namespace it binds and sends to loopback only");
         return ExitCode::from(2);
     }
@@ -423,7 +514,30 @@ fn std_device(a: StdDeviceArgs) -> ExitCode {
         println!("READY");
         let _ = std::io::stdout().flush();
     };
-    match device::run_std_device(&opts, ready) {
+    let from_stdin = a.peers_from_stdin;
+    let peers = |local: std::net::SocketAddr| {
+        if !from_stdin {
+            return Ok(opts.peers.clone());
+        }
+        use std::io::{BufRead as _, Write as _};
+        println!("BOUND {local}");
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("stdin: {e}"))?;
+        let list = line
+            .trim()
+            .strip_prefix("PEERS ")
+            .ok_or_else(|| format!("expected PEERS <ip:port,...>, got {line:?}"))?;
+        let peers = list
+            .split(',')
+            .map(|p| p.parse().map_err(|e| format!("peer {p:?}: {e}")))
+            .collect::<Result<Vec<std::net::SocketAddr>, String>>()?;
+        if !peers.iter().all(allowed) || peers.is_empty() {
+            return Err("outside a lab namespace it sends to loopback only".to_string());
+        }
+        Ok(peers)
+    };
+    match device::run_std_device_late_peers(&opts, peers, ready) {
         Ok(c) => {
             println!(
                 "COUNTERS readings={} replies={} refused={} ignored={} sent={} acked={} unacked={}",
@@ -438,40 +552,78 @@ fn std_device(a: StdDeviceArgs) -> ExitCode {
     }
 }
 
-/// A child node and the lines it prints after READY.
-type Child = (std::process::Child, std::thread::JoinHandle<Vec<String>>);
+/// How long a child process may take to print its first line.
+const SPAWN_WAIT: Duration = Duration::from_secs(20);
 
-/// Waits for a child and returns whether it succeeded and its output lines.
-fn wait_child((mut child, lines): Child) -> Result<(bool, Vec<String>), String> {
-    let status = child.wait().map_err(|e| e.to_string())?;
-    Ok((status.success(), lines.join().unwrap_or_default()))
+/// A child process whose standard output lines a reader thread hands over.
+struct ChildProc {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Lines read while looking for another.
+    skipped: std::cell::RefCell<Vec<String>>,
 }
 
-/// Spawns a child node and waits (bounded) for its READY line.
-fn spawn_ready(mut cmd: std::process::Command) -> Result<Child, String> {
-    use std::io::{BufRead, BufReader};
-    let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let mut rest = Vec::new();
-        let mut ready = false;
-        for l in lines.by_ref().map_while(Result::ok) {
-            if !ready && l == "READY" {
-                ready = true;
-                let _ = tx.send(());
-                continue;
+impl ChildProc {
+    /// Spawns `cmd` (its stdout must be piped).
+    fn spawn(mut cmd: std::process::Command) -> Result<Self, String> {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
             }
-            rest.push(l);
+        });
+        Ok(Self { child, lines, skipped: std::cell::RefCell::new(Vec::new()) })
+    }
+
+    /// Waits (bounded) for a line starting with `prefix` and returns the rest of it.
+    fn line(&self, prefix: &str, within: Duration) -> Result<String, String> {
+        let end = std::time::Instant::now() + within;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => match l.strip_prefix(prefix) {
+                    Some(rest) => return Ok(rest.trim().to_string()),
+                    None => self.skipped.borrow_mut().push(l),
+                },
+                Err(_) => {
+                    return Err(format!(
+                        "child process printed no {:?} line within {within:?}",
+                        prefix.trim()
+                    ));
+                }
+            }
         }
-        rest
-    });
-    rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
-        let _ = child.kill();
-        "child node never became ready".to_string()
-    })?;
-    Ok((child, reader))
+    }
+
+    /// Waits for `READY <address>` and returns the address.
+    fn ready_addr(&self) -> Result<std::net::SocketAddr, String> {
+        let a = self.line("READY", SPAWN_WAIT)?;
+        a.parse().map_err(|e| format!("child's address {a:?}: {e}"))
+    }
+
+    /// Kills the child and reaps it.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the child to exit; whether it succeeded and the lines it printed that
+    /// were not waited for.
+    fn wait(mut self) -> Result<(bool, Vec<String>), String> {
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        let mut lines = self.skipped.take();
+        lines.extend(self.lines.try_iter());
+        // The reader may still be draining the pipe: take what it has left.
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            lines.push(l);
+        }
+        Ok((status.success(), lines))
+    }
 }
 
 async fn child_node(a: NodeArgs) -> ExitCode {
@@ -499,6 +651,11 @@ async fn child_node(a: NodeArgs) -> ExitCode {
         }
     };
     let deadline = Duration::from_millis(a.timeout_ms);
+    let ready = || {
+        use std::io::Write as _;
+        println!("READY {}", node.local_addr());
+        let _ = std::io::stdout().flush();
+    };
     if a.role == "sub" {
         let mut sub = match node.subscribe(&a.pattern).await {
             Ok(s) => s,
@@ -507,7 +664,7 @@ async fn child_node(a: NodeArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        println!("READY");
+        ready();
         let mut got = 0;
         let end = tokio::time::Instant::now() + deadline;
         while got < a.count {
@@ -520,13 +677,31 @@ async fn child_node(a: NodeArgs) -> ExitCode {
                 _ => return ExitCode::FAILURE,
             }
         }
-        // Stay a moment so late duplicates would show (exactly-once is checked by count).
+        // Negative check: stay a moment so late duplicates would show (exactly-once is
+        // checked by count; the window is the test).
         tokio::time::sleep(Duration::from_millis(300)).await;
         node.shutdown().await;
         return ExitCode::SUCCESS;
     }
-    println!("READY");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    ready();
+    if a.subscribers > 0 {
+        match node.wait_for_subscribers(&a.channel, a.subscribers, deadline).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let n = node.subscribers(&a.channel).await.map_or(0, |s| s.len());
+                println!(
+                    "OUTCOME no-subscribers: saw {n} of {} subscribers to {} within {deadline:?}",
+                    a.subscribers, a.channel
+                );
+                node.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                println!("OUTCOME error {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let qos = Qos::from_level(a.qos).unwrap_or(Qos::AtLeastOnce);
     let mut ok = true;
     for i in 0..a.count {
@@ -555,11 +730,16 @@ async fn child_node(a: NodeArgs) -> ExitCode {
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
+/// Prints the end of the run: the summary line after streamed rows (the whole table if
+/// nothing streamed), and with `json` the one JSON object on standard output.
 fn finish(report: &Report, json: bool) -> ExitCode {
     if json {
+        if report.live().is_some() {
+            report.print_end();
+        }
         println!("{}", report.to_json());
     } else {
-        report.print();
+        report.print_end();
     }
     ExitCode::from(u8::try_from(report.exit_code()).unwrap_or(1))
 }
@@ -567,8 +747,8 @@ fn finish(report: &Report, json: bool) -> ExitCode {
 /// The `broadcast` mode: builds the namespace lab, checks it carries broadcast and
 /// multicast, then runs NoMQ nodes in it: one publisher, two subscribers, by subnet
 /// broadcast and by multicast.
-fn broadcast() -> Report {
-    let mut report = Report::new("nomq-harness broadcast");
+fn broadcast(opts: &Options) -> Report {
+    let mut report = opts.report("nomq-harness broadcast");
     let probes = [
         ("netns broadcast probe", ProbeKind::Broadcast),
         ("netns multicast probe", ProbeKind::Multicast),
@@ -622,16 +802,21 @@ fn nomq_in_lab(lab: &Lab, exe: &std::path::Path, multicast: bool) -> Result<Stri
             "--count",
             "3",
             "--timeout-ms",
-            "8000",
+            "30000",
         ])
         .arg("--bind")
         .arg(format!("0.0.0.0:{PORT}"))
         .args(&fanout)
         .stdout(std::process::Stdio::piped());
-        subs.push(spawn_ready(cmd)?);
+        let child = ChildProc::spawn(cmd)?;
+        child.line("READY", SPAWN_WAIT)?;
+        subs.push(child);
     }
+    // The publisher waits until it knows both subscribers (it learns them from their
+    // heartbeats), within its --timeout-ms.
     let mut cmd = lab.command(0, exe).map_err(|e| e.to_string())?;
     cmd.args(["__node", "--role", "pub", "--channel", "lab/temp", "--qos", "1", "--count", "3"])
+        .args(["--subscribers", "2", "--timeout-ms", "10000"])
         .arg("--bind")
         .arg(format!("0.0.0.0:{PORT}"))
         .args(&fanout);
@@ -639,7 +824,7 @@ fn nomq_in_lab(lab: &Lab, exe: &std::path::Path, multicast: bool) -> Result<Stri
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let acked = text.lines().filter(|l| l.starts_with("OUTCOME Acknowledged acked=2")).count();
     for (k, child) in subs.into_iter().enumerate() {
-        let (ok, lines) = wait_child(child)?;
+        let (ok, lines) = child.wait()?;
         if !ok || lines.iter().filter(|l| l.starts_with("MSG ")).count() != 3 {
             return Err(format!("subscriber in host {} did not get 3 messages", k + 1));
         }
@@ -655,8 +840,8 @@ fn nomq_in_lab(lab: &Lab, exe: &std::path::Path, multicast: bool) -> Result<Stri
 }
 
 /// Both embedded stacks, each in its own TAP namespace.
-fn tap_mode() -> Report {
-    let mut report = Report::new(
+fn tap_mode(opts: &Options) -> Report {
+    let mut report = opts.report(
         "nomq-harness tap (nomq-esp on embassy-net and smoltcp over a TAP device, vs nomq-host)",
     );
     let exe = match std::env::current_exe() {

@@ -286,27 +286,103 @@ impl Relay {
         upstreams: Vec<SocketAddr>,
     ) -> io::Result<(Relay, Vec<SocketAddr>)> {
         config.validate()?;
+        let ips: Vec<IpAddr> = upstreams
+            .iter()
+            .map(|up| match up.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            })
+            .collect();
+        let bound = RelaySockets::bind_each(config, &ips).await?;
+        let relay = bound.start(upstreams)?;
+        let proxies = relay.proxies.clone();
+        Ok((relay, proxies))
+    }
+
+    /// Binds `n` proxy sockets on 127.0.0.1 without forwarding yet: for nodes that must
+    /// know their peers' (proxy) addresses when they start, and bind their own sockets
+    /// first. [`RelaySockets::start`] then starts forwarding to the nodes' addresses;
+    /// what the nodes send before that waits in the proxy sockets' buffers.
+    ///
+    /// # Errors
+    ///
+    /// As [`Relay::start`] for the configuration; any error from binding a socket.
+    pub async fn bind(config: RelayConfig, n: usize) -> io::Result<RelaySockets> {
+        config.validate()?;
+        RelaySockets::bind_each(config, &vec![IpAddr::V4(Ipv4Addr::LOCALHOST); n]).await
+    }
+
+    /// The proxy addresses, `proxies()[i]` standing for upstream `i`.
+    #[must_use]
+    pub fn proxies(&self) -> &[SocketAddr] {
+        &self.proxies
+    }
+
+    /// The counters so far.
+    #[must_use]
+    pub fn stats(&self) -> RelayStats {
+        self.counters.snapshot()
+    }
+}
+
+/// Proxy sockets bound by [`Relay::bind`], not forwarding yet.
+pub struct RelaySockets {
+    config: RelayConfig,
+    sockets: Vec<Arc<UdpSocket>>,
+    proxies: Vec<SocketAddr>,
+}
+
+impl fmt::Debug for RelaySockets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelaySockets").field("proxies", &self.proxies).finish_non_exhaustive()
+    }
+}
+
+impl RelaySockets {
+    async fn bind_each(config: RelayConfig, ips: &[IpAddr]) -> io::Result<Self> {
+        let mut sockets = Vec::with_capacity(ips.len());
+        for ip in ips {
+            sockets.push(Arc::new(UdpSocket::bind(SocketAddr::new(*ip, 0)).await?));
+        }
+        let proxies = sockets.iter().map(|s| s.local_addr()).collect::<io::Result<Vec<_>>>()?;
+        Ok(Self { config, sockets, proxies })
+    }
+
+    /// The proxy addresses, `proxies()[i]` standing for the `i`-th upstream to come.
+    #[must_use]
+    pub fn proxies(&self) -> &[SocketAddr] {
+        &self.proxies
+    }
+
+    /// Starts forwarding: `upstreams[i]` is the node proxy `i` stands for.
+    ///
+    /// Must be called inside a tokio runtime; the relay's tasks run on it.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` when the number of upstreams is not the number of proxies, an
+    /// upstream is not a loopback address of the proxies' IP version, or appears twice.
+    pub fn start(self, upstreams: Vec<SocketAddr>) -> io::Result<Relay> {
+        let Self { config, sockets, proxies } = self;
+        if upstreams.len() != sockets.len() {
+            return Err(invalid(format!(
+                "{} upstreams for {} proxy sockets",
+                upstreams.len(),
+                sockets.len()
+            )));
+        }
         let mut index = HashMap::with_capacity(upstreams.len());
         for (i, up) in upstreams.iter().enumerate() {
-            if !up.ip().is_loopback() {
-                return Err(invalid(format!("upstream {up} is not a loopback address")));
+            if !up.ip().is_loopback() || up.is_ipv4() != proxies[i].is_ipv4() {
+                return Err(invalid(format!(
+                    "upstream {up} is not a loopback address of its proxy's IP version"
+                )));
             }
             if index.insert(*up, i).is_some() {
                 return Err(invalid(format!("upstream {up} is listed twice")));
             }
         }
         let index = Arc::new(index);
-
-        let mut sockets = Vec::with_capacity(upstreams.len());
-        for up in &upstreams {
-            let ip = match up.ip() {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            };
-            sockets.push(Arc::new(UdpSocket::bind(SocketAddr::new(ip, 0)).await?));
-        }
-        let proxies = sockets.iter().map(|s| s.local_addr()).collect::<io::Result<Vec<_>>>()?;
-
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let mut tasks = Vec::with_capacity(sockets.len() + 1);
@@ -329,19 +405,7 @@ impl Relay {
                 Arc::clone(&counters),
             )));
         }
-        Ok((Relay { proxies: proxies.clone(), counters, tasks }, proxies))
-    }
-
-    /// The proxy addresses, `proxies()[i]` standing for upstream `i`.
-    #[must_use]
-    pub fn proxies(&self) -> &[SocketAddr] {
-        &self.proxies
-    }
-
-    /// The counters so far.
-    #[must_use]
-    pub fn stats(&self) -> RelayStats {
-        self.counters.snapshot()
+        Ok(Relay { proxies, counters, tasks })
     }
 }
 
@@ -589,6 +653,23 @@ mod tests {
             RelayStats { received: 501, forwarded: 501, ..RelayStats::default() },
             "{stats}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn proxies_bound_first_carry_what_was_sent_before_forwarding_started() {
+        let bound = Relay::bind(RelayConfig::default(), 2).await.unwrap();
+        let proxies = bound.proxies().to_vec();
+        let (a, b) = (node().await, node().await);
+        // Sent before the relay knows its upstreams: waits in proxy 1's socket buffer.
+        a.send_to(b"early", proxies[1]).await.unwrap();
+        let wrong = Relay::bind(RelayConfig::default(), 2).await.unwrap();
+        let err = wrong.start(vec![a.local_addr().unwrap()]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let relay = bound.start(vec![a.local_addr().unwrap(), b.local_addr().unwrap()]).unwrap();
+        assert_eq!(relay.proxies(), &proxies[..]);
+        let mut buf = [0u8; 16];
+        let (n, src) = tokio::time::timeout(WAIT, b.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!((&buf[..n], src), (&b"early"[..], proxies[0]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

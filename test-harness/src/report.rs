@@ -11,6 +11,11 @@
 //! assert!(text.ends_with("1 passed, 0 failed, 1 skipped\n"));
 //! assert_eq!(report.exit_code(), 0);
 //! ```
+//!
+//! A report can also stream ([`Report::stream`]): it prints its title and header at once,
+//! then each row the moment it is added (flushed), so a long run shows progress; at the end
+//! only the summary line is left to print ([`Report::print_end`]). The streamed table has a
+//! fixed name column ([`STREAM_NAME_WIDTH`]), as the names to come are not known yet.
 
 use std::fmt::{self, Write as _};
 use std::io::{self, Write};
@@ -46,6 +51,21 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// Where a streaming report prints its rows as they finish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Live {
+    /// Standard output (the table mode).
+    Stdout,
+    /// Standard error (the `--json` mode, whose standard output is the one JSON object).
+    Stderr,
+}
+
+/// Width of the name column of a streamed table (the longest row name of the harness,
+/// `std device: host refuses a replayed device datagram`, fits).
+pub const STREAM_NAME_WIDTH: usize = 52;
+/// Width of the time column of a streamed table (`60.000 s` fits).
+const STREAM_TIME_WIDTH: usize = 9;
+
 /// One row of the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row {
@@ -65,13 +85,37 @@ pub struct Report {
     title: String,
     rows: Vec<Row>,
     lap: Instant,
+    live: Option<Live>,
 }
 
 impl Report {
     /// An empty report. Its lap clock (see [`Report::record`]) starts now.
     #[must_use]
     pub fn new(title: impl Into<String>) -> Self {
-        Self { title: title.into(), rows: Vec::new(), lap: Instant::now() }
+        Self { title: title.into(), rows: Vec::new(), lap: Instant::now(), live: None }
+    }
+
+    /// Streams the report to `to` from now on: prints the title and the header now, then
+    /// every row as it is added, flushing after each. Rows added before are printed now.
+    pub fn stream(&mut self, to: Live) {
+        self.live = Some(to);
+        let mut text = self.live_header();
+        for row in &self.rows {
+            text.push_str(&live_row(row));
+        }
+        emit(to, &text);
+    }
+
+    /// Where the report streams, if it does.
+    #[must_use]
+    pub fn live(&self) -> Option<Live> {
+        self.live
+    }
+
+    /// The title and header lines of the streamed table.
+    #[must_use]
+    pub fn live_header(&self) -> String {
+        format!("== {} ==\n{}\n", self.title, header_line(STREAM_NAME_WIDTH, STREAM_TIME_WIDTH))
     }
 
     /// Records a result: `Ok(detail)` passes, `Err(reason)` fails. Its duration is the time
@@ -119,6 +163,9 @@ impl Report {
 
     /// Adds a finished row as it is (from another report, say).
     pub fn push(&mut self, row: Row) {
+        if let Some(to) = self.live {
+            emit(to, &live_row(&row));
+        }
         self.rows.push(row);
         self.lap = Instant::now();
     }
@@ -170,12 +217,9 @@ impl Report {
         let mut out = String::new();
         // `write!` into a String cannot fail.
         let _ = writeln!(out, "== {} ==", self.title);
-        let _ = writeln!(out, "{:<6}{:<name_w$}  {:>time_w$}  DETAIL", "", "SCENARIO", "TIME");
+        let _ = writeln!(out, "{}", header_line(name_w, time_w));
         for (row, time) in self.rows.iter().zip(&durations) {
-            let detail = one_line(&row.detail);
-            let line =
-                format!("{:<6}{:<name_w$}  {:>time_w$}  {detail}", row.outcome, row.name, time);
-            let _ = writeln!(out, "{}", line.trim_end());
+            let _ = writeln!(out, "{}", row_line(row, time, name_w, time_w));
         }
         let _ = writeln!(out, "{}", self.summary());
         out
@@ -193,6 +237,19 @@ impl Report {
     /// Prints the table to standard output.
     pub fn print(&self) {
         print!("{}", self.render());
+    }
+
+    /// What is left to print at the end of a run: the whole table for a report that did
+    /// not stream, only the summary line for one that did (its rows are out already).
+    #[must_use]
+    pub fn end_text(&self) -> String {
+        if self.live.is_some() { format!("{}\n", self.summary()) } else { self.render() }
+    }
+
+    /// Prints [`Report::end_text`] where the report streams (standard output if it does
+    /// not), and flushes.
+    pub fn print_end(&self) {
+        emit(self.live.unwrap_or(Live::Stdout), &self.end_text());
     }
 
     /// The report as one JSON object: `title`, `passed`, `failed`, `skipped` and `results`
@@ -224,6 +281,39 @@ impl Report {
         }
         out.push_str("]}");
         out
+    }
+}
+
+fn header_line(name_w: usize, time_w: usize) -> String {
+    format!("{:<6}{:<name_w$}  {:>time_w$}  DETAIL", "", "SCENARIO", "TIME")
+}
+
+fn row_line(row: &Row, time: &str, name_w: usize, time_w: usize) -> String {
+    let detail = one_line(&row.detail);
+    let line = format!("{:<6}{:<name_w$}  {:>time_w$}  {detail}", row.outcome, row.name, time);
+    line.trim_end().to_string()
+}
+
+/// One row of a streamed table, with its line break.
+fn live_row(row: &Row) -> String {
+    let time = format_duration(row.duration);
+    format!("{}\n", row_line(row, &time, STREAM_NAME_WIDTH, STREAM_TIME_WIDTH))
+}
+
+/// Writes `text` to `to` and flushes; a closed pipe is not the run's failure, so write
+/// errors are ignored.
+fn emit(to: Live, text: &str) {
+    match to {
+        Live::Stdout => {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+        Live::Stderr => {
+            let mut out = io::stderr().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
     }
 }
 
@@ -334,6 +424,29 @@ mod tests {
         assert!(json.contains("\"duration_ms\":1500.000"));
         assert!(json.contains("\"outcome\":\"SKIP\",\"detail\":\"no root\",\"duration_ms\":null"));
         assert_eq!(json_string("q\"\\\u{1}"), "\"q\\\"\\\\\\u0001\"");
+    }
+
+    #[test]
+    fn streamed_rows_align_with_the_streamed_header_and_end_with_the_summary() {
+        let mut r = sample();
+        assert!(r.live().is_none());
+        assert_eq!(r.end_text(), r.render());
+        let header = r.live_header();
+        let lines: Vec<&str> = header.lines().collect();
+        assert_eq!(lines[0], "== sample ==");
+        let col = lines[1].find("DETAIL").unwrap();
+        for row in r.rows() {
+            let line = live_row(row);
+            assert!(line.ends_with('\n'));
+            assert_eq!(&line[col..].trim_end()[..2], &one_line(&row.detail)[..2], "{line}");
+        }
+        r.stream(Live::Stderr);
+        assert_eq!(r.live(), Some(Live::Stderr));
+        assert_eq!(r.end_text(), "1 passed, 1 failed, 1 skipped\n");
+        // Rows added while streaming still make the same JSON and counts.
+        r.record("later", Ok("fine".into()));
+        assert_eq!(r.count(Outcome::Pass), 2);
+        assert!(r.to_json().contains("\"name\":\"later\""));
     }
 
     #[test]

@@ -342,7 +342,8 @@ pub fn run_stack(
     };
     let check = lab
         .command(exe)
-        .args(["--json", "device", "--id", &id, "--timeout-secs", "20"])
+        // --quiet: only the JSON object (the rows are streamed here when parsed).
+        .args(["--json", "--quiet", "device", "--id", &id, "--timeout-secs", "20"])
         .args(["--peer", &format!("{DEVICE_IP}:{PORT}")])
         .args(["--bind", &format!("{HOST_IP}:{PORT}")])
         .args(["--capture", &format!("{HOST_IP}:{CAPTURE_PORT}")])
