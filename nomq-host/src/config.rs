@@ -46,8 +46,23 @@ pub struct HostConfig {
     pub multicast_ttl: u32,
     /// IPv6 interface index for link-local multicast (default 0: the system's choice).
     pub multicast_if: u32,
-    /// Engine settings (timeouts, TTL, clock mode, rate limit).
+    /// Engine settings (timeouts, TTL, clock mode, rate limit). The defaults are the
+    /// core's, except `rate_limit`: [`HOST_RATE_LIMIT`].
     pub engine: nomq::Config,
+}
+
+/// Packets per second one peer may send a host node before the excess is dropped
+/// (default of [`HostConfig::engine`]`.rate_limit`). The core's default (1000) suits an
+/// MCU; a host verifies a packet in about 2 µs, so this bounds one flooding member to
+/// about a tenth of a core, while a flow-controlled QoS 1/2 stream of a few thousand
+/// messages a second (each message is 2 to 4 packets) is never throttled into
+/// retransmissions that could exhaust its attempts.
+pub const HOST_RATE_LIMIT: u32 = 50_000;
+
+fn host_engine() -> nomq::Config {
+    let mut c = nomq::Config::default();
+    c.rate_limit = HOST_RATE_LIMIT;
+    c
 }
 
 impl Default for HostConfig {
@@ -60,7 +75,7 @@ impl Default for HostConfig {
             multicast: None,
             multicast_ttl: 1,
             multicast_if: 0,
-            engine: nomq::Config::default(),
+            engine: host_engine(),
         }
     }
 }

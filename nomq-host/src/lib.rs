@@ -764,11 +764,14 @@ impl Driver {
             }
             // Batch: take whatever else is ready without re-arming the timer each time,
             // charging each datagram to the task budget so readers on this thread run.
+            // Each datagram's answers leave before the next is read: the engine's control
+            // queue (acks) is small, and an ack it cannot queue costs a retransmission.
             for _ in 0..64 {
                 match self.socket.try_recv_from(&mut rbuf) {
                     Ok((n, from)) => self.on_datagram(&mut rbuf[..n], from),
                     Err(_) => break,
                 }
+                self.flush(&mut tbuf).await;
                 tokio::task::consume_budget().await;
             }
             while let Ok(id) = unsub.try_recv() {
