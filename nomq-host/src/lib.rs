@@ -713,6 +713,10 @@ struct Driver {
     events: Option<mpsc::Sender<NodeEvent>>,
 }
 
+/// Datagrams read between flushes in a batch: well under the engine's control queue
+/// ([`nomq::node::CONTROL_QUEUE`]).
+const ACKS_PER_FLUSH: usize = nomq::node::CONTROL_QUEUE / 2;
+
 /// What the driver loop does next.
 enum Next {
     Continue,
@@ -764,14 +768,17 @@ impl Driver {
             }
             // Batch: take whatever else is ready without re-arming the timer each time,
             // charging each datagram to the task budget so readers on this thread run.
-            // Each datagram's answers leave before the next is read: the engine's control
-            // queue (acks) is small, and an ack it cannot queue costs a retransmission.
-            for _ in 0..64 {
+            // A datagram makes at most one ack; flushing every few keeps the engine's small
+            // control queue from overflowing (an ack it cannot queue costs a
+            // retransmission) without a poll per datagram.
+            for i in 0..64 {
                 match self.socket.try_recv_from(&mut rbuf) {
                     Ok((n, from)) => self.on_datagram(&mut rbuf[..n], from),
                     Err(_) => break,
                 }
-                self.flush(&mut tbuf).await;
+                if i % ACKS_PER_FLUSH == ACKS_PER_FLUSH - 1 {
+                    self.flush(&mut tbuf).await;
+                }
                 tokio::task::consume_budget().await;
             }
             while let Ok(id) = unsub.try_recv() {
