@@ -6,13 +6,17 @@ pub mod config;
 
 pub use config::HostConfig;
 pub use nomq::node::{Destination, PublishOptions, Status};
-pub use nomq::{Qos, SessionId};
+pub use nomq::{Keyring, Qos, SessionId};
+pub use nomq_keys::KeyringFile;
+/// Re-exported so an application needs only `nomq-host` (and tokio) for JSON payloads:
+/// `nomq_host::serde_json::json!(..)`.
+pub use serde_json;
 
 use nomq::node::{Event, Outcome, Stats, Target};
-use nomq::{Addr, Keyring, Node};
+use nomq::{Addr, Node};
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -225,6 +229,51 @@ pub struct NodeBuilder {
     events: Option<mpsc::Sender<NodeEvent>>,
     stream_depth: usize,
     socket: Option<std::net::UdpSocket>,
+    /// Peers given by a name that resolved to several addresses: one is chosen by the
+    /// bind address's family when the node starts.
+    ambiguous_peers: Vec<(String, Vec<SocketAddr>)>,
+    /// The first invalid setting, reported by [`NodeBuilder::start`].
+    error: Option<HostError>,
+}
+
+/// Resolves `addr` (an address, `"host:port"`, `("host", port)`): every address, or a
+/// configuration error naming `field`.
+fn resolve(
+    field: &str,
+    addr: impl ToSocketAddrs + fmt::Debug,
+) -> Result<(String, Vec<SocketAddr>), HostError> {
+    let name = format!("{addr:?}").trim_matches('"').to_string();
+    let all: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| HostError::config(field, format!("{name}: {e}")))?
+        .collect();
+    if all.is_empty() {
+        return Err(HostError::config(field, format!("{name} resolves to no address")));
+    }
+    Ok((name, all))
+}
+
+/// The one of `candidates` of the family of `bind`, or an error listing them.
+fn pick(
+    field: &str,
+    name: &str,
+    candidates: &[SocketAddr],
+    bind: SocketAddr,
+) -> Result<SocketAddr, HostError> {
+    let same: Vec<_> = candidates.iter().filter(|a| a.is_ipv4() == bind.is_ipv4()).collect();
+    match same.as_slice() {
+        [one] => Ok(**one),
+        _ => {
+            let list: Vec<String> = candidates.iter().map(ToString::to_string).collect();
+            Err(HostError::config(
+                field,
+                format!(
+                    "{name} resolves to {}; give one address (the bind address is {bind})",
+                    list.join(" and ")
+                ),
+            ))
+        }
+    }
 }
 
 impl NodeBuilder {
@@ -236,6 +285,8 @@ impl NodeBuilder {
             events: None,
             stream_depth: STREAM_DEPTH,
             socket: None,
+            ambiguous_peers: Vec::new(),
+            error: None,
         }
     }
     /// Loads the keyring from a file (warnings are logged).
@@ -255,15 +306,36 @@ impl NodeBuilder {
         self.config = config;
         self
     }
-    /// Local address to bind.
-    pub fn bind(mut self, addr: SocketAddr) -> Self {
-        self.config.bind = addr;
+    /// Local address to bind: an address or `"host:port"` (a name resolving to several
+    /// addresses binds the first IPv4 one, else the first). A name that does not resolve
+    /// is reported by [`NodeBuilder::start`].
+    pub fn bind(mut self, addr: impl ToSocketAddrs + fmt::Debug) -> Self {
+        match resolve("bind", addr) {
+            Ok((_, all)) => {
+                self.config.bind = all.iter().copied().find(SocketAddr::is_ipv4).unwrap_or(all[0]);
+            }
+            Err(e) => self.fail(e),
+        }
         self
     }
-    /// Adds static peers (fan-out by unicast).
-    pub fn peers(mut self, peers: impl IntoIterator<Item = SocketAddr>) -> Self {
-        self.config.peers.extend(peers);
+    /// Adds static peers (fan-out by unicast): addresses or `"host:port"` names. A name
+    /// that resolves to several addresses counts once, as the one of the bind address's
+    /// family; [`NodeBuilder::start`] refuses it if that is not exactly one.
+    pub fn peers<A: ToSocketAddrs + fmt::Debug>(
+        mut self,
+        peers: impl IntoIterator<Item = A>,
+    ) -> Self {
+        for p in peers {
+            match resolve("peers", p) {
+                Ok((_, all)) if all.len() == 1 => self.config.peers.push(all[0]),
+                Ok(named) => self.ambiguous_peers.push(named),
+                Err(e) => self.fail(e),
+            }
+        }
         self
+    }
+    fn fail(&mut self, e: HostError) {
+        self.error.get_or_insert(e);
     }
     /// Sets the broadcast addresses of fan-out (`255.255.255.255:P` or a subnet's).
     pub fn broadcast(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
@@ -308,7 +380,13 @@ impl NodeBuilder {
     /// # Errors
     /// [`HostError::Network`] if the socket cannot be bound or configured.
     pub async fn start(self) -> Result<Handle, HostError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
         let mut cfg = self.config;
+        for (name, candidates) in &self.ambiguous_peers {
+            cfg.peers.push(pick("peers", name, candidates, cfg.bind)?);
+        }
         if let Some(s) = &self.socket {
             cfg.bind = s.local_addr().map_err(|e| HostError::network("local address", e))?;
         }
@@ -1022,5 +1100,47 @@ impl Driver {
             self.stats.send_errors += 1;
             tracing::debug!(%to, error = %e, "send failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_by_the_bind_family() {
+        let v4: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let v6: SocketAddr = "[::1]:7001".parse().unwrap();
+        let bind4: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let bind6: SocketAddr = "[::1]:0".parse().unwrap();
+        assert_eq!(pick("peers", "localhost:7001", &[v6, v4], bind4).unwrap(), v4);
+        assert_eq!(pick("peers", "localhost:7001", &[v6, v4], bind6).unwrap(), v6);
+        let other: SocketAddr = "127.0.0.2:7001".parse().unwrap();
+        let e = pick("peers", "twice:7001", &[v4, other], bind4).unwrap_err().to_string();
+        assert!(e.contains("127.0.0.1:7001 and 127.0.0.2:7001") && e.contains("give one"), "{e}");
+        let e = pick("peers", "v6only:7001", &[v6], bind4).unwrap_err().to_string();
+        assert!(e.contains("[::1]:7001"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn builder_takes_host_names_and_reports_bad_ones() {
+        let ring = || Keyring::new(&nomq::KeyPair::new([1; 32], [2; 32])).unwrap();
+        let node = NodeBuilder::new(ring())
+            .bind("localhost:0")
+            .peers(["localhost:7001"])
+            .start()
+            .await
+            .unwrap();
+        assert!(node.local_addr().ip().is_loopback());
+        node.shutdown().await;
+        let e = NodeBuilder::new(ring()).bind("no-such-host.invalid:1").start().await.unwrap_err();
+        assert!(matches!(&e, HostError::Config { field, .. } if field == "bind"), "{e}");
+        let e = NodeBuilder::new(ring())
+            .bind("127.0.0.1:0")
+            .peers(["127.0.0.1"])
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, HostError::Config { field, .. } if field == "peers"), "{e}");
     }
 }
