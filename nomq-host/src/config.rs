@@ -12,13 +12,13 @@ pub const DEFAULT_PORT: u16 = 8888;
 
 /// Everything a host node needs that is not a key. Defaults in [`HostConfig::default`].
 ///
-/// File (JSON, every field optional):
+/// File (JSON, every field optional; a field this list does not name is an error):
 /// ```json
 /// { "bind": "0.0.0.0:8888", "keyring": "nomq-keys.json", "peers": ["192.0.2.7:8888"],
 ///   "broadcast": ["255.255.255.255:8888"], "multicast": "239.77.0.1", "multicast_ttl": 1,
 ///   "heartbeat_ms": 5000, "liveness_ms": 15000, "default_ttl_s": 60,
 ///   "clock_skew_s": 30, "unsynced_clock": false, "retransmit_initial_ms": 200,
-///   "retransmit_max_ms": 3000, "max_attempts": 8, "rate_limit": 1000 }
+///   "retransmit_max_ms": 3000, "max_attempts": 8, "rate_limit": 50000 }
 /// ```
 /// Environment: `NOMQ_BIND`, `NOMQ_KEYRING`, `NOMQ_PEERS` (comma-separated),
 /// `NOMQ_BROADCAST` (comma-separated), `NOMQ_MULTICAST`, `NOMQ_HEARTBEAT_MS`,
@@ -99,6 +99,66 @@ pub fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, HostError> {
     Err(HostError::config(what, format!("'{s}' is not an address (expected IP:PORT)")))
 }
 
+/// The configuration file: every field optional; unknown fields are refused (a typo such
+/// as `"heartbeat"` would otherwise be silently ignored).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<String>,
+    keyring: Option<PathBuf>,
+    peers: Option<Vec<String>>,
+    broadcast: Option<Vec<String>>,
+    multicast: Option<IpAddr>,
+    multicast_ttl: Option<u32>,
+    heartbeat_ms: Option<u64>,
+    liveness_ms: Option<u64>,
+    default_ttl_s: Option<u16>,
+    clock_skew_s: Option<u64>,
+    unsynced_clock: Option<bool>,
+    retransmit_initial_ms: Option<u64>,
+    retransmit_max_ms: Option<u64>,
+    max_attempts: Option<u8>,
+    rate_limit: Option<u32>,
+}
+
+impl FileConfig {
+    fn apply(self, c: &mut HostConfig, file: &str) -> Result<(), HostError> {
+        let field = |k: &str| format!("{file}: field '{k}'");
+        let addrs = |k: &str, list: &[String]| -> Result<Vec<SocketAddr>, HostError> {
+            list.iter().map(|a| parse_addr(&field(k), a)).collect()
+        };
+        if let Some(b) = &self.bind {
+            c.bind = parse_addr(&field("bind"), b)?;
+        }
+        if let Some(k) = self.keyring {
+            c.keyring = k;
+        }
+        if let Some(p) = &self.peers {
+            c.peers = addrs("peers", p)?;
+        }
+        if let Some(b) = &self.broadcast {
+            c.broadcast = Some(addrs("broadcast", b)?);
+        }
+        c.multicast = self.multicast.or(c.multicast);
+        c.multicast_ttl = self.multicast_ttl.unwrap_or(c.multicast_ttl);
+        let e = &mut c.engine;
+        e.heartbeat_interval = self.heartbeat_ms.map_or(e.heartbeat_interval, ms);
+        e.liveness_timeout = self.liveness_ms.map_or(e.liveness_timeout, ms);
+        e.default_ttl = self.default_ttl_s.unwrap_or(e.default_ttl);
+        if let Some(s) = self.clock_skew_s {
+            e.clock = ClockMode::Synced { skew: nomq::Duration::from_secs(s) };
+        }
+        if self.unsynced_clock == Some(true) {
+            e.clock = ClockMode::Unsynced;
+        }
+        e.retransmit_initial = self.retransmit_initial_ms.map_or(e.retransmit_initial, ms);
+        e.retransmit_max = self.retransmit_max_ms.map_or(e.retransmit_max, ms);
+        e.max_attempts = self.max_attempts.unwrap_or(e.max_attempts);
+        e.rate_limit = self.rate_limit.unwrap_or(e.rate_limit);
+        Ok(())
+    }
+}
+
 impl HostConfig {
     /// Applies a JSON configuration file.
     ///
@@ -106,72 +166,22 @@ impl HostConfig {
     /// [`HostError::Config`] naming the file and field.
     pub fn apply_file(&mut self, path: &Path) -> Result<(), HostError> {
         require_regular_file(path, "configuration file")?;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            HostError::config(path.display().to_string(), format!("cannot read: {e}"))
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| HostError::config(path.display().to_string(), format!("not JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| {
-            HostError::config(path.display().to_string(), "expected a JSON object")
-        })?;
-        let bad = |k: &str, want: &str| {
-            HostError::config(
-                format!("{}: field '{k}'", path.display()),
-                format!("expected {want}"),
-            )
-        };
-        for (k, val) in obj {
-            let s = || val.as_str().ok_or_else(|| bad(k, "a string"));
-            let n = || val.as_u64().ok_or_else(|| bad(k, "a non-negative integer"));
-            let list = || -> Result<Vec<SocketAddr>, HostError> {
-                let arr = val.as_array().ok_or_else(|| bad(k, "an array of addresses"))?;
-                arr.iter()
-                    .map(|x| {
-                        x.as_str()
-                            .ok_or_else(|| bad(k, "an array of strings"))
-                            .and_then(|x| parse_addr(k, x))
-                    })
-                    .collect()
-            };
-            match k.as_str() {
-                "bind" => self.bind = parse_addr(k, s()?)?,
-                "keyring" => self.keyring = PathBuf::from(s()?),
-                "peers" => self.peers = list()?,
-                "broadcast" => self.broadcast = Some(list()?),
-                "multicast" => {
-                    self.multicast = Some(s()?.parse().map_err(|_| bad(k, "an IP address"))?);
-                }
-                "multicast_ttl" => {
-                    self.multicast_ttl =
-                        u32::try_from(n()?).map_err(|_| bad(k, "a small integer"))?
-                }
-                "heartbeat_ms" => self.engine.heartbeat_interval = ms(n()?),
-                "liveness_ms" => self.engine.liveness_timeout = ms(n()?),
-                "default_ttl_s" => {
-                    self.engine.default_ttl = u16::try_from(n()?).map_err(|_| bad(k, "1..65535"))?
-                }
-                "clock_skew_s" => {
-                    self.engine.clock = ClockMode::Synced { skew: nomq::Duration::from_secs(n()?) };
-                }
-                "unsynced_clock" => {
-                    if val.as_bool().ok_or_else(|| bad(k, "true or false"))? {
-                        self.engine.clock = ClockMode::Unsynced;
-                    }
-                }
-                "retransmit_initial_ms" => self.engine.retransmit_initial = ms(n()?),
-                "retransmit_max_ms" => self.engine.retransmit_max = ms(n()?),
-                "max_attempts" => {
-                    self.engine.max_attempts = u8::try_from(n()?).map_err(|_| bad(k, "0..255"))?
-                }
-                "rate_limit" => {
-                    self.engine.rate_limit = u32::try_from(n()?).map_err(|_| bad(k, "a u32"))?
-                }
-                other => {
-                    tracing::warn!(file = %path.display(), field = other, "unknown configuration field ignored")
-                }
+        let file = || path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| HostError::config(file(), format!("cannot read: {e}")))?;
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        let f: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                HostError::config(file(), format!("not JSON: {inner}"))
+            } else if field == "." {
+                HostError::config(file(), inner.to_string())
+            } else {
+                HostError::config(format!("{}: field '{field}'", file()), inner.to_string())
             }
-        }
-        Ok(())
+        })?;
+        f.apply(self, &file())
     }
 
     /// Applies `NOMQ_*` environment variables.
@@ -556,6 +566,15 @@ mod tests {
         assert!(e.contains("max_attempts") && e.contains("c.json"), "{e}");
         std::fs::write(&f, "{").unwrap();
         assert!(c.apply_file(&f).unwrap_err().to_string().contains("not JSON"));
+        std::fs::write(&f, r#"{"heartbeat":5}"#).unwrap();
+        let e = c.apply_file(&f).unwrap_err().to_string();
+        assert!(e.contains("unknown field `heartbeat`") && e.contains("heartbeat_ms"), "{e}");
+        std::fs::write(&f, r#"{"peers":["127.0.0.1:1","nope"]}"#).unwrap();
+        let e = c.apply_file(&f).unwrap_err().to_string();
+        assert!(e.contains("field 'peers'") && e.contains("'nope'"), "{e}");
+        std::fs::write(&f, r#"{"max_attempts":300}"#).unwrap();
+        let e = c.apply_file(&f).unwrap_err().to_string();
+        assert!(e.contains("field 'max_attempts'") && e.contains("300"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
