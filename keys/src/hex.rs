@@ -38,21 +38,15 @@ pub(crate) fn decode_key(s: &str) -> Result<[u8; KEY_LEN], HexError> {
         return Err(HexError::WrongLength { digits: s.len() });
     }
     let mut key = [0u8; KEY_LEN];
-    for (byte, pair) in key.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
-        let hi = nibble(char::from(pair[0])).unwrap_or(0);
-        let lo = nibble(char::from(pair[1])).unwrap_or(0);
-        *byte = hi << 4 | lo;
-    }
+    // Digits and length were checked above, so this cannot fail.
+    hex::decode_to_slice(s, &mut key).map_err(|_| HexError::WrongLength { digits: s.len() })?;
     Ok(key)
 }
 
 /// Appends the lowercase hex digits of `bytes` to `out`.
 pub(crate) fn encode_into(bytes: &[u8], out: &mut String) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
+    // Keys pass through here: the temporary is wiped when dropped.
+    out.push_str(&zeroize::Zeroizing::new(hex::encode(bytes)));
 }
 
 #[cfg(test)]
