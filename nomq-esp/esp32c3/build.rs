@@ -33,8 +33,6 @@ const VARS: &[&str] = &[
 const DEFAULT_PORT: u16 = 8888;
 /// Static peers the firmware has room for (the node's peer table holds 8).
 const MAX_PEERS: usize = 8;
-/// The largest keyring file read (the host tool's limit).
-const MAX_KEYS_FILE: u64 = 1 << 20;
 
 const HINT: &str = "\
 set, for example:
@@ -176,79 +174,18 @@ struct Keys {
     previous: Option<Pair>,
 }
 
-/// Reads the network keys of a keyring file (`keys/src/json.rs` is the full format).
+/// Reads the network keys of a keyring file with `nomq-keys`, the crate `nomq keys gen`
+/// writes them with: the same checks and the same error messages (file, field, problem).
 fn read_keys(path: &std::path::Path, shown: &str) -> Keys {
-    use serde_json::Value;
-    let meta = fs::metadata(path).unwrap_or_else(|e| {
-        fail(&format!("NOMQ_KEYS={shown}: cannot read {}: {e}; {HINT}", path.display()))
-    });
-    if meta.len() > MAX_KEYS_FILE {
-        fail(&format!("NOMQ_KEYS={shown}: {} is too large to be a keyring", path.display()));
-    }
-    let bytes = fs::read(path).unwrap_or_else(|e| {
-        fail(&format!("NOMQ_KEYS={shown}: cannot read {}: {e}", path.display()))
-    });
-    // serde_json's syntax errors give a line and column, never the text around them.
-    let root: Value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| fail(&format!("NOMQ_KEYS={shown}: not a keyring JSON file: {e}")));
-    let Value::Object(obj) = &root else {
-        fail(&format!("NOMQ_KEYS={shown}: the keyring must be a JSON object"));
-    };
-    if let Some(v) = obj.get("version").filter(|v| !v.is_null())
-        && v.as_u64() != Some(1)
-    {
-        fail(&format!(
-            "NOMQ_KEYS={shown}: unsupported keyring format version (this build reads version 1)"
-        ));
-    }
-    if let Some(Value::Array(ch)) = obj.get("channels")
-        && !ch.is_empty()
-    {
+    let loaded = nomq_keys::KeyringFile::load(path)
+        .unwrap_or_else(|e| fail(&format!("NOMQ_KEYS={shown}: {e}; {HINT}")));
+    let ring = loaded.keyring;
+    if !ring.channels().is_empty() {
         fail(&format!(
             "NOMQ_KEYS={shown}: the keyring has channel keys; this firmware carries network keys only \
              (nomq::Keyring<0>): use a keyring without \"channels\""
         ));
     }
-    let current = pair(obj, "", shown);
-    let previous = match obj.get("previous") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(p)) => Some(pair(p, "previous.", shown)),
-        Some(_) => fail(&format!("NOMQ_KEYS={shown}: \"previous\" must be an object")),
-    };
-    Keys { current, previous }
-}
-
-fn pair(obj: &serde_json::Map<String, serde_json::Value>, prefix: &str, shown: &str) -> Pair {
-    let enc = hex_key(obj, prefix, "encryption_key", shown);
-    let mac = hex_key(obj, prefix, "hmac_key", shown);
-    if enc == mac {
-        fail(&format!(
-            "NOMQ_KEYS={shown}: {prefix}encryption_key and {prefix}hmac_key must differ"
-        ));
-    }
-    (enc, mac)
-}
-
-fn hex_key(
-    obj: &serde_json::Map<String, serde_json::Value>,
-    prefix: &str,
-    name: &str,
-    shown: &str,
-) -> [u8; 32] {
-    let Some(serde_json::Value::String(s)) = obj.get(name) else {
-        fail(&format!("NOMQ_KEYS={shown}: field {prefix}{name} is missing or not a string"));
-    };
-    let s = s.as_bytes();
-    let bad =
-        || -> ! { fail(&format!("NOMQ_KEYS={shown}: field {prefix}{name} must be 64 hex digits")) };
-    if s.len() != 64 {
-        bad();
-    }
-    let mut key = [0u8; 32];
-    for (i, byte) in key.iter_mut().enumerate() {
-        let hi = (s[2 * i] as char).to_digit(16).unwrap_or_else(|| bad());
-        let lo = (s[2 * i + 1] as char).to_digit(16).unwrap_or_else(|| bad());
-        *byte = (hi * 16 + lo) as u8;
-    }
-    key
+    let pair = |p: &nomq_keys::KeyPair| (*p.encryption.expose(), *p.mac.expose());
+    Keys { current: pair(ring.network()), previous: ring.previous().map(pair) }
 }
