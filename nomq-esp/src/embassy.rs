@@ -95,6 +95,7 @@ struct Pending {
     qos: Qos,
     retained: bool,
     dup: bool,
+    subscriptions: u64,
 }
 
 struct Shared<N> {
@@ -227,6 +228,7 @@ impl<M: RawMutex, N: Engine> Runner<'_, M, N> {
                         qos: m.qos,
                         retained: m.retained,
                         dup: m.dup,
+                        subscriptions: m.subscriptions,
                     });
                     s.receiver.wake();
                 }
@@ -357,6 +359,7 @@ impl<M: RawMutex, N: Engine> Client<'_, M, N> {
                 qos: p.qos,
                 retained: p.retained,
                 dup: p.dup,
+                subscriptions: p.subscriptions,
             };
             let f = f.take()?;
             let r = f(m, &mut s.node);
