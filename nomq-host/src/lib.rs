@@ -8,7 +8,7 @@ pub use config::HostConfig;
 pub use nomq::node::{Destination, PublishOptions, Status};
 pub use nomq::{Qos, SessionId};
 
-use nomq::node::{Event, Outcome, Stats, Target};
+use nomq::node::{Event, Outcome, Stats};
 use nomq::{Addr, Keyring, Node};
 use std::collections::HashMap;
 use std::fmt;
@@ -349,6 +349,7 @@ impl NodeBuilder {
             stream_depth: self.stream_depth,
             pending: HashMap::new(),
             stats: HostStats::default(),
+            flush: nomq::node::Flush::new(),
             events: self.events,
         };
         tokio::spawn(driver.run(rx, unsub_rx));
@@ -709,6 +710,8 @@ struct Driver {
     stream_depth: usize,
     pending: HashMap<nomq::node::PublishHandle, oneshot::Sender<Delivery>>,
     stats: HostStats,
+    /// The transmit loop shared with the embedded adapters (target resolution, counts).
+    flush: nomq::node::Flush,
     events: Option<mpsc::Sender<NodeEvent>>,
 }
 
@@ -788,7 +791,17 @@ impl Driver {
         let now = self.clock.now();
         let Some(m) = self.node.handle_datagram(now, Addr::from(from), buf) else { return };
         let name = m.name;
-        let matches = |sub: &Sub| nomq::Pattern::new(&sub.pattern).is_ok_and(|p| p.matches(name));
+        // The engine matched the patterns already: `m.subscriptions` names them by index.
+        let (node, matched) = (&self.node, m.subscriptions);
+        let matches = |sub: &Sub| {
+            let mut bits = matched;
+            core::iter::from_fn(|| {
+                let i = bits.trailing_zeros();
+                bits &= bits.wrapping_sub(1);
+                (i < 64).then_some(i as usize)
+            })
+            .any(|i| node.subscription(i) == Some(sub.pattern.as_str()))
+        };
         // The driver is each stream's only sender, so room seen here is still there below.
         let mut open = 0;
         let mut full = None;
@@ -959,18 +972,10 @@ impl Driver {
     async fn flush(&mut self, tbuf: &mut [u8]) {
         loop {
             let now = self.clock.now();
-            let Some(t) = self.node.poll_transmit(now, tbuf) else { break };
-            let data = &tbuf[..t.len];
-            match t.target {
-                Target::Unicast(a) => self.send(data, SocketAddr::from(a)).await,
-                Target::Group(a) => self.send(data, SocketAddr::from(a)).await,
-                Target::Fanout => {
-                    for i in 0..self.fanout.len() {
-                        let to = self.fanout[i];
-                        self.send(data, to).await;
-                    }
-                }
-            }
+            let routes = self.fanout.as_slice();
+            let Some(d) = self.flush.next(&mut *self.node, routes, now, tbuf) else { break };
+            let sent = self.send(&tbuf[..d.len], d.to).await;
+            self.flush.sent(sent);
         }
         while let Some(e) = self.node.poll_event() {
             match e {
@@ -999,7 +1004,8 @@ impl Driver {
         }
     }
 
-    async fn send(&mut self, data: &[u8], to: SocketAddr) {
+    /// Sends one datagram; returns whether the socket took it.
+    async fn send(&mut self, data: &[u8], to: SocketAddr) -> bool {
         // try_send_to first: the common case never touches the reactor.
         let r = match self.socket.try_send_to(data, to) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -1007,9 +1013,10 @@ impl Driver {
             }
             r => r,
         };
-        if let Err(e) = r {
+        if let Err(e) = &r {
             self.stats.send_errors += 1;
             tracing::debug!(%to, error = %e, "send failed");
         }
+        r.is_ok()
     }
 }

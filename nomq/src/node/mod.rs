@@ -15,14 +15,16 @@
 //! | `retained.rs` | retained values |
 //! | `tx.rs` | the sealer: session, packet counter, IVs, key selection |
 //! | `rx.rs`, `send.rs` | `Node`'s handlers of received packets; publishing and `poll_transmit` |
-//! | `flush.rs` | what every adapter shares: target resolution and the transmit loop |
-//! | `presets.rs` | capacity presets by name |
+//! | `presets.rs` | capacity presets by name (`Mcu`, `Device`, `Host`) and what each costs |
+//! | `flush.rs` | what every adapter shares: the `Engine` trait, target resolution, the transmit loop (`Flush`) |
 
 mod announce;
 mod drbg;
+pub mod flush;
 pub mod limits;
 mod outbox;
 mod peers;
+pub mod presets;
 mod qos2_rx;
 mod replay;
 mod retained;
@@ -33,6 +35,7 @@ mod tx;
 mod types;
 
 pub use announce::CONTROL_QUEUE;
+pub use flush::{Datagram, Engine, Flush, Routes, TxStats};
 pub use limits::{LockoutConfig, REPLAY_WINDOW};
 pub use types::*;
 
@@ -261,6 +264,11 @@ where
     /// Current subscription patterns, in the order [`Message::subscriptions`] indexes.
     pub fn subscriptions(&self) -> impl Iterator<Item = &str> {
         self.announce.subs.iter().map(|s| s.pattern.as_str())
+    }
+
+    /// The `i`-th subscription pattern (the index [`Message::subscriptions`] uses).
+    pub fn subscription(&self, i: usize) -> Option<&str> {
+        self.announce.subs.get(i).map(|s| s.pattern.as_str())
     }
 
     /// Processes one datagram from `from`. Returns the message it carried, if it is a
