@@ -419,3 +419,45 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::keys::{KeyPair, Keyring};
+    use crate::node::{Config, DropReason, Node, PublishOptions};
+    use crate::{Addr, Instant};
+
+    type Small = Node<Keyring<0>, 2, 2, 4, 1, 4, 2, 64>;
+
+    fn node(keys: Keyring<0>, seed: u8) -> Small {
+        Node::new(Config::default(), keys, [seed; 32], Instant::ZERO, 1_000_000)
+    }
+
+    /// Key rotation: a node that rotated accepts packets under its previous keys during
+    /// the overlap (channel ids included), and sends under its current keys only.
+    #[test]
+    fn rotation_accepts_previous_keys_and_sends_current() {
+        let old = KeyPair::new([1; 32], [2; 32]);
+        let mut rotated = Keyring::new(&old).unwrap();
+        rotated.rotate(&KeyPair::new([3; 32], [4; 32])).unwrap();
+        let mut a = node(rotated, 1);
+        let mut b = node(Keyring::new(&old).unwrap(), 2);
+        let (addr_a, addr_b) = (Addr::V4([10, 0, 0, 1], 1), Addr::V4([10, 0, 0, 2], 2));
+        a.subscribe("t/#").unwrap();
+        let mut buf = [0u8; 1500];
+        let now = Instant::ZERO;
+        // A's announcement, under its new keys, is unreadable to B.
+        let t = a.poll_transmit(now, &mut buf).unwrap();
+        assert!(b.handle_datagram(now, addr_a, &mut buf[..t.len]).is_none());
+        assert_eq!(b.stats().drops(DropReason::BadMac), 1);
+        // B's publish, under the old keys, reaches A.
+        b.publish(now, "t/x", b"hello", PublishOptions::default()).unwrap();
+        let mut got = None;
+        while let Some(t) = b.poll_transmit(now, &mut buf) {
+            if let Some(m) = a.handle_datagram(now, addr_b, &mut buf[..t.len]) {
+                got = Some((m.name.as_str() == "t/x", m.body == b"hello", m.subscriptions));
+            }
+        }
+        assert_eq!(got, Some((true, true, 1)));
+        assert_eq!(a.stats().total_drops(), 0);
+    }
+}
