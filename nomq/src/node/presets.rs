@@ -8,9 +8,9 @@
 //!
 //! | preset | `P` peers | `S` subs | `O` outbox | `R` retained | `Q` QoS 2 rx | `L` lockouts | `M` bytes | node RAM, 32-bit | node RAM, x86_64 |
 //! |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|
-//! | [`Mcu`] | 2 | 2 | 4 | 1 | 4 | 2 | 48 | MCU32 B | 10 656 B |
+//! | [`Mcu`] | 2 | 2 | 4 | 1 | 4 | 2 | 48 | 6 592 B | 10 656 B |
 //! | [`Device`] | 8 | 4 | 8 | 4 | 8 | 8 | 128 | ≈ 11.7 KB | 15 952 B |
-//! | [`Node<K>`](Node) (defaults) | 32 | 20 | 50 | 16 | 32 | 64 | 256 | DEF32 B | 72 144 B |
+//! | [`Node<K>`](Node) (defaults) | 32 | 20 | 50 | 16 | 32 | 64 | 256 | 66 576 B | 72 144 B |
 //! | [`Host`] | 64 | 32 | 128 | 32 | 512 | 256 | 1 362 | ≈ 380 KB | 391 952 B |
 //!
 //! RAM is `size_of` the node with a `Keyring<0>` (each channel key scope adds about
