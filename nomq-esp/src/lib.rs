@@ -41,7 +41,7 @@ pub use net::{Fanout, endpoint, from_endpoint};
 /// (1500 − 20 − 8). [`nomq::Config::max_payload`]'s default keeps packets within it.
 pub const MAX_DATAGRAM: usize = 1472;
 
-/// A 32-byte node seed (see [`Node::new`]) from a cryptographically secure generator,
+/// A 32-byte node seed (see [`Node::new`](nomq::Node::new)) from a cryptographically secure generator,
 /// such as the chip's hardware RNG.
 ///
 /// # Errors

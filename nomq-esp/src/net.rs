@@ -4,7 +4,7 @@ use nomq::Addr;
 use nomq::node::Routes;
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-/// Where a publish's first copy goes ([`Target::Fanout`]): the engine knows subscribers
+/// Where a publish's first copy goes ([`Target::Fanout`](nomq::node::Target::Fanout)): the engine knows subscribers
 /// only by the addresses their packets came from, so the adapter supplies this list.
 /// Retransmissions and acknowledgements are always unicast.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
