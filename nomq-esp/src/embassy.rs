@@ -97,7 +97,7 @@ struct Pending {
     qos: Qos,
     retained: bool,
     dup: bool,
-    subscriptions: u64,
+    subscriptions: nomq::node::SubscriptionSet,
 }
 
 struct Shared<N> {

@@ -793,15 +793,8 @@ impl Driver {
         let name = m.name;
         // The engine matched the patterns already: `m.subscriptions` names them by index.
         let (node, matched) = (&self.node, m.subscriptions);
-        let matches = |sub: &Sub| {
-            let mut bits = matched;
-            core::iter::from_fn(|| {
-                let i = bits.trailing_zeros();
-                bits &= bits.wrapping_sub(1);
-                (i < 64).then_some(i as usize)
-            })
-            .any(|i| node.subscription(i) == Some(sub.pattern.as_str()))
-        };
+        let matches =
+            |sub: &Sub| matched.iter().any(|i| node.subscription(i) == Some(sub.pattern.as_str()));
         // The driver is each stream's only sender, so room seen here is still there below.
         let mut open = 0;
         let mut full = None;

@@ -3,6 +3,7 @@
 //! be sent, ahead of everything else).
 
 use super::peers::set_digest;
+use super::types::SubscriptionSet;
 use crate::addr::Addr;
 use crate::body::MessageId;
 use crate::channel::{ChannelId, ChannelName, MAX_NAME_LEN, Pattern};
@@ -74,16 +75,11 @@ impl<const S: usize> Announce<S> {
         Some(self.subs.swap_remove(i))
     }
 
-    /// The local subscriptions matching `name`, as a bitmap of their indices (bit i:
-    /// [`Announce::subs`]`[i]`); 0 if none.
-    pub(super) fn matching(&self, name: ChannelName<'_>) -> u64 {
+    /// The local subscriptions matching `name` (indices into [`Announce::subs`]).
+    pub(super) fn matching(&self, name: ChannelName<'_>) -> SubscriptionSet {
         let hit = |s: &LocalSub| Pattern::new(s.pattern.as_str()).is_ok_and(|p| p.matches(name));
-        self.subs
-            .iter()
-            .take(64)
-            .enumerate()
-            .filter(|(_, s)| hit(s))
-            .fold(0, |m, (i, _)| m | 1 << i)
+        let bits = self.subs.iter().take(64).enumerate().filter(|(_, s)| hit(s));
+        SubscriptionSet(bits.fold(0, |m, (i, _)| m | 1 << i))
     }
 
     /// Digest of the local subscription set (what heartbeats announce).
@@ -150,9 +146,12 @@ mod tests {
         a.add(Pattern::new("b").unwrap(), ChannelId([2; 16])).unwrap();
         a.add(Pattern::new("a/+").unwrap(), ChannelId([3; 16])).unwrap();
         assert_eq!(a.add(Pattern::new("c").unwrap(), ChannelId([4; 16])), Err(QueueFull));
-        assert_eq!(a.matching(ChannelName::new("a/x").unwrap()), 0b101);
-        assert_eq!(a.matching(ChannelName::new("b").unwrap()), 0b010);
-        assert_eq!(a.matching(ChannelName::new("c").unwrap()), 0);
+        let ax = a.matching(ChannelName::new("a/x").unwrap());
+        assert_eq!(ax, SubscriptionSet(0b101));
+        assert_eq!(ax.iter().collect::<Vec<_, 3>>().as_slice(), &[0, 2]);
+        assert!(ax.contains(2) && !ax.contains(1) && !ax.contains(64));
+        assert_eq!(a.matching(ChannelName::new("b").unwrap()), SubscriptionSet(0b010));
+        assert!(a.matching(ChannelName::new("c").unwrap()).is_empty());
         assert!(a.remove("b").is_some() && a.remove("b").is_none());
     }
 

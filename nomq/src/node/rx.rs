@@ -247,7 +247,7 @@ where
             return None;
         }
         let subscriptions = self.announce.matching(p.name);
-        if subscriptions == 0 {
+        if subscriptions.is_empty() {
             self.stats.drop(DropReason::NotSubscribed);
             return None;
         }
@@ -457,7 +457,7 @@ mod tests {
                 got = Some((m.name.as_str() == "t/x", m.body == b"hello", m.subscriptions));
             }
         }
-        assert_eq!(got, Some((true, true, 1)));
+        assert_eq!(got, Some((true, true, crate::node::SubscriptionSet(1))));
         assert_eq!(a.stats().total_drops(), 0);
     }
 }

@@ -308,11 +308,36 @@ pub struct Message<'a> {
     pub retained: bool,
     /// It is a retransmission (QoS 1 may deliver a message more than once).
     pub dup: bool,
-    /// Which local subscriptions it matched: bit `i` set means the `i`-th pattern of
-    /// [`Node::subscriptions`](crate::Node::subscriptions) (the first 64). Valid until
-    /// the next subscribe or unsubscribe, so an adapter can route the message without
-    /// matching patterns again.
-    pub subscriptions: u64,
+    /// Which local subscriptions it matched, so an adapter can route it without matching
+    /// patterns again.
+    pub subscriptions: SubscriptionSet,
+}
+
+/// A set of local subscriptions, by their index in
+/// [`Node::subscriptions`](crate::Node::subscriptions) (the first 64). Indices hold until
+/// the next subscribe or unsubscribe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SubscriptionSet(pub u64);
+
+impl SubscriptionSet {
+    /// Whether subscription `i` is in the set.
+    pub const fn contains(self, i: usize) -> bool {
+        i < 64 && self.0 & (1 << i) != 0
+    }
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// The indices in the set, ascending.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        let mut bits = self.0;
+        core::iter::from_fn(move || {
+            let i = bits.trailing_zeros();
+            bits &= bits.wrapping_sub(1);
+            (i < 64).then_some(i as usize)
+        })
+    }
 }
 
 /// Where a datagram from `poll_transmit` goes.
