@@ -40,6 +40,8 @@ use nomq::body::MessageId;
 use nomq::node::{PublishError, PublishHandle, SubscribeError};
 use nomq::{Addr, ChannelName, Instant, Message, PublishOptions, Qos, SessionId};
 
+use nomq::node::Flush;
+
 use crate::{Engine, Fanout, MAX_DATAGRAM, TxStats, from_endpoint};
 
 /// The blocking mutexes [`State`] can use, re-exported so firmware need not depend on
@@ -95,6 +97,7 @@ struct Pending {
     qos: Qos,
     retained: bool,
     dup: bool,
+    subscriptions: nomq::node::SubscriptionSet,
 }
 
 struct Shared<N> {
@@ -106,7 +109,7 @@ struct Shared<N> {
     runner: WakerRegistration,
     receiver: WakerRegistration,
     events: WakerRegistration,
-    tx: TxStats,
+    flush: Flush,
 }
 
 /// What the runner and the clients share: the node and the receive buffer, behind a
@@ -128,7 +131,7 @@ impl<M: RawMutex, N: Engine> State<M, N> {
                 runner: WakerRegistration::new(),
                 receiver: WakerRegistration::new(),
                 events: WakerRegistration::new(),
-                tx: TxStats::default(),
+                flush: Flush::new(),
             })),
         }
     }
@@ -207,7 +210,7 @@ impl<M: RawMutex, N: Engine> Runner<'_, M, N> {
         match socket.poll_recv_from(&mut s.rx, cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(RecvError::Truncated)) => {
-                s.tx.truncated += 1;
+                s.flush.truncated();
                 Poll::Ready(())
             }
             Poll::Ready(Ok((len, meta))) => {
@@ -227,6 +230,7 @@ impl<M: RawMutex, N: Engine> Runner<'_, M, N> {
                         qos: m.qos,
                         retained: m.retained,
                         dup: m.dup,
+                        subscriptions: m.subscriptions,
                     });
                     s.receiver.wake();
                 }
@@ -238,20 +242,12 @@ impl<M: RawMutex, N: Engine> Runner<'_, M, N> {
     /// Sends everything the engine has queued.
     async fn flush(&mut self) {
         loop {
-            let t = now();
-            let buf = &mut self.datagram[..];
-            let Some(tx) = self.state.with(|s| s.node.poll_transmit(t, buf)) else { return };
-            for dest in self.fanout.resolve(tx.target) {
-                let result = match dest {
-                    Some(ep) => Some(self.socket.send_to(&self.datagram[..tx.len], ep).await),
-                    None => None,
-                };
-                self.state.with(|s| match result {
-                    Some(Ok(())) => s.tx.sent += 1,
-                    Some(Err(_)) => s.tx.send_errors += 1,
-                    None => s.tx.unroutable += 1,
-                });
-            }
+            let (t, buf, fanout) = (now(), &mut self.datagram[..], &self.fanout);
+            let Some(d) = self.state.with(|s| s.flush.next(&mut s.node, fanout, t, buf)) else {
+                return;
+            };
+            let sent = self.socket.send_to(&self.datagram[..d.len], d.to).await;
+            self.state.with(|s| s.flush.sent(sent.is_ok()));
         }
     }
 }
@@ -308,7 +304,7 @@ impl<M: RawMutex, N: Engine> Client<'_, M, N> {
 
     /// The adapter's transmit counters.
     pub fn tx_stats(&self) -> TxStats {
-        self.state.with(|s| s.tx)
+        self.state.with(|s| s.flush.stats())
     }
 
     /// Waits for the next delivered message and calls `f` with it and the node (to
@@ -357,6 +353,7 @@ impl<M: RawMutex, N: Engine> Client<'_, M, N> {
                 qos: p.qos,
                 retained: p.retained,
                 dup: p.dup,
+                subscriptions: p.subscriptions,
             };
             let f = f.take()?;
             let r = f(m, &mut s.node);

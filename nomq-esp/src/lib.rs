@@ -21,8 +21,9 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
-use nomq::node::{PublishError, PublishHandle, Stats, Status, SubscribeError, Transmit};
-use nomq::{Addr, Event, Instant, KeyLookup, Message, Node, PublishOptions};
+/// The engine calls the adapters drive, and the transmit counters; both live in the core
+/// (`nomq::node::flush`), next to the one transmit loop every adapter shares.
+pub use nomq::node::{Engine, TxStats};
 
 #[cfg(feature = "device")]
 pub mod device;
@@ -34,119 +35,13 @@ pub mod poll;
 #[cfg(any(feature = "smoltcp", feature = "embassy"))]
 mod net;
 #[cfg(any(feature = "smoltcp", feature = "embassy"))]
-pub use net::{Fanout, TxStats, endpoint, from_endpoint};
+pub use net::{Fanout, endpoint, from_endpoint};
 
 /// Largest datagram the adapters send or receive: one Ethernet / Wi-Fi frame of IPv4 UDP
 /// (1500 − 20 − 8). [`nomq::Config::max_payload`]'s default keeps packets within it.
 pub const MAX_DATAGRAM: usize = 1472;
 
-/// The engine calls an adapter needs, implemented for every [`nomq::Node`] whatever its
-/// capacities, so adapters are generic over one type parameter instead of eight.
-pub trait Engine {
-    /// The node's event type ([`nomq::Event`] with its peer capacity).
-    type Event;
-
-    /// [`Node::handle_datagram`].
-    fn handle_datagram<'a>(
-        &mut self,
-        now: Instant,
-        from: Addr,
-        buf: &'a mut [u8],
-    ) -> Option<Message<'a>>;
-    /// [`Node::handle_timeout`].
-    fn handle_timeout(&mut self, now: Instant);
-    /// [`Node::poll_timeout`].
-    fn poll_timeout(&self) -> Option<Instant>;
-    /// [`Node::poll_transmit`].
-    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit>;
-    /// [`Node::poll_event`].
-    fn poll_event(&mut self) -> Option<Self::Event>;
-    /// [`Node::publish`].
-    ///
-    /// # Errors
-    /// As [`Node::publish`]: nothing was queued.
-    fn publish(
-        &mut self,
-        now: Instant,
-        channel: &str,
-        body: &[u8],
-        opts: PublishOptions,
-    ) -> Result<PublishHandle, PublishError>;
-    /// [`Node::subscribe`].
-    ///
-    /// # Errors
-    /// As [`Node::subscribe`].
-    fn subscribe(&mut self, pattern: &str) -> Result<(), SubscribeError>;
-    /// [`Node::unsubscribe`].
-    fn unsubscribe(&mut self, pattern: &str) -> bool;
-    /// [`Node::stats`].
-    fn stats(&self) -> &Stats;
-    /// The handle and status if `event` is a publish outcome.
-    fn outcome(event: &Self::Event) -> Option<(PublishHandle, Status)>;
-}
-
-impl<
-    K,
-    const P: usize,
-    const S: usize,
-    const O: usize,
-    const R: usize,
-    const Q: usize,
-    const L: usize,
-    const M: usize,
-> Engine for Node<K, P, S, O, R, Q, L, M>
-where
-    K: KeyLookup,
-{
-    type Event = Event<P>;
-
-    fn handle_datagram<'a>(
-        &mut self,
-        now: Instant,
-        from: Addr,
-        buf: &'a mut [u8],
-    ) -> Option<Message<'a>> {
-        Node::handle_datagram(self, now, from, buf)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        Node::handle_timeout(self, now);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        Node::poll_timeout(self)
-    }
-    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        Node::poll_transmit(self, now, buf)
-    }
-    fn poll_event(&mut self) -> Option<Event<P>> {
-        Node::poll_event(self)
-    }
-    fn publish(
-        &mut self,
-        now: Instant,
-        channel: &str,
-        body: &[u8],
-        opts: PublishOptions,
-    ) -> Result<PublishHandle, PublishError> {
-        Node::publish(self, now, channel, body, opts)
-    }
-    fn subscribe(&mut self, pattern: &str) -> Result<(), SubscribeError> {
-        Node::subscribe(self, pattern)
-    }
-    fn unsubscribe(&mut self, pattern: &str) -> bool {
-        Node::unsubscribe(self, pattern)
-    }
-    fn stats(&self) -> &Stats {
-        Node::stats(self)
-    }
-    fn outcome(event: &Event<P>) -> Option<(PublishHandle, Status)> {
-        match event {
-            Event::Outcome(o) => Some((o.handle, o.status)),
-            _ => None,
-        }
-    }
-}
-
-/// A 32-byte node seed (see [`Node::new`]) from a cryptographically secure generator,
+/// A 32-byte node seed (see [`Node::new`](nomq::Node::new)) from a cryptographically secure generator,
 /// such as the chip's hardware RNG.
 ///
 /// # Errors

@@ -23,6 +23,8 @@ use smoltcp::time::Instant as SmolInstant;
 
 use nomq::{Instant, Message};
 
+use nomq::node::Flush;
+
 use crate::{Engine, Fanout, MAX_DATAGRAM, TxStats, from_endpoint};
 
 /// The engine's clock from smoltcp's (negative times clamp to zero).
@@ -41,7 +43,7 @@ pub struct Poller<'a, N> {
     fanout: Fanout<'a>,
     rx: [u8; MAX_DATAGRAM],
     tx: [u8; MAX_DATAGRAM],
-    stats: TxStats,
+    flush: Flush,
 }
 
 impl<'a, N: Engine> Poller<'a, N> {
@@ -64,7 +66,7 @@ impl<'a, N: Engine> Poller<'a, N> {
             fanout,
             rx: [0; MAX_DATAGRAM],
             tx: [0; MAX_DATAGRAM],
-            stats: TxStats::default(),
+            flush: Flush::new(),
         })
     }
 
@@ -80,7 +82,7 @@ impl<'a, N: Engine> Poller<'a, N> {
 
     /// The adapter's transmit counters.
     pub fn tx_stats(&self) -> TxStats {
-        self.stats
+        self.flush.stats()
     }
 
     /// Moves datagrams both ways and runs the engine's timers; `on_message` gets each
@@ -107,7 +109,7 @@ impl<'a, N: Engine> Poller<'a, N> {
                         on_message(m, &mut self.node);
                     }
                 }
-                Err(RecvError::Truncated) => self.stats.truncated += 1,
+                Err(RecvError::Truncated) => self.flush.truncated(),
                 Err(RecvError::Exhausted) => break,
             }
         }
@@ -115,16 +117,11 @@ impl<'a, N: Engine> Poller<'a, N> {
             self.node.handle_timeout(t);
         }
         while socket.can_send() {
-            let Some(tx) = self.node.poll_transmit(t, &mut self.tx) else {
+            let Some(d) = self.flush.next(&mut self.node, &self.fanout, t, &mut self.tx) else {
                 return self.node.poll_timeout().map(smol);
             };
-            for dest in self.fanout.resolve(tx.target) {
-                match dest.map(|ep| socket.send_slice(&self.tx[..tx.len], ep)) {
-                    Some(Ok(())) => self.stats.sent += 1,
-                    Some(Err(_)) => self.stats.send_errors += 1,
-                    None => self.stats.unroutable += 1,
-                }
-            }
+            let sent = socket.send_slice(&self.tx[..d.len], d.to);
+            self.flush.sent(sent.is_ok());
         }
         // The socket is full; the rest waits in the engine until the interface drains it.
         Some(now)

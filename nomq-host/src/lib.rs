@@ -12,7 +12,7 @@ pub use nomq_keys::KeyringFile;
 /// `nomq_host::serde_json::json!(..)`.
 pub use serde_json;
 
-use nomq::node::{Event, Outcome, Stats, Target};
+use nomq::node::{Event, Outcome, Stats};
 use nomq::{Addr, Node};
 use std::collections::HashMap;
 use std::fmt;
@@ -427,6 +427,7 @@ impl NodeBuilder {
             stream_depth: self.stream_depth,
             pending: HashMap::new(),
             stats: HostStats::default(),
+            flush: nomq::node::Flush::new(),
             events: self.events,
         };
         tokio::spawn(driver.run(rx, unsub_rx));
@@ -788,6 +789,8 @@ struct Driver {
     stream_depth: usize,
     pending: HashMap<nomq::node::PublishHandle, oneshot::Sender<Delivery>>,
     stats: HostStats,
+    /// The transmit loop shared with the embedded adapters (target resolution, counts).
+    flush: nomq::node::Flush,
     events: Option<mpsc::Sender<NodeEvent>>,
 }
 
@@ -877,7 +880,10 @@ impl Driver {
         let now = self.clock.now();
         let Some(m) = self.node.handle_datagram(now, Addr::from(from), buf) else { return };
         let name = m.name;
-        let matches = |sub: &Sub| nomq::Pattern::new(&sub.pattern).is_ok_and(|p| p.matches(name));
+        // The engine matched the patterns already: `m.subscriptions` names them by index.
+        let (node, matched) = (&self.node, m.subscriptions);
+        let matches =
+            |sub: &Sub| matched.iter().any(|i| node.subscription(i) == Some(sub.pattern.as_str()));
         // The driver is each stream's only sender, so room seen here is still there below.
         let mut open = 0;
         let mut full = None;
@@ -1048,18 +1054,10 @@ impl Driver {
     async fn flush(&mut self, tbuf: &mut [u8]) {
         loop {
             let now = self.clock.now();
-            let Some(t) = self.node.poll_transmit(now, tbuf) else { break };
-            let data = &tbuf[..t.len];
-            match t.target {
-                Target::Unicast(a) => self.send(data, SocketAddr::from(a)).await,
-                Target::Group(a) => self.send(data, SocketAddr::from(a)).await,
-                Target::Fanout => {
-                    for i in 0..self.fanout.len() {
-                        let to = self.fanout[i];
-                        self.send(data, to).await;
-                    }
-                }
-            }
+            let routes = self.fanout.as_slice();
+            let Some(d) = self.flush.next(&mut *self.node, routes, now, tbuf) else { break };
+            let sent = self.send(&tbuf[..d.len], d.to).await;
+            self.flush.sent(sent);
         }
         while let Some(e) = self.node.poll_event() {
             match e {
@@ -1088,7 +1086,8 @@ impl Driver {
         }
     }
 
-    async fn send(&mut self, data: &[u8], to: SocketAddr) {
+    /// Sends one datagram; returns whether the socket took it.
+    async fn send(&mut self, data: &[u8], to: SocketAddr) -> bool {
         // try_send_to first: the common case never touches the reactor.
         let r = match self.socket.try_send_to(data, to) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -1096,10 +1095,11 @@ impl Driver {
             }
             r => r,
         };
-        if let Err(e) = r {
+        if let Err(e) = &r {
             self.stats.send_errors += 1;
             tracing::debug!(%to, error = %e, "send failed");
         }
+        r.is_ok()
     }
 }
 

@@ -506,9 +506,8 @@ fn outbox_full_and_priority_order() {
 #[test]
 fn counter_rollover_starts_a_new_session() {
     let mut s = Sim::new(10, PERFECT);
-    let mut cfg = sim_config();
-    cfg.first_packet_id = u32::MAX - 50;
-    let a = s.add_with(cfg, keys(1));
+    let a = s.add_with(sim_config(), keys(1));
+    s.members[a].node.__set_next_packet_id(u32::MAX - 50);
     let b = s.add();
     s.members[b].node.subscribe("sensors/#").unwrap();
     s.discover(a, 1);

@@ -37,7 +37,7 @@ mod config {
 
 /// The device's node: network keys only; 8 peers with 4 subscriptions each, 8 outbox
 /// entries, 4 retained values, 8 QoS 2 receive states, 8 lockouts, 128-byte messages.
-type DeviceNode = nomq::Node<Keyring<0>, 8, 4, 8, 4, 8, 8, 128>;
+type DeviceNode = nomq::node::presets::Device<Keyring<0>>;
 /// Every task runs on the one embassy executor, so the adapter's lock need not be a
 /// critical section.
 type Mutex = NoopRawMutex;

@@ -77,10 +77,10 @@ mod engine {
     /// retained channels, 32 QoS 2 states, 64 lockouts, 256-byte messages.
     #[cfg(feature = "caps-default")]
     pub type Engine = Node<Keyring<0>>;
-    /// Small capacities, as an MCU would choose (the same as qemu-test): 2 peers, 2
-    /// subscriptions, 4 outbox entries, 1 retained, 4 QoS 2 states, 2 lockouts, 48 bytes.
+    /// The MCU preset (the same as qemu-test): 2 peers, 2 subscriptions, 4 outbox
+    /// entries, 1 retained, 4 QoS 2 states, 2 lockouts, 48 bytes.
     #[cfg(all(feature = "caps-mcu", not(feature = "caps-default")))]
-    pub type Engine = Node<Keyring<0>, 2, 2, 4, 1, 4, 2, 48>;
+    pub type Engine = nomq::node::presets::Mcu<Keyring<0>>;
 
     /// The node, in `.bss` (a `StaticCell` is all zeros until initialised).
     static NODE: StaticCell<Engine> = StaticCell::new();

@@ -9,10 +9,10 @@ use cortex_m_semihosting::{debug, hprintln};
 #[cfg(target_arch = "riscv32")]
 use riscv_semihosting::{debug, hprintln};
 use nomq::node::{Event, PublishOptions, Status, Target};
-use nomq::{Addr, Config, Duration, Instant, KeyPair, Keyring, Node, Qos};
+use nomq::{Addr, Config, Duration, Instant, KeyPair, Keyring, Qos};
 
 /// Small capacities, as an MCU would choose: 2 peers, 2 subscriptions, 4 outbox entries.
-type Mcu = Node<Keyring<0>, 2, 2, 4, 1, 4, 2, 48>;
+type Mcu = nomq::node::presets::Mcu<Keyring<0>>;
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {

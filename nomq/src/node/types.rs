@@ -59,8 +59,6 @@ pub struct Config {
     /// counted from the oldest unfinished one. A receiver holds at most this many QoS 2
     /// states per publisher, so size its `Q` capacity as window × publishers.
     pub qos2_window: u16,
-    /// First packet id of the first session (default 1). Tests start it near `u32::MAX`.
-    pub first_packet_id: u32,
 }
 
 impl Default for Config {
@@ -78,7 +76,6 @@ impl Default for Config {
             rate_limit: 1000,
             lockout: LockoutConfig::default(),
             qos2_window: 32,
-            first_packet_id: 1,
         }
     }
 }
@@ -87,6 +84,7 @@ impl Default for Config {
 /// subscriber that has not acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Destination {
     /// The adapter's fan-out: broadcast, its multicast group, or its static peer list.
     #[default]
@@ -236,6 +234,7 @@ pub struct Outcome<const P: usize> {
 /// Why a peer left the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum LostReason {
     /// Silent past the liveness timeout.
     Silent,
@@ -247,6 +246,7 @@ pub enum LostReason {
 
 /// Something the application may want to know. Drained with `poll_event`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event<const P: usize> {
     /// A publish ended.
     Outcome(Outcome<P>),
@@ -308,6 +308,36 @@ pub struct Message<'a> {
     pub retained: bool,
     /// It is a retransmission (QoS 1 may deliver a message more than once).
     pub dup: bool,
+    /// Which local subscriptions it matched, so an adapter can route it without matching
+    /// patterns again.
+    pub subscriptions: SubscriptionSet,
+}
+
+/// A set of local subscriptions, by their index in
+/// [`Node::subscriptions`](crate::Node::subscriptions) (the first 64). Indices hold until
+/// the next subscribe or unsubscribe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SubscriptionSet(pub u64);
+
+impl SubscriptionSet {
+    /// Whether subscription `i` is in the set.
+    pub const fn contains(self, i: usize) -> bool {
+        i < 64 && self.0 & (1 << i) != 0
+    }
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// The indices in the set, ascending.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        let mut bits = self.0;
+        core::iter::from_fn(move || {
+            let i = bits.trailing_zeros();
+            bits &= bits.wrapping_sub(1);
+            (i < 64).then_some(i as usize)
+        })
+    }
 }
 
 /// Where a datagram from `poll_transmit` goes.

@@ -1,0 +1,176 @@
+//! What this node tells others: its local subscriptions, the heartbeat schedule that
+//! repeats them, and the control queue (acknowledgements and announcements waiting to
+//! be sent, ahead of everything else).
+
+use super::peers::set_digest;
+use super::types::SubscriptionSet;
+use crate::addr::Addr;
+use crate::body::MessageId;
+use crate::channel::{ChannelId, ChannelName, MAX_NAME_LEN, Pattern};
+use crate::keys::ScopeIndex;
+use crate::time::{Duration, Instant};
+use crate::wire::PacketType;
+use heapless::{Deque, String, Vec};
+
+/// Control queue depth (acks and announcements waiting to be sent).
+pub const CONTROL_QUEUE: usize = 16;
+/// Shortest spacing of "early" heartbeats sent when a new peer shows up.
+const EARLY_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// A packet waiting in the control queue, serialized only when it is sent.
+#[derive(Clone, Debug)]
+pub(super) enum Control {
+    Ack { kind: PacketType, msg: MessageId, to: Addr, channel_id: ChannelId, scope: ScopeIndex },
+    Sub { unsubscribe: bool, pattern: String<MAX_NAME_LEN>, id: ChannelId },
+}
+
+#[derive(Debug)]
+pub(super) struct LocalSub {
+    pub(super) pattern: String<MAX_NAME_LEN>,
+    pub(super) id: ChannelId,
+}
+
+/// Why a packet could not be queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct QueueFull;
+
+/// Local subscriptions (`S`), the heartbeat schedule and the control queue.
+#[derive(Debug)]
+pub(super) struct Announce<const S: usize> {
+    pub(super) subs: Vec<LocalSub, S>,
+    pub(super) next_heartbeat: Instant,
+    /// The first subscription the next part of a multi-packet heartbeat carries.
+    pub(super) heartbeat_cursor: Option<usize>,
+    last_early_heartbeat: Option<Instant>,
+    pub(super) control: Deque<Control, CONTROL_QUEUE>,
+}
+
+impl<const S: usize> Announce<S> {
+    pub(super) fn new(now: Instant) -> Self {
+        Self {
+            subs: Vec::new(),
+            next_heartbeat: now,
+            heartbeat_cursor: None,
+            last_early_heartbeat: None,
+            control: Deque::new(),
+        }
+    }
+
+    /// Adds a local subscription; `Ok(false)` if it existed already.
+    ///
+    /// # Errors
+    /// [`QueueFull`]: the subscription table is full.
+    pub(super) fn add(&mut self, pattern: Pattern<'_>, id: ChannelId) -> Result<bool, QueueFull> {
+        if self.subs.iter().any(|s| s.pattern == pattern.as_str()) {
+            return Ok(false);
+        }
+        let pattern = String::try_from(pattern.as_str()).map_err(|_| QueueFull)?;
+        self.subs.push(LocalSub { pattern, id }).map_err(|_| QueueFull)?;
+        Ok(true)
+    }
+
+    /// Removes a local subscription.
+    pub(super) fn remove(&mut self, pattern: &str) -> Option<LocalSub> {
+        let i = self.subs.iter().position(|s| s.pattern == pattern)?;
+        Some(self.subs.swap_remove(i))
+    }
+
+    /// The local subscriptions matching `name` (indices into [`Announce::subs`]).
+    pub(super) fn matching(&self, name: ChannelName<'_>) -> SubscriptionSet {
+        let hit = |s: &LocalSub| Pattern::new(s.pattern.as_str()).is_ok_and(|p| p.matches(name));
+        let bits = self.subs.iter().take(64).enumerate().filter(|(_, s)| hit(s));
+        SubscriptionSet(bits.fold(0, |m, (i, _)| m | 1 << i))
+    }
+
+    /// Digest of the local subscription set (what heartbeats announce).
+    pub(super) fn digest(&self) -> u32 {
+        set_digest(self.subs.iter().map(|s| &s.id))
+    }
+
+    /// Queues a control packet.
+    ///
+    /// # Errors
+    /// [`QueueFull`]: the control queue is full; the caller counts the drop.
+    pub(super) fn queue(&mut self, c: Control) -> Result<(), QueueFull> {
+        self.control.push_back(c).map_err(|_| QueueFull)
+    }
+
+    /// A new peer showed up: heartbeat now, unless one was sent early very recently.
+    pub(super) fn heartbeat_early(&mut self, now: Instant) {
+        if self.last_early_heartbeat.is_none_or(|t| now >= t + EARLY_HEARTBEAT) {
+            self.last_early_heartbeat = Some(now);
+            self.next_heartbeat = self.next_heartbeat.min(now);
+        }
+    }
+
+    /// The first subscription the heartbeat due at `now` starts from, if one is due.
+    pub(super) fn heartbeat_due(&self, now: Instant) -> Option<usize> {
+        match self.heartbeat_cursor {
+            Some(c) => Some(c),
+            None if now >= self.next_heartbeat => Some(0),
+            None => None,
+        }
+    }
+
+    /// A heartbeat from subscription `first` carrying `written` of them was sent: go on
+    /// with the rest, or schedule the next round `interval` from `now`.
+    pub(super) fn heartbeat_sent(
+        &mut self,
+        now: Instant,
+        (first, written): (usize, usize),
+        interval: Duration,
+    ) {
+        let next = first + written;
+        if next < self.subs.len() && written > 0 {
+            self.heartbeat_cursor = Some(next);
+        } else {
+            self.heartbeat_cursor = None;
+            self.next_heartbeat = now + interval;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_micros(ms * 1000)
+    }
+
+    #[test]
+    fn subscriptions_match_by_index_and_are_unique() {
+        let mut a: Announce<3> = Announce::new(at(0));
+        assert_eq!(a.add(Pattern::new("a/#").unwrap(), ChannelId([1; 16])), Ok(true));
+        assert_eq!(a.add(Pattern::new("a/#").unwrap(), ChannelId([1; 16])), Ok(false));
+        a.add(Pattern::new("b").unwrap(), ChannelId([2; 16])).unwrap();
+        a.add(Pattern::new("a/+").unwrap(), ChannelId([3; 16])).unwrap();
+        assert_eq!(a.add(Pattern::new("c").unwrap(), ChannelId([4; 16])), Err(QueueFull));
+        let ax = a.matching(ChannelName::new("a/x").unwrap());
+        assert_eq!(ax, SubscriptionSet(0b101));
+        assert_eq!(ax.iter().collect::<Vec<_, 3>>().as_slice(), &[0, 2]);
+        assert!(ax.contains(2) && !ax.contains(1) && !ax.contains(64));
+        assert_eq!(a.matching(ChannelName::new("b").unwrap()), SubscriptionSet(0b010));
+        assert!(a.matching(ChannelName::new("c").unwrap()).is_empty());
+        assert!(a.remove("b").is_some() && a.remove("b").is_none());
+    }
+
+    #[test]
+    fn early_heartbeats_are_spaced_and_rounds_resume_at_the_cursor() {
+        let mut a: Announce<4> = Announce::new(at(0));
+        assert_eq!(a.heartbeat_due(at(0)), Some(0));
+        a.heartbeat_sent(at(0), (0, 0), Duration::from_secs(5));
+        assert_eq!(a.heartbeat_due(at(10)), None);
+        a.heartbeat_early(at(10));
+        assert_eq!(a.heartbeat_due(at(10)), Some(0));
+        a.heartbeat_sent(at(10), (0, 0), Duration::from_secs(5));
+        a.heartbeat_early(at(50));
+        assert_eq!(a.heartbeat_due(at(50)), None, "a second early heartbeat within 100 ms");
+        for n in 0..3u8 {
+            a.add(Pattern::new(["x", "y", "z"][usize::from(n)]).unwrap(), ChannelId([n; 16]))
+                .unwrap();
+        }
+        a.heartbeat_sent(at(60), (0, 2), Duration::from_secs(5));
+        assert_eq!(a.heartbeat_due(at(60)), Some(2));
+    }
+}

@@ -1,0 +1,362 @@
+//! The peer table: who is out there, at which address, subscribed to what.
+//!
+//! Bounded to `P` sessions. Policy:
+//! - a new session at an address already in the table *replaces* the old one (a restart
+//!   or counter rollover): it inherits the old one's subscriptions;
+//! - otherwise, when full, the least recently seen peer is *evicted*;
+//! - a peer silent past its liveness timeout is dropped.
+//!
+//! Every session that leaves goes to the [`Evicted`] ring, so its replay window is not
+//! reopened. Wildcard patterns peers announced are stored once, in a table shared by
+//! all peers (`P` entries), and collected when no peer uses them any more.
+
+use super::limits::{RateWindow, ReplayWindow};
+use super::replay::Evicted;
+use super::types::LostReason;
+use crate::addr::Addr;
+use crate::body::Heartbeat;
+use crate::channel::{ChannelId, ChannelName, MAX_NAME_LEN, Pattern};
+use crate::time::{Duration, Instant};
+use crate::wire::SessionId;
+use heapless::{String, Vec};
+
+/// A peer's place in the table, returned by a lookup or an insertion. Valid until the
+/// table changes (the next insertion or removal), so it never outlives one input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PeerId(usize);
+
+/// The sender of the packet being handled: its place in the table, session and address.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Sender {
+    pub(super) id: PeerId,
+    pub(super) session: SessionId,
+    pub(super) addr: Addr,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PeerSub {
+    pub(super) id: ChannelId,
+    pub(super) wildcard: bool,
+    /// Confirmed by the heartbeat round in progress.
+    pub(super) fresh: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct Peer<const S: usize> {
+    pub(super) session: SessionId,
+    pub(super) addr: Addr,
+    pub(super) last_seen: Instant,
+    pub(super) liveness: Duration,
+    pub(super) replay: ReplayWindow,
+    pub(super) rate: RateWindow,
+    pub(super) rate_reported: Instant,
+    pub(super) last_ts: u32,
+    pub(super) subs: Vec<PeerSub, S>,
+    digest: u32,
+    sync_digest: u32,
+    sync_seen: u64,
+    /// Highest QoS 2 low-water mark announced by this session.
+    pub(super) qos2_low: u32,
+}
+
+/// A session that left the table.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Departure {
+    pub(super) session: SessionId,
+    pub(super) addr: Addr,
+    pub(super) reason: LostReason,
+}
+
+/// Why a subscription could not be recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SubsFull;
+
+/// What a heartbeat changed in a peer's subscription set.
+#[derive(Debug)]
+pub(super) struct HeartbeatSync<'a, const S: usize> {
+    /// Patterns not known before (their SUBSCRIBE was lost: serve retained values).
+    pub(super) new_patterns: Vec<Pattern<'a>, S>,
+    /// Patterns the table had no room for.
+    pub(super) full: u32,
+}
+
+/// The peer table, the shared wildcard table and the evicted-session memory.
+#[derive(Debug, Default)]
+pub(super) struct Peers<const P: usize, const S: usize> {
+    list: Vec<Peer<S>, P>,
+    wildcards: Vec<(ChannelId, String<MAX_NAME_LEN>), P>,
+    pub(super) evicted: Evicted,
+}
+
+fn digest_of(id: &ChannelId) -> u32 {
+    u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]])
+}
+
+/// XOR of the digests of `ids`: what a heartbeat announces to summarise a set.
+pub(super) fn set_digest<'a>(ids: impl Iterator<Item = &'a ChannelId>) -> u32 {
+    ids.fold(0, |d, id| d ^ digest_of(id))
+}
+
+impl<const P: usize, const S: usize> Peers<P, S> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Peer<S>> {
+        self.list.iter()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(super) fn find(&self, session: SessionId) -> Option<PeerId> {
+        self.list.iter().position(|p| p.session == session).map(PeerId)
+    }
+
+    /// The current address of `session`, if it is in the table.
+    pub(super) fn addr_of(&self, session: SessionId) -> Option<Addr> {
+        self.list.iter().find(|p| p.session == session).map(|p| p.addr)
+    }
+
+    /// # Panics
+    /// If `id` is stale; ids come from this table within the same input (see [`PeerId`]).
+    pub(super) fn get(&self, id: PeerId) -> &Peer<S> {
+        &self.list[id.0]
+    }
+
+    /// # Panics
+    /// As [`Peers::get`].
+    pub(super) fn get_mut(&mut self, id: PeerId) -> &mut Peer<S> {
+        &mut self.list[id.0]
+    }
+
+    fn forget(&mut self, i: usize) -> Peer<S> {
+        let old = self.list.swap_remove(i);
+        self.evicted.remember(old.session, old.replay.highest(), old.last_ts);
+        old
+    }
+
+    /// Adds `session` at `from`, making room by the policy in the module docs. Returns
+    /// its id and the session that left for it, if any.
+    pub(super) fn insert(
+        &mut self,
+        now: Instant,
+        from: Addr,
+        session: SessionId,
+        liveness: Duration,
+    ) -> (PeerId, Option<Departure>) {
+        let mut subs: Vec<PeerSub, S> = Vec::new();
+        let mut digest = 0;
+        let mut gone = None;
+        if let Some(i) = self.list.iter().position(|p| p.addr == from) {
+            let mut old = self.forget(i);
+            subs = core::mem::take(&mut old.subs);
+            digest = old.digest;
+            gone = Some((old, LostReason::Replaced));
+        } else if self.list.is_full()
+            && let Some(i) =
+                self.list.iter().enumerate().min_by_key(|(_, p)| p.last_seen).map(|(i, _)| i)
+        {
+            gone = Some((self.forget(i), LostReason::Evicted));
+        }
+        let peer = Peer {
+            session,
+            addr: from,
+            last_seen: now,
+            liveness,
+            replay: ReplayWindow::default(),
+            rate: RateWindow::default(),
+            rate_reported: Instant::ZERO,
+            last_ts: 0,
+            subs,
+            digest,
+            sync_digest: digest,
+            sync_seen: 0,
+            qos2_low: 0,
+        };
+        // Room was made above.
+        let _ = self.list.push(peer);
+        self.gc_wildcards();
+        let departure =
+            gone.map(|(p, reason)| Departure { session: p.session, addr: p.addr, reason });
+        (PeerId(self.list.len() - 1), departure)
+    }
+
+    /// Removes one peer silent past its liveness at `now`, if any.
+    pub(super) fn pop_silent(&mut self, now: Instant) -> Option<Departure> {
+        let i = self.list.iter().position(|p| now >= p.last_seen + p.liveness)?;
+        let old = self.forget(i);
+        Some(Departure { session: old.session, addr: old.addr, reason: LostReason::Silent })
+    }
+
+    /// Drops wildcard patterns no peer holds any more.
+    pub(super) fn gc_wildcards(&mut self) {
+        let list = &self.list;
+        self.wildcards.retain(|(id, _)| list.iter().any(|p| p.subs.iter().any(|s| s.id == *id)));
+    }
+
+    /// Whether `peer` subscribes to `name` (channel id `id`), exactly or by a wildcard.
+    pub(super) fn subscribes(&self, peer: &Peer<S>, name: ChannelName<'_>, id: &ChannelId) -> bool {
+        peer.subs.iter().any(|s| {
+            if !s.wildcard {
+                return s.id == *id;
+            }
+            self.wildcards
+                .iter()
+                .find(|(w, _)| *w == s.id)
+                .is_some_and(|(_, pat)| Pattern::new(pat.as_str()).is_ok_and(|p| p.matches(name)))
+        })
+    }
+
+    /// Adds a pattern (channel id `id`) to a peer's set; returns whether it is new.
+    ///
+    /// # Errors
+    /// [`SubsFull`]: the peer's list or the wildcard table has no room.
+    pub(super) fn add_sub(
+        &mut self,
+        peer: PeerId,
+        pattern: Pattern<'_>,
+        id: ChannelId,
+    ) -> Result<bool, SubsFull> {
+        if let Some(s) = self.get_mut(peer).subs.iter_mut().find(|s| s.id == id) {
+            s.fresh = true;
+            return Ok(false);
+        }
+        let wildcard = pattern.has_wildcard();
+        if wildcard && !self.wildcards.iter().any(|(w, _)| *w == id) {
+            let Ok(st) = String::try_from(pattern.as_str()) else { return Ok(false) };
+            self.wildcards.push((id, st)).map_err(|_| SubsFull)?;
+        }
+        if self.get_mut(peer).subs.push(PeerSub { id, wildcard, fresh: true }).is_err() {
+            self.gc_wildcards();
+            return Err(SubsFull);
+        }
+        Ok(true)
+    }
+
+    /// Removes a pattern (by channel id) from a peer's set.
+    pub(super) fn remove_sub(&mut self, peer: PeerId, id: ChannelId) {
+        self.get_mut(peer).subs.retain(|x| x.id != id);
+        self.gc_wildcards();
+    }
+
+    /// Applies a heartbeat: liveness, then the announced set (which may span several
+    /// heartbeats; once all parts were seen, what it no longer holds is dropped).
+    /// `channel_id` maps a pattern to its id. `None` if the set is unchanged.
+    pub(super) fn sync<'a>(
+        &mut self,
+        peer: PeerId,
+        hb: &Heartbeat<'a>,
+        liveness: Duration,
+        channel_id: impl Fn(&str) -> ChannelId,
+    ) -> Option<HeartbeatSync<'a, S>> {
+        let p = self.get_mut(peer);
+        p.liveness = liveness;
+        if hb.digest == p.digest && usize::from(hb.total) == p.subs.len() {
+            return None;
+        }
+        if p.sync_digest != hb.digest {
+            // A new set is being announced: collect it, then drop what it no longer holds.
+            p.sync_digest = hb.digest;
+            p.sync_seen = 0;
+            for s in &mut p.subs {
+                s.fresh = false;
+            }
+        }
+        for i in 0..u32::from(hb.count) {
+            let bit = u32::from(hb.first) + i;
+            if bit < 64 {
+                p.sync_seen |= 1 << bit;
+            }
+        }
+        let mut out = HeartbeatSync { new_patterns: Vec::new(), full: 0 };
+        for pat in hb.patterns() {
+            match self.add_sub(peer, pat, channel_id(pat.as_str())) {
+                Ok(true) => {
+                    let _ = out.new_patterns.push(pat);
+                }
+                Ok(false) => {}
+                Err(SubsFull) => out.full += 1,
+            }
+        }
+        let p = self.get_mut(peer);
+        let total = u32::from(hb.total).min(64);
+        if total == 64 || p.sync_seen.count_ones() >= total {
+            p.subs.retain(|s| s.fresh);
+            p.digest = hb.digest;
+            self.gc_wildcards();
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIVE: Duration = Duration::from_secs(15);
+
+    fn at(s: u64) -> Instant {
+        Instant::from_micros(s * 1_000_000)
+    }
+    fn addr(n: u8) -> Addr {
+        Addr::V4([10, 0, 0, n], 9000)
+    }
+    fn id(n: u8) -> ChannelId {
+        ChannelId([n; 16])
+    }
+
+    #[test]
+    fn full_table_evicts_the_least_recently_seen() {
+        let mut t: Peers<2, 2> = Peers::default();
+        let (a, gone) = t.insert(at(1), addr(1), SessionId(1), LIVE);
+        assert!(gone.is_none());
+        t.insert(at(2), addr(2), SessionId(2), LIVE);
+        // Peer 1 is heard from again: peer 2 is now the least recently seen.
+        t.get_mut(a).last_seen = at(3);
+        let (_, gone) = t.insert(at(4), addr(3), SessionId(3), LIVE);
+        let gone = gone.unwrap();
+        assert_eq!((gone.session, gone.reason), (SessionId(2), LostReason::Evicted));
+        assert!(t.find(SessionId(1)).is_some() && t.find(SessionId(3)).is_some());
+        assert_eq!(t.len(), 2);
+        // The evicted session stays refused below what was seen of it.
+        assert!(t.evicted.readmit(SessionId(2), 0, 0, false).is_err());
+    }
+
+    #[test]
+    fn new_session_at_a_known_address_replaces_and_inherits_subscriptions() {
+        let mut t: Peers<4, 4> = Peers::default();
+        let (a, _) = t.insert(at(1), addr(1), SessionId(1), LIVE);
+        let p = Pattern::new("sensor/#").unwrap();
+        assert_eq!(t.add_sub(a, p, id(9)), Ok(true));
+        assert_eq!(t.add_sub(a, p, id(9)), Ok(false));
+        let (b, gone) = t.insert(at(2), addr(1), SessionId(2), LIVE);
+        assert_eq!(gone.map(|g| g.reason), Some(LostReason::Replaced));
+        assert_eq!(t.len(), 1);
+        let name = ChannelName::new("sensor/t").unwrap();
+        assert!(t.subscribes(t.get(b), name, &id(1)));
+        assert!(t.find(SessionId(1)).is_none());
+    }
+
+    #[test]
+    fn silent_peers_leave_and_wildcards_are_collected() {
+        let mut t: Peers<4, 4> = Peers::default();
+        let (a, _) = t.insert(at(0), addr(1), SessionId(1), LIVE);
+        t.add_sub(a, Pattern::new("a/+").unwrap(), id(5)).unwrap();
+        assert_eq!(t.wildcards.len(), 1);
+        assert!(t.pop_silent(at(14)).is_none());
+        let gone = t.pop_silent(at(15)).unwrap();
+        assert_eq!(gone.reason, LostReason::Silent);
+        t.gc_wildcards();
+        assert!(t.wildcards.is_empty());
+    }
+
+    #[test]
+    fn per_peer_subscription_list_is_bounded() {
+        let mut t: Peers<2, 1> = Peers::default();
+        let (a, _) = t.insert(at(0), addr(1), SessionId(1), LIVE);
+        assert_eq!(t.add_sub(a, Pattern::new("x").unwrap(), id(1)), Ok(true));
+        assert_eq!(t.add_sub(a, Pattern::new("y/#").unwrap(), id(2)), Err(SubsFull));
+        // The refused wildcard did not stay behind in the shared table.
+        assert!(t.wildcards.is_empty());
+        t.remove_sub(a, id(1));
+        assert!(t.get(a).subs.is_empty());
+    }
+}

@@ -1,0 +1,123 @@
+//! QoS 2 receiver state: which messages were delivered and await PUBREL, so that a
+//! retransmitted PUBLISH is not delivered twice. Bounded to `Q` states; a state ends at
+//! its message's expiry, or when the publisher's low-water mark passes it.
+
+use crate::body::MessageId;
+use crate::time::Instant;
+use crate::wire::SessionId;
+use heapless::Vec;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RxState {
+    Received,
+    Released,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Qos2Rx {
+    msg: MessageId,
+    state: RxState,
+    expires: Instant,
+}
+
+/// What to do with a QoS 2 PUBLISH.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Rx {
+    /// First copy: deliver it and answer PUBREC (a state now holds it).
+    New,
+    /// Seen before: do not deliver; answer PUBREC again if `re_ack` (no PUBREL yet).
+    Duplicate { re_ack: bool },
+    /// No room for another state: refuse it (the publisher retransmits).
+    Full,
+}
+
+/// The receive states, `Q` at most.
+#[derive(Debug, Default)]
+pub(super) struct Qos2Receiver<const Q: usize> {
+    states: Vec<Qos2Rx, Q>,
+}
+
+impl<const Q: usize> Qos2Receiver<Q> {
+    /// The publisher `session` finished everything below packet id `low`: forget it.
+    pub(super) fn advance_low(&mut self, session: SessionId, low: u32) {
+        self.states.retain(|q| q.msg.session != session || q.msg.packet_id.0 >= low);
+    }
+
+    /// Decides on a copy of `msg` that lives until `expires`.
+    pub(super) fn admit(&mut self, now: Instant, msg: MessageId, expires: Instant) -> Rx {
+        self.expire(now);
+        if let Some(q) = self.states.iter_mut().find(|q| q.msg == msg) {
+            q.expires = q.expires.max(expires);
+            return Rx::Duplicate { re_ack: q.state == RxState::Received };
+        }
+        match self.states.push(Qos2Rx { msg, state: RxState::Received, expires }) {
+            Ok(()) => Rx::New,
+            Err(_) => Rx::Full,
+        }
+    }
+
+    /// PUBREL arrived for `msg`.
+    pub(super) fn release(&mut self, msg: MessageId) {
+        if let Some(q) = self.states.iter_mut().find(|q| q.msg == msg) {
+            q.state = RxState::Released;
+        }
+    }
+
+    /// Forgets `msg` (its delivery was refused: the retransmission is a first copy).
+    pub(super) fn forget(&mut self, msg: MessageId) {
+        self.states.retain(|q| q.msg != msg);
+    }
+
+    pub(super) fn expire(&mut self, now: Instant) {
+        self.states.retain(|q| q.expires > now);
+    }
+
+    pub(super) fn deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.states.iter().map(|q| q.expires)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.states.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::PacketId;
+
+    fn msg(s: u32, p: u32) -> MessageId {
+        MessageId { session: SessionId(s), packet_id: PacketId(p) }
+    }
+    fn at(s: u64) -> Instant {
+        Instant::from_micros(s * 1_000_000)
+    }
+
+    #[test]
+    fn duplicates_are_suppressed_until_release_and_expiry() {
+        let mut r: Qos2Receiver<2> = Qos2Receiver::default();
+        assert_eq!(r.admit(at(0), msg(1, 1), at(10)), Rx::New);
+        assert_eq!(r.admit(at(1), msg(1, 1), at(10)), Rx::Duplicate { re_ack: true });
+        r.release(msg(1, 1));
+        assert_eq!(r.admit(at(2), msg(1, 1), at(10)), Rx::Duplicate { re_ack: false });
+        assert_eq!(r.admit(at(2), msg(1, 2), at(10)), Rx::New);
+        assert_eq!(r.admit(at(2), msg(1, 3), at(10)), Rx::Full);
+        // Past their expiry the states are gone.
+        assert_eq!(r.admit(at(11), msg(1, 3), at(20)), Rx::New);
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn low_water_mark_and_refusal_forget_states() {
+        let mut r: Qos2Receiver<4> = Qos2Receiver::default();
+        for p in 1..=3 {
+            assert_eq!(r.admit(at(0), msg(1, p), at(10)), Rx::New);
+        }
+        assert_eq!(r.admit(at(0), msg(2, 1), at(10)), Rx::New);
+        r.advance_low(SessionId(1), 3);
+        assert_eq!(r.len(), 2);
+        r.forget(msg(2, 1));
+        assert_eq!(r.admit(at(0), msg(2, 1), at(10)), Rx::New);
+        assert_eq!(r.deadlines().count(), 2);
+    }
+}

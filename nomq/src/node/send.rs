@@ -1,0 +1,375 @@
+//! `Node`'s sending side: publishing, serving retained values, and `poll_transmit`'s
+//! three sources (control queue, heartbeats, outbox), each sealed by [`Tx`](super::tx).
+
+use super::Node;
+use super::announce::Control;
+use super::outbox::{Entry, Stored, TState, TargetPeer, pick};
+use super::peers::Sender;
+use super::retransmit::Action;
+use super::tx::Spec;
+use super::types::{Destination, PublishError, PublishHandle, PublishOptions, Target, Transmit};
+use crate::body::{self, Ack, Heartbeat, MessageId, Publish, Subscription};
+use crate::channel::{ChannelId, ChannelName, Pattern};
+use crate::envelope;
+use crate::keys::{KeyLookup, ScopeIndex};
+use crate::time::{Duration, Instant};
+use crate::wire::{Flags, PacketId, PacketType, Qos, SessionId};
+use heapless::Vec;
+
+/// Flags of acknowledgements and releases: QoS 0, highest priority.
+const CONTROL_FLAGS: Flags =
+    Flags { qos: Qos::AtMostOnce, retain: false, dup: false, priority: 15 };
+
+fn ttl_left(now: Instant, expires: Instant) -> u16 {
+    let micros = (expires - now).total_micros();
+    u16::try_from(micros.div_ceil(1_000_000)).unwrap_or(u16::MAX).max(1)
+}
+
+impl<
+    K,
+    const P: usize,
+    const S: usize,
+    const O: usize,
+    const R: usize,
+    const Q: usize,
+    const L: usize,
+    const M: usize,
+> Node<K, P, S, O, R, Q, L, M>
+where
+    K: KeyLookup,
+{
+    fn next_handle(&mut self) -> PublishHandle {
+        let handle = PublishHandle(self.next_handle);
+        self.next_handle = self.next_handle.wrapping_add(1);
+        handle
+    }
+
+    /// Queues a message. It leaves through [`Node::poll_transmit`] in priority order;
+    /// its end is reported once by an [`Event::Outcome`](super::Event::Outcome) with the
+    /// returned handle.
+    ///
+    /// # Errors
+    /// [`PublishError`]: nothing was queued.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        channel: &str,
+        body: &[u8],
+        opts: PublishOptions,
+    ) -> Result<PublishHandle, PublishError> {
+        let name = ChannelName::new(channel).map_err(PublishError::InvalidChannel)?;
+        if opts.priority > 15 {
+            return Err(PublishError::InvalidPriority);
+        }
+        let ttl = opts.ttl.unwrap_or(self.config.default_ttl);
+        if ttl == 0 {
+            return Err(PublishError::InvalidTtl);
+        }
+        let len = name.as_str().len() + body.len();
+        let max =
+            M.min(envelope::max_plaintext(self.config.max_payload) - body::PUBLISH_PREFIX_LEN);
+        if len > max {
+            return Err(PublishError::TooLarge { len, max });
+        }
+        if self.outbox.is_full() {
+            return Err(PublishError::OutboxFull);
+        }
+        let ids = (self.keys.channel_id(name.as_str()), self.keys.scope_for(name));
+        let expires = now + Duration::from_secs(u64::from(ttl));
+        let stored = Stored::new(name, body, ids, opts.qos, expires);
+        // Fits: len <= M checked above.
+        let stored = stored.ok_or(PublishError::TooLarge { len, max })?;
+        if opts.retain {
+            self.retained.store(stored.clone())?;
+        }
+        let handle = self.next_handle();
+        let how = (opts.retain, opts.priority, opts.destination);
+        // Checked not full above.
+        let _ = self.outbox.push(Entry::new(handle, stored, how, now, None));
+        Ok(handle)
+    }
+
+    /// Sends this node's retained values matching `pattern` to a peer that just subscribed.
+    pub(super) fn serve_retained(&mut self, now: Instant, pattern: Pattern<'_>, to: Sender) {
+        let matching: Vec<usize, R> = self.retained.matching(now, pattern).collect();
+        for i in matching {
+            let r = self.retained.get(i);
+            if r.qos != Qos::AtMostOnce && self.join_original(now, i, to.session) {
+                continue;
+            }
+            if self.outbox.is_full() {
+                self.stats.drop(super::DropReason::RetainedDeferred);
+                return;
+            }
+            let stored = self.retained.get(i).clone();
+            let handle = self.next_handle();
+            let how = (true, 15, Destination::Peer(to.addr));
+            let _ = self.outbox.push(Entry::new(handle, stored, how, now, Some(to.session)));
+        }
+    }
+
+    /// If the publish that set retained value `i` is still in the outbox (QoS 1/2, being
+    /// retried), makes `session` one of its targets instead of sending a second copy
+    /// under another message id: the late subscriber receives the value once, and its
+    /// acknowledgement counts in the original publish's outcome. Returns whether it did.
+    fn join_original(&mut self, now: Instant, i: usize, session: SessionId) -> bool {
+        let r = self.retained.get(i);
+        let Some(e) = self.outbox.iter_mut().find(|e| {
+            !e.preset && e.retain && e.body.channel_id == r.channel_id && e.body.data == r.data
+        }) else {
+            return false;
+        };
+        if e.msg.is_some() && !e.targets.iter().any(|t| t.session == session) {
+            let state = TState::initial(e.qos());
+            if e.targets.push(TargetPeer { session, state }).is_err() {
+                return false;
+            }
+            e.next_at = e.next_at.min(now);
+        }
+        // Not yet sent: its first transmission collects this subscriber as a target.
+        true
+    }
+
+    fn seal_control(&mut self, now: Instant, buf: &mut [u8], c: Control) -> Option<Transmit> {
+        let ttl = self.config.default_ttl;
+        match c {
+            Control::Ack { kind, msg, to, channel_id, scope } => {
+                let spec = Spec { kind, flags: CONTROL_FLAGS, channel_id, scope, ttl };
+                let write = |b: &mut [u8]| Ack { msg }.emit(b).ok();
+                let len = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write)?;
+                Some(Transmit { target: Target::Unicast(to), len })
+            }
+            Control::Sub { unsubscribe, pattern, id } => {
+                let kind =
+                    if unsubscribe { PacketType::Unsubscribe } else { PacketType::Subscribe };
+                let p = Pattern::new(pattern.as_str()).ok()?;
+                let sub = Subscription { options: body::SUB_WANTS_RETAINED, pattern: p };
+                let (flags, scope) = (Flags::default(), ScopeIndex::NETWORK);
+                let spec = Spec { kind, flags, channel_id: id, scope, ttl };
+                let write = |b: &mut [u8]| sub.emit(b).ok();
+                let len = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write)?;
+                Some(Transmit { target: Target::Fanout, len })
+            }
+        }
+    }
+
+    pub(super) fn transmit_control(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(c) = self.announce.control.pop_front() {
+            if let Some(t) = self.seal_control(now, buf, c) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    pub(super) fn transmit_heartbeat(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let first = self.announce.heartbeat_due(now)?;
+        let interval_s =
+            u16::try_from(self.config.heartbeat_interval.total_secs()).unwrap_or(u16::MAX);
+        let digest = self.announce.digest();
+        let subs = &self.announce.subs;
+        let total = subs.len().min(255) as u8;
+        let spec = Spec {
+            kind: PacketType::Heartbeat,
+            flags: Flags::default(),
+            channel_id: ChannelId::default(),
+            scope: ScopeIndex::NETWORK,
+            ttl: self.config.default_ttl,
+        };
+        let mut written = 0usize;
+        let write = |b: &mut [u8]| {
+            let mut w =
+                Heartbeat::writer(b, interval_s, digest, total, first.min(255) as u8).ok()?;
+            for s in subs.iter().skip(first) {
+                let Ok(p) = Pattern::new(s.pattern.as_str()) else { continue };
+                if !w.push(p) {
+                    break;
+                }
+            }
+            written = usize::from(w.count());
+            Some(w.finish())
+        };
+        let r = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write);
+        self.announce.heartbeat_sent(now, (first, written), self.config.heartbeat_interval);
+        r.map(|len| Transmit { target: Target::Fanout, len })
+    }
+
+    fn backoff(&mut self, attempts: u8) -> Duration {
+        let base = self.config.retransmit_initial.total_micros().max(1);
+        let d = base
+            .saturating_mul(1u64 << u32::from(attempts).min(20))
+            .min(self.config.retransmit_max.total_micros());
+        // ±25 % jitter.
+        let j = self.tx.below(d / 2 + 1);
+        Duration::from_micros(d - d / 4 + j)
+    }
+
+    /// Whether a new QoS 2 message may start: fewer than
+    /// [`Config::qos2_window`](super::Config::qos2_window) QoS 2 messages were started
+    /// since the oldest one still in flight. Receivers keep state for exactly those, so
+    /// this bounds their QoS 2 state per publisher.
+    fn qos2_window_open(&self) -> bool {
+        let oldest = self
+            .outbox
+            .iter()
+            .filter(|e| e.qos() == Qos::ExactlyOnce && e.msg.is_some())
+            .map(|e| e.seq)
+            .min();
+        oldest
+            .is_none_or(|o| self.qos2_next_seq.wrapping_sub(o) < u32::from(self.config.qos2_window))
+    }
+
+    pub(super) fn transmit_outbox(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        loop {
+            let open = self.qos2_window_open();
+            let i = pick(&self.outbox, now, open, self.config.max_attempts)?;
+            if let Some(t) = self.transmit_entry(now, i, buf) {
+                return Some(t);
+            }
+        }
+    }
+
+    /// Lowest id of this session's QoS 2 messages still in flight (see [`body::Publish`]).
+    fn qos2_low_water(&self, session: SessionId, this: PacketId) -> PacketId {
+        let low = self
+            .outbox
+            .iter()
+            .filter_map(|e| e.msg.filter(|m| e.qos() == Qos::ExactlyOnce && m.session == session))
+            .map(|m| m.packet_id.0)
+            .min()
+            .unwrap_or(this.0);
+        PacketId(low.min(this.0))
+    }
+
+    fn send_publish(
+        &mut self,
+        now: Instant,
+        i: usize,
+        buf: &mut [u8],
+        dup: bool,
+        to: Target,
+    ) -> Option<Transmit> {
+        let e = &self.outbox[i];
+        let flags = Flags { qos: e.qos(), retain: e.retain, dup, priority: e.priority };
+        let (channel_id, scope) = (e.body.channel_id, e.body.scope);
+        let ttl = ttl_left(now, e.body.expires);
+        let spec = Spec { kind: PacketType::Publish, flags, channel_id, scope, ttl };
+        let header = self.tx.header(now, &spec);
+        // On first transmission this packet's id becomes the message id.
+        let own = MessageId { session: header.session_id, packet_id: header.packet_id };
+        let msg = *self.outbox[i].msg.get_or_insert(own);
+        let low_water = self.qos2_low_water(header.session_id, msg.packet_id);
+        let stored = &self.outbox[i].body;
+        let write = |b: &mut [u8]| {
+            let name = stored.name()?;
+            Publish { msg, low_water, name, body: stored.body() }.emit(b).ok()
+        };
+        let len = self.tx.seal(&self.keys, &mut self.stats, (&header, scope), buf, write)?;
+        if dup {
+            self.stats.retransmissions += 1;
+        }
+        Some(Transmit { target: to, len })
+    }
+
+    fn send_pubrel(
+        &mut self,
+        now: Instant,
+        i: usize,
+        buf: &mut [u8],
+        to: Target,
+    ) -> Option<Transmit> {
+        let e = &self.outbox[i];
+        let msg = e.msg.unwrap_or_default();
+        let flags = Flags { dup: true, ..CONTROL_FLAGS };
+        let (channel_id, scope) = (e.body.channel_id, e.body.scope);
+        let ttl = ttl_left(now, e.body.expires);
+        let spec = Spec { kind: PacketType::PubRel, flags, channel_id, scope, ttl };
+        let write = |b: &mut [u8]| Ack { msg }.emit(b).ok();
+        let len = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write)?;
+        self.stats.retransmissions += 1;
+        Some(Transmit { target: to, len })
+    }
+
+    /// Sends what entry `i`'s state machine ([`Entry::next_action`]) says, and schedules it.
+    fn transmit_entry(&mut self, now: Instant, i: usize, buf: &mut [u8]) -> Option<Transmit> {
+        if self.outbox[i].needs_targets() {
+            self.collect_targets(i);
+        }
+        let dest = match self.outbox[i].dest {
+            Destination::All => Target::Fanout,
+            Destination::Group(a) => Target::Group(a),
+            Destination::Peer(a) => Target::Unicast(a),
+        };
+        loop {
+            match self.outbox[i].next_action() {
+                Action::First => return self.transmit_first(now, i, buf, dest),
+                Action::Fanout => {
+                    let t = self.send_publish(now, i, buf, true, dest);
+                    self.schedule(now, i);
+                    return t;
+                }
+                Action::GiveUp => {
+                    self.outbox[i].body.expires = now;
+                    return None;
+                }
+                Action::RoundEnd => {
+                    self.schedule(now, i);
+                    return None;
+                }
+                Action::Target(session, state) => {
+                    let Some(addr) = self.peers.addr_of(session) else { continue };
+                    let to = Target::Unicast(addr);
+                    return match state {
+                        TState::AwaitComp => self.send_pubrel(now, i, buf, to),
+                        _ => self.send_publish(now, i, buf, true, to),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Next transmission of entry `i` after the backoff of its attempts so far.
+    fn schedule(&mut self, now: Instant, i: usize) {
+        let d = self.backoff(self.outbox[i].attempts);
+        self.outbox[i].next_at = now + d;
+    }
+
+    fn transmit_first(
+        &mut self,
+        now: Instant,
+        i: usize,
+        buf: &mut [u8],
+        dest: Target,
+    ) -> Option<Transmit> {
+        let t = self.send_publish(now, i, buf, false, dest);
+        self.schedule(now, i);
+        let e = &mut self.outbox[i];
+        if e.qos() == Qos::ExactlyOnce && t.is_some() {
+            e.seq = self.qos2_next_seq;
+            self.qos2_next_seq = self.qos2_next_seq.wrapping_add(1);
+        }
+        if t.is_none() {
+            // Could not be sealed (caller buffer too small): report it expired.
+            e.msg = None;
+            e.body.expires = now;
+        }
+        t
+    }
+
+    fn collect_targets(&mut self, i: usize) {
+        let e = &self.outbox[i];
+        let Some(name) = e.body.name() else { return };
+        let (id, dest, state) = (e.body.channel_id, e.dest, TState::initial(e.qos()));
+        let mut targets: Vec<TargetPeer, P> = Vec::new();
+        for p in self.peers.iter() {
+            let reachable = match dest {
+                Destination::Peer(a) => p.addr == a,
+                _ => true,
+            };
+            if reachable && self.peers.subscribes(p, name, &id) {
+                let _ = targets.push(TargetPeer { session: p.session, state });
+            }
+        }
+        self.outbox[i].targets = targets;
+    }
+}

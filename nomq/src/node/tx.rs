@@ -1,0 +1,235 @@
+//! The sealer: session id, packet counter, wall clock, IV generator and key selection.
+//! Every packet this node sends gets its header here and is sealed here, so "no
+//! (session, packet id) and no IV is ever used twice" lives in this one file.
+
+use super::drbg::Drbg;
+use super::types::{DropReason, Stats};
+use crate::channel::ChannelId;
+use crate::envelope;
+use crate::keys::{KeyLookup, ScopeIndex};
+use crate::time::Instant;
+use crate::wire::{Flags, HEADER_LEN, Header, MAC_LEN, PacketId, PacketType, SessionId};
+use heapless::Deque;
+
+/// Own past sessions remembered (to drop looped-back packets).
+const OWN_SESSIONS: usize = 4;
+
+/// What one packet is, apart from its body: the header fields the sender chooses.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Spec {
+    pub(super) kind: PacketType,
+    pub(super) flags: Flags,
+    pub(super) channel_id: ChannelId,
+    pub(super) scope: ScopeIndex,
+    pub(super) ttl: u16,
+}
+
+/// This node's sending identity and its generator of IVs.
+pub(super) struct Tx {
+    rng: Drbg,
+    session: SessionId,
+    next_packet: u32,
+    own_sessions: Deque<SessionId, OWN_SESSIONS>,
+    unix_base: u32,
+    instant_base: Instant,
+    max_payload: usize,
+    /// A session renewal not yet reported as an event: `(old, new)`.
+    renewed: Option<(SessionId, SessionId)>,
+}
+
+impl Tx {
+    pub(super) fn new(
+        seed: [u8; 32],
+        first_packet: u32,
+        max_payload: usize,
+        now: Instant,
+        unix_time: u32,
+    ) -> Self {
+        let mut rng = Drbg::new(seed);
+        let session = fresh_session(&mut rng, SessionId(0));
+        Self {
+            rng,
+            session,
+            next_packet: first_packet.max(1),
+            own_sessions: Deque::new(),
+            unix_base: unix_time,
+            instant_base: now,
+            max_payload,
+            renewed: None,
+        }
+    }
+
+    pub(super) fn set_next_packet(&mut self, id: u32) {
+        self.next_packet = id.max(1);
+    }
+
+    pub(super) fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// Whether `s` is this node's session, current or recently renewed.
+    pub(super) fn is_own(&self, s: SessionId) -> bool {
+        s == self.session || self.own_sessions.iter().any(|o| *o == s)
+    }
+
+    pub(super) fn set_unix_time(&mut self, now: Instant, unix_time: u32) {
+        self.unix_base = unix_time;
+        self.instant_base = now;
+    }
+
+    pub(super) fn unix_now(&self, now: Instant) -> u32 {
+        let secs = (now - self.instant_base).total_secs();
+        self.unix_base.saturating_add(u32::try_from(secs).unwrap_or(u32::MAX))
+    }
+
+    /// Uniform in `0..n` from the generator (retransmission jitter).
+    pub(super) fn below(&mut self, n: u64) -> u64 {
+        self.rng.below(n)
+    }
+
+    /// The renewal since the last call, if the counter ran out: `(old, new)`.
+    pub(super) fn take_renewal(&mut self) -> Option<(SessionId, SessionId)> {
+        self.renewed.take()
+    }
+
+    fn next_packet_id(&mut self) -> (SessionId, PacketId) {
+        if self.next_packet == u32::MAX {
+            // Never wrap: a new session before the counter would repeat.
+            let old = self.session;
+            self.session = fresh_session(&mut self.rng, old);
+            if self.own_sessions.is_full() {
+                self.own_sessions.pop_front();
+            }
+            let _ = self.own_sessions.push_back(old);
+            self.next_packet = 1;
+            self.renewed = Some((old, self.session));
+        }
+        let id = self.next_packet;
+        self.next_packet += 1;
+        (self.session, PacketId(id))
+    }
+
+    /// A header for the next packet of this node (consumes a packet id).
+    pub(super) fn header(&mut self, now: Instant, spec: &Spec) -> Header {
+        let (session_id, packet_id) = self.next_packet_id();
+        Header {
+            packet_type: spec.kind,
+            flags: spec.flags,
+            packet_id,
+            session_id,
+            ttl: spec.ttl,
+            iv: [0; 16],
+            timestamp: self.unix_now(now),
+            channel_id: spec.channel_id,
+            payload_len: 0,
+        }
+    }
+
+    /// Writes the plaintext with `write`, then pads, encrypts and MACs under `scope`'s
+    /// current keys. Counts a drop and returns `None` if the caller's buffer is too small.
+    pub(super) fn seal<K: KeyLookup>(
+        &mut self,
+        keys: &K,
+        stats: &mut Stats,
+        (header, scope): (&Header, ScopeIndex),
+        buf: &mut [u8],
+        write: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Option<usize> {
+        let max_pt = envelope::max_plaintext(self.max_payload);
+        let room = buf.len().saturating_sub(HEADER_LEN + MAC_LEN).min(max_pt);
+        let rng = &mut self.rng;
+        let max_payload = self.max_payload;
+        let sealed = buf.get_mut(HEADER_LEN..HEADER_LEN + room).and_then(write).and_then(|len| {
+            let ks = keys.scope(scope).unwrap_or_else(|| keys.network()).current;
+            envelope::seal_in_place(ks, header, rng.block(), buf, len, max_payload).ok()
+        });
+        match sealed {
+            Some(_) => stats.tx_datagrams += 1,
+            None => stats.drop(DropReason::TxBufferTooSmall),
+        }
+        sealed
+    }
+
+    /// [`Tx::header`] then [`Tx::seal`]: a packet whose body needs nothing of its header.
+    pub(super) fn seal_new<K: KeyLookup>(
+        &mut self,
+        keys: &K,
+        stats: &mut Stats,
+        (now, spec): (Instant, Spec),
+        buf: &mut [u8],
+        write: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Option<usize> {
+        let header = self.header(now, &spec);
+        self.seal(keys, stats, (&header, spec.scope), buf, write)
+    }
+}
+
+fn fresh_session(rng: &mut Drbg, old: SessionId) -> SessionId {
+    loop {
+        let s = rng.next_u32();
+        if s != 0 && s != old.0 {
+            return SessionId(s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Keyring;
+    use crate::wire::Qos;
+
+    fn spec() -> Spec {
+        Spec {
+            kind: PacketType::Heartbeat,
+            flags: Flags { qos: Qos::AtMostOnce, ..Flags::default() },
+            channel_id: ChannelId::default(),
+            scope: ScopeIndex::NETWORK,
+            ttl: 5,
+        }
+    }
+
+    #[test]
+    fn counter_exhaustion_renews_the_session_and_remembers_the_old_one() {
+        let mut tx = Tx::new([7; 32], u32::MAX - 2, 1376, Instant::ZERO, 1000);
+        let first = tx.session();
+        let a = tx.header(Instant::ZERO, &spec());
+        let b = tx.header(Instant::ZERO, &spec());
+        assert_eq!((a.session_id, a.packet_id.0), (first, u32::MAX - 2));
+        assert_eq!(b.packet_id.0, u32::MAX - 1);
+        assert_eq!(tx.take_renewal(), None);
+        let c = tx.header(Instant::ZERO, &spec());
+        assert_ne!(c.session_id, first);
+        assert_eq!(c.packet_id.0, 1);
+        assert_eq!(tx.take_renewal(), Some((first, c.session_id)));
+        assert_eq!(tx.take_renewal(), None);
+        assert!(tx.is_own(first) && tx.is_own(c.session_id));
+        assert!(!tx.is_own(SessionId(first.0 ^ 1)) || first.0 ^ 1 == c.session_id.0);
+    }
+
+    #[test]
+    fn sealing_counts_datagrams_and_too_small_buffers() {
+        let keys = Keyring::<0>::new(&crate::keys::KeyPair::new([1; 32], [2; 32])).unwrap();
+        let mut tx = Tx::new([7; 32], 1, 1376, Instant::ZERO, 1000);
+        let mut stats = Stats::default();
+        let mut buf = [0u8; 200];
+        let w = |b: &mut [u8]| {
+            b.get_mut(..3)?.copy_from_slice(b"abc");
+            Some(3)
+        };
+        let len = tx.seal_new(&keys, &mut stats, (Instant::ZERO, spec()), &mut buf, w);
+        assert_eq!(len, Some(HEADER_LEN + 16 + MAC_LEN));
+        assert_eq!(stats.tx_datagrams, 1);
+        let mut small = [0u8; HEADER_LEN + MAC_LEN];
+        assert_eq!(tx.seal_new(&keys, &mut stats, (Instant::ZERO, spec()), &mut small, w), None);
+        assert_eq!(stats.drops(DropReason::TxBufferTooSmall), 1);
+    }
+
+    #[test]
+    fn wall_clock_follows_the_monotonic_one() {
+        let mut tx = Tx::new([7; 32], 1, 1376, Instant::ZERO, 1000);
+        assert_eq!(tx.unix_now(Instant::from_micros(2_500_000)), 1002);
+        tx.set_unix_time(Instant::from_micros(3_000_000), 5000);
+        assert_eq!(tx.unix_now(Instant::from_micros(4_000_000)), 5001);
+    }
+}
