@@ -88,7 +88,7 @@ fn stop(mut child: Child) {
 }
 
 /// A sender with another keyring: the subscriber's -W timeout prints the BadMac total
-/// with its hint; with -v, running summaries came before.
+/// with its hint; with --refusals, running summaries came before.
 #[test]
 fn wrong_keyring_total_and_hint_on_timeout() {
     let dir = Scratch::new("badmac");
@@ -98,7 +98,7 @@ fn wrong_keyring_total_and_hint_on_timeout() {
         &dir,
         &["sub", "-c", "factory/#", "--bind", &s(&p1), "--peer", &s(&p2), "--keys", &ka]
             .into_iter()
-            .chain(["-W", "4", "-v"])
+            .chain(["-W", "4", "--refusals"])
             .collect::<Vec<_>>(),
     );
     until_bound(p1);
@@ -183,7 +183,7 @@ fn stale_clock_refused_by_default_accepted_with_unsynced_clock() {
     );
 
     for how in ["flag", "env"] {
-        let args: Vec<&str> = base.into_iter().chain(["-C", "1", "-W", "10"]).collect();
+        let args: Vec<&str> = base.into_iter().chain(["-v", "-C", "1", "-W", "10"]).collect();
         let mut c = nomq(&dir, &args);
         match how {
             "flag" => c.arg("--unsynced-clock"),
@@ -243,7 +243,7 @@ fn json_has_message_id_and_receive_time() {
     );
 }
 
-/// `nomq pub -v` reports refusals as they happen (here while it lingers).
+/// `nomq pub --refusals` reports refusals as they happen (here while it lingers).
 #[test]
 fn pub_verbose_reports_refusals() {
     let dir = Scratch::new("pubverbose");
@@ -261,7 +261,7 @@ fn pub_verbose_reports_refusals() {
     until_bound(p1);
     let (code, _, stderr) = outcome(&run(
         &dir,
-        &["pub", "-c", "a/b", "-m", "hi", "--linger-s", "1.5", "-v", "--bind", &s(&p2)]
+        &["pub", "-c", "a/b", "-m", "hi", "--linger-s", "1.5", "--refusals", "--bind", &s(&p2)]
             .into_iter()
             .chain(["--peer", &s(&p1), "--keys", &kb])
             .collect::<Vec<_>>(),
@@ -286,7 +286,7 @@ fn replayed_datagram_total_and_hint() {
     let peer = s(&sender.socket.local_addr().unwrap());
     let sub = spawn(
         &dir,
-        &["sub", "-c", "a/#", "--bind", &s(&p1), "--peer", &peer, "--keys", &keys]
+        &["sub", "-c", "a/#", "-v", "--bind", &s(&p1), "--peer", &peer, "--keys", &keys]
             .into_iter()
             .chain(["-C", "2", "-W", "2"])
             .collect::<Vec<_>>(),

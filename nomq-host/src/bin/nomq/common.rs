@@ -130,11 +130,19 @@ pub struct NodeArgs {
     pub unsynced_clock: bool,
     /// Print to stderr, at most once a second and only when the counts change, how many
     /// datagrams were refused and why (wrong keyring, stale clock, replay, ...)
-    #[arg(short = 'v', long)]
-    pub verbose: bool,
+    /// [default: $NOMQ_REFUSALS (1/true), else off]
+    #[arg(long = "refusals")]
+    pub refusals: bool,
 }
 
 impl NodeArgs {
+    /// `--refusals`, or `NOMQ_REFUSALS=1`/`true`.
+    pub fn refusals(&self) -> bool {
+        self.refusals
+            || std::env::var("NOMQ_REFUSALS")
+                .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"))
+    }
+
     /// Defaults, then the file, then the environment, then these flags.
     pub fn host_config(&self) -> Result<HostConfig, Failure> {
         let mut cfg = HostConfig::default();
@@ -253,7 +261,7 @@ impl PeerBook {
 
 /// What a drop reason most likely means, and what to do about it; `None` for drops
 /// that are no refusal (our own packets looped back by broadcast or multicast). The one
-/// table of hints: the running summary of `--verbose` and the totals printed on failure
+/// table of hints: the running summary of `--refusals` and the totals printed on failure
 /// both use it.
 pub fn refusal_hint(r: DropReason, cfg: &HostConfig) -> Option<String> {
     use DropReason as D;
@@ -329,7 +337,7 @@ pub fn refusal_hint(r: DropReason, cfg: &HostConfig) -> Option<String> {
     Some(s)
 }
 
-/// Refusal counts by reason, reported as they change (`--verbose`) and in full when a
+/// Refusal counts by reason, reported as they change (`--refusals`) and in full when a
 /// command fails.
 pub struct Refusals {
     last: Vec<(DropReason, u64)>,
@@ -379,7 +387,7 @@ impl Refusals {
         (bad > 0).then(|| {
             format!(
                 "{bad} datagram(s) failed authentication so far: wrong keyring? (compare the \
-                 fingerprints of `nomq keys show` on both sides; -v reports all refusals)"
+                 fingerprints of `nomq keys show` on both sides; --refusals reports all refusals)"
             )
         })
     }

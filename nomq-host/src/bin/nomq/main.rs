@@ -42,7 +42,7 @@ enum Command {
     /// Generate, inspect and rotate keyring files.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
-    /// Publish one message.
+    /// Publish a message (with -l, one per line of stdin).
     #[command(after_help = EXIT_CODES)]
     Pub(publish::PubArgs),
     /// Print the messages of channels as they arrive.
