@@ -60,7 +60,7 @@ pub struct PubArgs {
     priority: u8,
     /// Send to this one peer instead of the fan-out.
     #[arg(long, value_name = "ADDR", value_parser = common::addr_arg)]
-    to: Option<SocketAddr>,
+    to: Option<common::AddrArg>,
     /// QoS 1/2: wait up to this many milliseconds, 0..=600000, to hear from a peer (and
     /// learn its subscriptions) before publishing.
     #[arg(long, value_name = "N", default_value_t = 1500,
@@ -164,6 +164,7 @@ fn os_bytes(s: &std::ffi::OsStr) -> Vec<u8> {
 
 pub async fn run(a: PubArgs) -> Result<(), Failure> {
     let cfg = a.node.host_config()?;
+    let to = a.to.as_ref().map(|t| t.pick("--to", Some(cfg.bind))).transpose()?;
     let source = a.source()?;
     let max_body = check(&a.channel, cfg.engine.max_payload)?;
     if let Source::One(body) = &source {
@@ -190,7 +191,7 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
         retain: a.retain,
         ttl: Some(a.ttl),
         priority,
-        destination: a.to.map_or(Destination::All, |t| Destination::Peer(t.into())),
+        destination: to.map_or(Destination::All, |t| Destination::Peer(t.into())),
     };
     let heard = if qos != Qos::AtMostOnce && common::has_fanout(&cfg) {
         let wait = wait_for_peer(&node, Duration::from_millis(a.wait_ms));
@@ -210,12 +211,13 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
                 summarised(linger, &node, &mut refusals, verbose).await;
             }
             match result {
-                Ok(d) => report_with_late(&a.channel, a.to, a.ttl, heard, &d, &book, &late),
+                Ok(d) => report_with_late(&a.channel, to, a.ttl, heard, &d, &book, &late),
                 Err(e) => Err(Failure::from(e)),
             }
         }
         Source::Lines => {
-            let lines = publish_lines(&a, &node, &opts, max_body, heard, &mut book, &mut events_rx);
+            let lines =
+                publish_lines(&a, to, &node, &opts, max_body, heard, &mut book, &mut events_rx);
             let r = summarised(lines, &node, &mut refusals, verbose).await;
             if r.is_ok() && !a.linger_s.is_zero() {
                 let mut late = Vec::new();
@@ -238,8 +240,10 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
 /// `-l`: publishes each non-empty line of stdin in order, reporting each outcome. Every
 /// line is tried; the result is the worst failure (an oversized line is a usage error,
 /// exit 2; an unconfirmed one exit 1).
+#[allow(clippy::too_many_arguments)]
 async fn publish_lines(
     a: &PubArgs,
+    to: Option<SocketAddr>,
     node: &Handle,
     opts: &PublishOptions,
     max_body: usize,
@@ -267,7 +271,7 @@ async fn publish_lines(
             Ok(()) => match node.publish(&a.channel, line, *opts).await {
                 Ok(d) => {
                     book.drain(events);
-                    report(&a.channel, a.to, a.ttl, heard, &d, book)
+                    report(&a.channel, to, a.ttl, heard, &d, book)
                 }
                 Err(e) => Err(Failure::from(e)),
             },
