@@ -11,7 +11,7 @@ mod keys;
 mod publish;
 mod subscribe;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use common::Failure;
 use std::process::ExitCode;
 
@@ -30,7 +30,7 @@ Logs go to stderr; set RUST_LOG (default: warn).";
 
 /// Brokerless, encrypted publish/subscribe over UDP.
 #[derive(Parser, Debug)]
-#[command(name = "nomq", version, about, long_about = None)]
+#[command(name = "nomq", version)]
 #[command(after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +50,14 @@ enum Command {
     Sub(subscribe::SubArgs),
     /// Measure throughput and latency on 127.0.0.1 against a plain UDP loop.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash: `source <(nomq completions bash)`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `nomq man | man -l -`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +68,11 @@ fn main() -> ExitCode {
         Command::Pub(args) => block_on(publish::run(args)),
         Command::Sub(args) => block_on(subscribe::run(args)),
         Command::Bench(args) => bench::run(&args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "nomq", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,6 +83,33 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// `nomq man`: one roff page, from the same clap definitions as `--help`: the page of
+/// `nomq`, then a section per subcommand with its synopsis and options.
+fn man() -> Result<(), Failure> {
+    use std::io::Write;
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    let mut r = clap_mangen::Man::new(cmd.clone()).render(&mut out);
+    for sub in cmd.get_subcommands() {
+        let name = format!("nomq {}", sub.get_name());
+        let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
+        let sub = sub.clone().bin_name(name.clone());
+        let man = clap_mangen::Man::new(sub.clone());
+        r = r
+            .and_then(|()| {
+                writeln!(out, ".SH \"{}\"", name.to_uppercase())?;
+                writeln!(out, "{}", about.replace('\\', "\\\\"))
+            })
+            .and_then(|()| man.render_synopsis_section(&mut out))
+            .and_then(|()| man.render_options_section(&mut out));
+        if sub.has_subcommands() {
+            r = r.and_then(|()| man.render_subcommands_section(&mut out));
+        }
+    }
+    r.and_then(|()| std::io::stdout().write_all(&out))
+        .map_err(|e| Failure::network(format!("cannot write the man page: {e}")))
 }
 
 fn init_logging() {
