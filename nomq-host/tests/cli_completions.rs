@@ -3,7 +3,7 @@
 mod cli_support;
 use cli_support::*;
 
-const SUBCOMMANDS: [&str; 6] = ["keys", "pub", "sub", "bench", "completions", "man"];
+const SUBCOMMANDS: [&str; 7] = ["keys", "pub", "sub", "peers", "bench", "completions", "man"];
 
 #[test]
 fn completions_name_every_subcommand_and_option() {

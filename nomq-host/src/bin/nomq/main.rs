@@ -8,6 +8,7 @@
 mod bench;
 mod common;
 mod keys;
+mod peers;
 mod publish;
 mod subscribe;
 
@@ -48,6 +49,9 @@ enum Command {
     /// Print the messages of channels as they arrive.
     #[command(after_help = SUB_EXIT_CODES)]
     Sub(subscribe::SubArgs),
+    /// Show the peers this keyring can see, their subscriptions, traffic and refusals:
+    /// live (refreshed each second), or `--once --json` for scripts.
+    Peers(peers::PeersArgs),
     /// Measure throughput and latency on 127.0.0.1 against a plain UDP loop.
     Bench(bench::BenchArgs),
     /// Print a shell completion script (bash: `source <(nomq completions bash)`).
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Pub(args) => block_on(publish::run(args)),
         Command::Sub(args) => block_on(subscribe::run(args)),
+        Command::Peers(args) => block_on(peers::run(args)),
         Command::Bench(args) => bench::run(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "nomq", &mut std::io::stdout());
