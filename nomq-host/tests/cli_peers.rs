@@ -19,15 +19,20 @@ fn peers_once_json_lists_both_subscribers() {
         for o in others {
             args.extend(["--peer".to_string(), s(&o)]);
         }
-        spawn(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        nomq(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            .env("NOMQ_HEARTBEAT_MS", "500")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
     };
     let mut subs = [sub(a, &["a/#"], [b, me]), sub(b, &["b/+", "c"], [a, me])];
     until_bound(a);
     until_bound(b);
-    // A node answers a newcomer with an early heartbeat at most once per 100 ms: the two
-    // subscribers just answered each other, so the third node comes a little later (its
-    // 3 s of listening then need no regular heartbeat, which comes every 5 s).
-    std::thread::sleep(Duration::from_millis(500));
+    // A node answers a newcomer with an early heartbeat at most once per 100 ms, and the
+    // two subscribers just answered each other: should they skip the third node's
+    // arrival, their regular heartbeats (every 500 ms here, not 5 s) still come within
+    // its 3 s of listening.
     let out = run(
         &dir,
         &["peers", "--once", "--json", "--listen-s", "3", "--keys", &keys, "--bind", &s(&me)]

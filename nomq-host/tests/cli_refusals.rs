@@ -243,7 +243,8 @@ fn json_has_message_id_and_receive_time() {
     );
 }
 
-/// `nomq pub --refusals` reports refusals as they happen (here while it lingers).
+/// `nomq pub --refusals` (or `NOMQ_REFUSALS=1`) reports refusals as they happen (here
+/// while it lingers).
 #[test]
 fn pub_verbose_reports_refusals() {
     let dir = Scratch::new("pubverbose");
@@ -259,19 +260,24 @@ fn pub_verbose_reports_refusals() {
     .spawn()
     .unwrap();
     until_bound(p1);
-    let (code, _, stderr) = outcome(&run(
-        &dir,
-        &["pub", "-c", "a/b", "-m", "hi", "--linger-s", "1.5", "--refusals", "--bind", &s(&p2)]
-            .into_iter()
-            .chain(["--peer", &s(&p1), "--keys", &kb])
-            .collect::<Vec<_>>(),
-    ));
-    assert_eq!(code, Some(0), "QoS 0 is sent: {stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("nomq: refused so far: "))
-        .unwrap_or_else(|| panic!("no summary: {stderr}"));
-    assert!(line.contains(" BadMac"), "{line}");
+    for how in ["flag", "env"] {
+        let (bind, peer) = (s(&p2), s(&p1));
+        let args = ["pub", "-c", "a/b", "-m", "hi", "--linger-s", "1.5", "--bind", &bind];
+        let mut c = nomq(&dir, &args);
+        c.args(["--peer", &peer, "--keys", &kb]);
+        if how == "flag" {
+            c.arg("--refusals");
+        } else {
+            c.env("NOMQ_REFUSALS", "1");
+        }
+        let (code, _, stderr) = outcome(&run_cmd(c));
+        assert_eq!(code, Some(0), "{how}: QoS 0 is sent: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("nomq: refused so far: "))
+            .unwrap_or_else(|| panic!("{how}: no summary: {stderr}"));
+        assert!(line.contains(" BadMac"), "{how}: {line}");
+    }
     // Done with it: no need to wait for its -W.
     stop(sub);
 }
