@@ -28,7 +28,8 @@ pub struct SubArgs {
     verbose: bool,
     /// Print each message by this format instead (as mosquitto_sub -F): %t channel, %p
     /// body (raw bytes), %x body in hex, %l body length, %q QoS, %r retained (0/1), %d dup
-    /// (0/1), %i message id (SESSION:PACKET_ID), %s sender session, %a sender IP:PORT, %j
+    /// (0/1), %i message id (SESSION:PACKET_ID), %s sender session, %a sender IP:PORT, %U receipt Unix time
+    /// (seconds, fractional), %j
     /// the JSON line of --json, %% a %; \n newline, \t tab, \\ backslash.
     #[arg(short = 'F', long, value_name = "FORMAT", conflicts_with = "json")]
     format: Option<String>,
@@ -280,6 +281,7 @@ enum Piece {
     Id,
     Session,
     From,
+    Received,
     Json,
 }
 
@@ -321,6 +323,7 @@ impl Format {
                     Some('i') => Some(Piece::Id),
                     Some('s') => Some(Piece::Session),
                     Some('a') => Some(Piece::From),
+                    Some('U') => Some(Piece::Received),
                     Some('j') => Some(Piece::Json),
                     Some(o) => return Err(format!("unknown field %{o} (see --help)")),
                     None => return Err("a lone % at the end (write %% for a %)".into()),
@@ -376,17 +379,23 @@ impl Format {
                 ),
                 Piece::Session => out.extend_from_slice(m.session.to_string().as_bytes()),
                 Piece::From => out.extend_from_slice(m.from.to_string().as_bytes()),
+                Piece::Received => out.extend_from_slice(format!("{:.6}", unix_now()).as_bytes()),
                 Piece::Json => out.extend_from_slice(json_line(m).as_bytes()),
             }
         }
     }
 }
 
+/// Seconds since the Unix epoch (0 on a clock before it).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn json_line(m: &Message) -> String {
     let (body, encoding) = body(m);
-    let received = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let received = unix_now();
     serde_json::json!({
         "channel": m.channel,
         "body": body,
@@ -417,5 +426,29 @@ async fn linger(node: &Handle) {
         } else if quiet_since.elapsed() >= LINGER_QUIET {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_fields_escapes_and_refuse_unknowns() {
+        let f = Format::parse("%t=%p%%\\n\\\\x\\").unwrap();
+        assert_eq!(
+            f.0,
+            [
+                Piece::Channel,
+                Piece::Text(b"=".to_vec()),
+                Piece::Body,
+                Piece::Text(b"%\n\\x\\".to_vec())
+            ]
+        );
+        assert!(Format::parse("%U %j").is_ok());
+        assert!(Format::parse("%z").unwrap_err().contains("%z"));
+        assert!(Format::parse("abc%").unwrap_err().contains("lone %"));
+        assert!(Format::parse("\\q").unwrap_err().contains("\\q"));
+        assert_eq!(Format::parse("").unwrap().0, []);
     }
 }
