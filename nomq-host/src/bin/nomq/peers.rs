@@ -21,8 +21,10 @@ pub struct PeersArgs {
     #[arg(long)]
     json: bool,
     /// How long to listen: with --once before printing [default: 2], live before exiting
-    /// [default: until Ctrl-C]. 0.1..=86400 seconds, fractional allowed. Peers answer a
-    /// new node's first heartbeat at once, so a second or two is enough on a LAN.
+    /// [default: until Ctrl-C]. 0.1..=86400 seconds, fractional allowed. Peers usually
+    /// answer a new node at once with an early heartbeat (each sends at most one per 100
+    /// ms); one that skipped it is heard at its next regular heartbeat (every 5 s by
+    /// default), so listen longer to be sure to see every peer.
     #[arg(long, value_name = "S", value_parser = common::seconds_arg(0.1, 86_400.0),
           allow_negative_numbers = true)]
     listen_s: Option<Duration>,
