@@ -46,7 +46,7 @@ fn pub_sub_qos2_exactly_once() {
     let [p1, p2] = ports::<2>();
     let sub = spawn(
         &dir,
-        &["sub", "-c", "factory/#", "--bind", &s(&p1), "--peer", &s(&p2), "--keys", keys]
+        &["sub", "-c", "factory/#", "-v", "--bind", &s(&p1), "--peer", &s(&p2), "--keys", keys]
             .into_iter()
             .chain(["--count", "1", "--timeout-s", "10"])
             .collect::<Vec<_>>(),

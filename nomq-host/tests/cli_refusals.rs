@@ -88,7 +88,7 @@ fn stop(mut child: Child) {
 }
 
 /// A sender with another keyring: the subscriber's -W timeout prints the BadMac total
-/// with its hint; with -v, running summaries came before.
+/// with its hint; with --refusals, running summaries came before.
 #[test]
 fn wrong_keyring_total_and_hint_on_timeout() {
     let dir = Scratch::new("badmac");
@@ -98,7 +98,7 @@ fn wrong_keyring_total_and_hint_on_timeout() {
         &dir,
         &["sub", "-c", "factory/#", "--bind", &s(&p1), "--peer", &s(&p2), "--keys", &ka]
             .into_iter()
-            .chain(["-W", "4", "-v"])
+            .chain(["-W", "4", "--refusals"])
             .collect::<Vec<_>>(),
     );
     until_bound(p1);
@@ -183,7 +183,7 @@ fn stale_clock_refused_by_default_accepted_with_unsynced_clock() {
     );
 
     for how in ["flag", "env"] {
-        let args: Vec<&str> = base.into_iter().chain(["-C", "1", "-W", "10"]).collect();
+        let args: Vec<&str> = base.into_iter().chain(["-v", "-C", "1", "-W", "10"]).collect();
         let mut c = nomq(&dir, &args);
         match how {
             "flag" => c.arg("--unsynced-clock"),
@@ -243,7 +243,8 @@ fn json_has_message_id_and_receive_time() {
     );
 }
 
-/// `nomq pub -v` reports refusals as they happen (here while it lingers).
+/// `nomq pub --refusals` (or `NOMQ_REFUSALS=1`) reports refusals as they happen (here
+/// while it lingers).
 #[test]
 fn pub_verbose_reports_refusals() {
     let dir = Scratch::new("pubverbose");
@@ -259,19 +260,24 @@ fn pub_verbose_reports_refusals() {
     .spawn()
     .unwrap();
     until_bound(p1);
-    let (code, _, stderr) = outcome(&run(
-        &dir,
-        &["pub", "-c", "a/b", "-m", "hi", "--linger-s", "1.5", "-v", "--bind", &s(&p2)]
-            .into_iter()
-            .chain(["--peer", &s(&p1), "--keys", &kb])
-            .collect::<Vec<_>>(),
-    ));
-    assert_eq!(code, Some(0), "QoS 0 is sent: {stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("nomq: refused so far: "))
-        .unwrap_or_else(|| panic!("no summary: {stderr}"));
-    assert!(line.contains(" BadMac"), "{line}");
+    for how in ["flag", "env"] {
+        let (bind, peer) = (s(&p2), s(&p1));
+        let args = ["pub", "-c", "a/b", "-m", "hi", "--linger-s", "1.5", "--bind", &bind];
+        let mut c = nomq(&dir, &args);
+        c.args(["--peer", &peer, "--keys", &kb]);
+        if how == "flag" {
+            c.arg("--refusals");
+        } else {
+            c.env("NOMQ_REFUSALS", "1");
+        }
+        let (code, _, stderr) = outcome(&run_cmd(c));
+        assert_eq!(code, Some(0), "{how}: QoS 0 is sent: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("nomq: refused so far: "))
+            .unwrap_or_else(|| panic!("{how}: no summary: {stderr}"));
+        assert!(line.contains(" BadMac"), "{how}: {line}");
+    }
     // Done with it: no need to wait for its -W.
     stop(sub);
 }
@@ -286,7 +292,7 @@ fn replayed_datagram_total_and_hint() {
     let peer = s(&sender.socket.local_addr().unwrap());
     let sub = spawn(
         &dir,
-        &["sub", "-c", "a/#", "--bind", &s(&p1), "--peer", &peer, "--keys", &keys]
+        &["sub", "-c", "a/#", "-v", "--bind", &s(&p1), "--peer", &peer, "--keys", &keys]
             .into_iter()
             .chain(["-C", "2", "-W", "2"])
             .collect::<Vec<_>>(),

@@ -38,7 +38,20 @@ fn late_subscriber_acknowledging_the_retained_copy_is_success() {
     std::thread::sleep(Duration::from_millis(3000));
     let sub = run(
         &dir,
-        &["sub", "-c", "cfg/#", "--bind", &s(&p2), "--peer", &s(&p1), "--keys", &keys, "-W", "3"],
+        &[
+            "sub",
+            "-c",
+            "cfg/#",
+            "-v",
+            "--bind",
+            &s(&p2),
+            "--peer",
+            &s(&p1),
+            "--keys",
+            &keys,
+            "-W",
+            "3",
+        ],
     );
     let (_, got, _) = outcome(&sub);
     assert_eq!(got.matches("cfg/mode eco").count(), 1, "late subscriber printed: {got}");

@@ -229,12 +229,23 @@ fn help_documents_exit_codes_and_units() {
     let dir = Scratch::new("help");
     let (code, stdout, _) = outcome(&run(&dir, &["sub", "--help"]));
     assert_eq!(code, Some(0));
-    for n in ["130", "SIGINT", "143", "SIGTERM", "--unsynced-clock", "--verbose", "Unix time"] {
+    for n in [
+        "130",
+        "SIGINT",
+        "143",
+        "SIGTERM",
+        "--unsynced-clock",
+        "--refusals",
+        "-v, --verbose",
+        "Unix time",
+    ] {
         assert!(stdout.contains(n), "sub --help lacks {n:?}: {stdout}");
     }
     let (code, stdout, _) = outcome(&run(&dir, &["pub", "--help"]));
     assert_eq!(code, Some(0));
-    for n in ["rounded up", "65535", "no expiry", "sent as 15", "-v, --verbose"] {
+    for n in
+        ["rounded up", "65535", "no expiry", "sent as 15", "--refusals", "[aliases: -t, --topic]"]
+    {
         assert!(stdout.contains(n), "pub --help lacks {n:?}: {stdout}");
     }
 }

@@ -25,18 +25,23 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 2000,
           value_parser = value_parser!(u64).range(1..=1_000_000))]
     samples: u64,
-    /// Publishes queued at once during the QoS 0 run. Deeper is not faster: the engine
-    /// shifts its outbox when an entry leaves.
+    /// Publishes queued at once during the QoS 0 run. Deeper is not faster: for every
+    /// datagram it sends, the engine scans its whole outbox for the highest-priority ready
+    /// entry, so a longer outbox costs more per message (finished entries are
+    /// swap-removed, which is cheap).
     #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = value_parser!(u16).range(1..=64).map(usize::from))]
     pipeline: usize,
+    /// Longest each phase (raw UDP, QoS 0, QoS 1) may send or time round trips, in
+    /// seconds, 0.1..=600, fractional allowed. A phase cut short says so, with how many it
+    /// sent ("cut" in --json).
+    #[arg(long, value_name = "S", default_value = "5",
+          value_parser = common::seconds_arg(0.1, 600.0), allow_negative_numbers = true)]
+    max_seconds: Duration,
     /// Print one JSON object instead of text (and no progress bar).
     #[arg(long)]
     json: bool,
 }
-
-/// Longest a phase may send (or time round trips).
-const PHASE_LIMIT: Duration = Duration::from_secs(5);
 /// A receiver that heard nothing this long after its sender finished is done.
 const DRAIN_QUIET: Duration = Duration::from_millis(300);
 const CHANNEL_QOS0: &str = "bench/qos0";
@@ -54,9 +59,10 @@ impl Throughput {
     fn per_second(&self) -> f64 {
         if self.seconds > 0.0 { self.received as f64 / self.seconds } else { 0.0 }
     }
-    fn json(&self) -> serde_json::Value {
+    fn json(&self, wanted: u64) -> serde_json::Value {
         serde_json::json!({
             "sent": self.sent,
+            "cut": self.sent < wanted,
             "received": self.received,
             "seconds": self.seconds,
             "per_second": self.per_second().round(),
@@ -122,6 +128,10 @@ struct Latency {
 }
 
 impl Latency {
+    /// Round trips timed or failed.
+    fn tried(&self) -> u64 {
+        self.samples.len() as u64 + self.failed
+    }
     fn percentile(&self, p: f64) -> Duration {
         if self.samples.is_empty() {
             return Duration::ZERO;
@@ -151,7 +161,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Failure> {
     }
 
     pb.set_message("raw UDP");
-    let raw = raw_udp(a.messages, datagram_len, &pb)?;
+    let raw = raw_udp(a.messages, datagram_len, a.max_seconds, &pb)?;
     pb.set_position(a.messages);
     pb.set_message("NoMQ QoS 0");
     let NomqRun { qos0, qos1, publisher_drops, subscriber_drops } = nomq_phases(a, &pb)?;
@@ -164,12 +174,14 @@ pub fn run(a: &BenchArgs) -> Result<(), Failure> {
         let v = serde_json::json!({
             "body_len": a.size,
             "datagram_len": datagram_len,
-            "raw_udp": raw.json(),
-            "nomq_qos0": qos0.json(),
+            "max_seconds": a.max_seconds.as_secs_f64(),
+            "raw_udp": raw.json(a.messages),
+            "nomq_qos0": qos0.json(a.messages),
             "ratio": (ratio * 1000.0).round() / 1000.0,
             "qos1_rtt": {
                 "samples": qos1.samples.len(),
                 "failed": qos1.failed,
+                "cut": qos1.tried() < a.samples,
                 "p50_us": us(p50).round(),
                 "p99_us": us(p99).round(),
                 "max_us": us(qos1.samples.last().copied().unwrap_or_default()).round(),
@@ -190,6 +202,9 @@ pub fn run(a: &BenchArgs) -> Result<(), Failure> {
                 t.received,
                 t.seconds
             );
+            if t.sent < a.messages {
+                println!("{:<18} {}", "", cut(t.sent, a.messages, "sent", a.max_seconds));
+            }
         };
         println!(
             "datagram: {datagram_len} B (a sealed PUBLISH of a {} B body on {CHANNEL_QOS0:?})",
@@ -206,6 +221,9 @@ pub fn run(a: &BenchArgs) -> Result<(), Failure> {
             qos1.samples.len(),
             qos1.failed
         );
+        if qos1.tried() < a.samples {
+            println!("{:<18} {}", "", cut(qos1.tried(), a.samples, "timed", a.max_seconds));
+        }
         for (who, d) in [("publisher", &publisher_drops), ("subscriber", &subscriber_drops)] {
             if !d.is_empty() {
                 let list: Vec<String> = d.iter().map(|(r, n)| format!("{r} {n}")).collect();
@@ -216,9 +234,17 @@ pub fn run(a: &BenchArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `cut at the 5 s limit (--max-seconds): 242176 of 300000 sent`.
+fn cut(done: u64, wanted: u64, what: &str, limit: Duration) -> String {
+    format!(
+        "cut at the {} limit (--max-seconds): {done} of {wanted} {what}",
+        common::fmt_duration(limit)
+    )
+}
+
 /// Plain UDP: one thread sends `n` datagrams of `len` bytes as fast as it can, another
 /// receives them.
-fn raw_udp(n: u64, len: usize, pb: &ProgressBar) -> Result<Throughput, Failure> {
+fn raw_udp(n: u64, len: usize, limit: Duration, pb: &ProgressBar) -> Result<Throughput, Failure> {
     let net = |what: &str, e: std::io::Error| Failure::network(format!("raw UDP {what}: {e}"));
     let rx = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
         .map_err(|e| net("socket", e))?;
@@ -240,7 +266,7 @@ fn raw_udp(n: u64, len: usize, pb: &ProgressBar) -> Result<Throughput, Failure> 
         let (receipts, done) = (Arc::clone(&receipts), Arc::clone(&done));
         std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
-            let end = Instant::now() + PHASE_LIMIT + Duration::from_secs(1);
+            let end = Instant::now() + limit + Duration::from_secs(1);
             let mut quiet_since: Option<Instant> = None;
             while receipts.count() < n && Instant::now() < end {
                 match rx.recv_from(&mut buf) {
@@ -260,7 +286,7 @@ fn raw_udp(n: u64, len: usize, pb: &ProgressBar) -> Result<Throughput, Failure> 
         })
     };
     let payload = vec![0xA5u8; len];
-    let end = Instant::now() + PHASE_LIMIT;
+    let end = Instant::now() + limit;
     let mut sent = 0;
     while sent < n {
         if sent % 4096 == 0 {
@@ -449,7 +475,7 @@ async fn qos0(
 ) -> Result<u64, Failure> {
     let next = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
-    let end = tokio::time::Instant::now() + PHASE_LIMIT;
+    let end = tokio::time::Instant::now() + a.max_seconds;
     let body: Arc<[u8]> = vec![0x5Au8; a.size].into();
     let mut tasks = Vec::with_capacity(a.pipeline);
     for _ in 0..a.pipeline {
@@ -499,7 +525,7 @@ async fn qos1(a: &BenchArgs, node: &Handle, pb: &ProgressBar) -> Result<Latency,
     let body = vec![0x5Au8; a.size];
     // A lost round trip gives up within 2 s (the TTL), keeping the phase bounded.
     let opts = PublishOptions { ttl: Some(2), ..PublishOptions::qos(Qos::AtLeastOnce) };
-    let end = Instant::now() + PHASE_LIMIT;
+    let end = Instant::now() + a.max_seconds;
     let mut lat = Latency::default();
     for i in 0..a.samples {
         if Instant::now() >= end {

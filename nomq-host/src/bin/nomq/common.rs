@@ -93,9 +93,71 @@ pub fn fmt_duration(d: Duration) -> String {
     format!("{} s", fmt_f64(d.as_secs_f64()))
 }
 
-/// `clap` parser for `IP:PORT` (or a bare IP, port 8888).
-pub fn addr_arg(s: &str) -> Result<SocketAddr, String> {
-    parse_addr("address", s).map_err(|_| format!("'{s}' is not an address (expected IP:PORT)"))
+/// An address as the user wrote it (`IP:PORT`, a bare IP, `HOST:PORT` or a bare host;
+/// port 8888 when none is given), with what it resolves to.
+#[derive(Debug, Clone)]
+pub struct AddrArg {
+    text: String,
+    addrs: Vec<SocketAddr>,
+}
+
+/// `clap` parser for [`AddrArg`]: names are resolved (`std::net::ToSocketAddrs`) as the
+/// command line is read.
+pub fn addr_arg(s: &str) -> Result<AddrArg, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = parse_addr("address", s) {
+        return Ok(AddrArg { text: s.to_string(), addrs: vec![a] });
+    }
+    let has_port = s.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    let resolved = if has_port {
+        s.to_socket_addrs()
+    } else {
+        (s, nomq_host::config::DEFAULT_PORT).to_socket_addrs()
+    };
+    let mut addrs: Vec<SocketAddr> = resolved
+        .map_err(|e| {
+            format!("'{s}' is not an address (expected IP:PORT or HOST:PORT): cannot resolve: {e}")
+        })?
+        .collect();
+    // getaddrinfo repeats an address once per socket type.
+    let mut seen = Vec::with_capacity(addrs.len());
+    addrs.retain(|a| {
+        let new = !seen.contains(a);
+        seen.push(*a);
+        new
+    });
+    if addrs.is_empty() {
+        return Err(format!("'{s}' resolves to no address"));
+    }
+    Ok(AddrArg { text: s.to_string(), addrs })
+}
+
+impl AddrArg {
+    /// The one address meant, for option `opt`: the only one the name resolves to, else
+    /// the only one of `family`'s address family (for `--bind`, with no family yet:
+    /// IPv4, the family of the default 0.0.0.0:8888); several left is an error listing
+    /// them.
+    pub fn pick(&self, opt: &str, family: Option<SocketAddr>) -> Result<SocketAddr, Failure> {
+        if let [one] = self.addrs[..] {
+            return Ok(one);
+        }
+        let v4 = family.is_none_or(|f| f.is_ipv4());
+        let same: Vec<SocketAddr> =
+            self.addrs.iter().copied().filter(|a| a.is_ipv4() == v4).collect();
+        if let [one] = same[..] {
+            return Ok(one);
+        }
+        let list: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        let list = match list.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => list.join(""),
+        };
+        Err(Failure::usage(format!(
+            "{opt} {}: {} resolves to {list}; give one address",
+            self.text,
+            self.text.rsplit_once(':').map_or(self.text.as_str(), |(h, _)| h)
+        )))
+    }
 }
 
 /// Flags of every command that runs a node. Precedence: flags > `NOMQ_*` environment >
@@ -106,16 +168,18 @@ pub struct NodeArgs {
     /// nomq-keys.json]
     #[arg(long, value_name = "FILE")]
     pub keys: Option<PathBuf>,
-    /// Local address to bind [default: $NOMQ_BIND, else 0.0.0.0:8888]
+    /// Local address to bind, IP:PORT or HOST:PORT (a name of several addresses: its IPv4
+    /// one) [default: $NOMQ_BIND, else 0.0.0.0:8888]
     #[arg(long, value_name = "ADDR", value_parser = addr_arg)]
-    pub bind: Option<SocketAddr>,
-    /// A static peer, reached by unicast fan-out (repeatable) [default: $NOMQ_PEERS]
+    pub bind: Option<AddrArg>,
+    /// A static peer, reached by unicast fan-out (repeatable), IP:PORT or HOST:PORT (a
+    /// name of several addresses: the one of --bind's family) [default: $NOMQ_PEERS]
     #[arg(long = "peer", value_name = "ADDR", value_parser = addr_arg)]
-    pub peers: Vec<SocketAddr>,
+    pub peers: Vec<AddrArg>,
     /// A broadcast address for fan-out (repeatable) [default: 255.255.255.255:PORT when
     /// bound to a non-loopback address with no peers or multicast group]
     #[arg(long = "broadcast", value_name = "ADDR", value_parser = addr_arg)]
-    pub broadcast: Vec<SocketAddr>,
+    pub broadcast: Vec<AddrArg>,
     /// A multicast group to join and fan out to
     #[arg(long, value_name = "IP")]
     pub multicast: Option<IpAddr>,
@@ -130,11 +194,19 @@ pub struct NodeArgs {
     pub unsynced_clock: bool,
     /// Print to stderr, at most once a second and only when the counts change, how many
     /// datagrams were refused and why (wrong keyring, stale clock, replay, ...)
-    #[arg(short = 'v', long)]
-    pub verbose: bool,
+    /// [default: $NOMQ_REFUSALS (1/true), else off]
+    #[arg(long = "refusals")]
+    pub refusals: bool,
 }
 
 impl NodeArgs {
+    /// `--refusals`, or `NOMQ_REFUSALS=1`/`true`.
+    pub fn refusals(&self) -> bool {
+        self.refusals
+            || std::env::var("NOMQ_REFUSALS")
+                .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"))
+    }
+
     /// Defaults, then the file, then the environment, then these flags.
     pub fn host_config(&self) -> Result<HostConfig, Failure> {
         let mut cfg = HostConfig::default();
@@ -145,14 +217,19 @@ impl NodeArgs {
         if let Some(k) = &self.keys {
             cfg.keyring.clone_from(k);
         }
-        if let Some(b) = self.bind {
-            cfg.bind = b;
+        if let Some(b) = &self.bind {
+            cfg.bind = b.pick("--bind", None)?;
         }
         if !self.peers.is_empty() {
-            cfg.peers.clone_from(&self.peers);
+            cfg.peers = self
+                .peers
+                .iter()
+                .map(|p| p.pick("--peer", Some(cfg.bind)))
+                .collect::<Result<_, _>>()?;
         }
         if !self.broadcast.is_empty() {
-            cfg.broadcast = Some(self.broadcast.clone());
+            let b = self.broadcast.iter().map(|p| p.pick("--broadcast", Some(cfg.bind)));
+            cfg.broadcast = Some(b.collect::<Result<_, _>>()?);
         }
         if self.multicast.is_some() {
             cfg.multicast = self.multicast;
@@ -253,7 +330,7 @@ impl PeerBook {
 
 /// What a drop reason most likely means, and what to do about it; `None` for drops
 /// that are no refusal (our own packets looped back by broadcast or multicast). The one
-/// table of hints: the running summary of `--verbose` and the totals printed on failure
+/// table of hints: the running summary of `--refusals` and the totals printed on failure
 /// both use it.
 pub fn refusal_hint(r: DropReason, cfg: &HostConfig) -> Option<String> {
     use DropReason as D;
@@ -329,7 +406,7 @@ pub fn refusal_hint(r: DropReason, cfg: &HostConfig) -> Option<String> {
     Some(s)
 }
 
-/// Refusal counts by reason, reported as they change (`--verbose`) and in full when a
+/// Refusal counts by reason, reported as they change (`--refusals`) and in full when a
 /// command fails.
 pub struct Refusals {
     last: Vec<(DropReason, u64)>,
@@ -379,7 +456,7 @@ impl Refusals {
         (bad > 0).then(|| {
             format!(
                 "{bad} datagram(s) failed authentication so far: wrong keyring? (compare the \
-                 fingerprints of `nomq keys show` on both sides; -v reports all refusals)"
+                 fingerprints of `nomq keys show` on both sides; --refusals reports all refusals)"
             )
         })
     }
@@ -393,4 +470,42 @@ pub fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arg(text: &str, addrs: &[&str]) -> AddrArg {
+        AddrArg { text: text.into(), addrs: addrs.iter().map(|a| a.parse().unwrap()).collect() }
+    }
+
+    #[test]
+    fn a_name_of_several_addresses_is_taken_only_when_the_family_decides() {
+        let both = arg("localhost:7001", &["127.0.0.1:7001", "[::1]:7001"]);
+        let v4: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        assert_eq!(both.pick("--peer", Some(v4)).unwrap(), "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(both.pick("--peer", Some(v6)).unwrap(), "[::1]:7001".parse().unwrap());
+        assert_eq!(both.pick("--bind", None).unwrap(), "127.0.0.1:7001".parse().unwrap());
+        let two = arg("h:7001", &["10.0.0.1:7001", "10.0.0.2:7001", "[::1]:7001"]);
+        let e = two.pick("--peer", Some(v4)).unwrap_err();
+        assert_eq!(e.code, 2);
+        assert_eq!(
+            e.message,
+            "--peer h:7001: h resolves to 10.0.0.1:7001, 10.0.0.2:7001 and [::1]:7001; \
+             give one address"
+        );
+    }
+
+    #[test]
+    fn names_and_literals_resolve() {
+        let a = addr_arg("localhost:7001").unwrap();
+        assert!(a.addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 7001), "{a:?}");
+        let a = addr_arg("localhost").unwrap();
+        assert!(a.addrs.iter().all(|a| a.port() == nomq_host::config::DEFAULT_PORT), "{a:?}");
+        assert_eq!(addr_arg("127.0.0.1:5").unwrap().addrs, ["127.0.0.1:5".parse().unwrap()]);
+        assert!(addr_arg("nomq.invalid:5").unwrap_err().contains("cannot resolve"));
+        assert!(addr_arg("").is_err());
+    }
 }

@@ -8,10 +8,11 @@
 mod bench;
 mod common;
 mod keys;
+mod peers;
 mod publish;
 mod subscribe;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use common::Failure;
 use std::process::ExitCode;
 
@@ -30,7 +31,7 @@ Logs go to stderr; set RUST_LOG (default: warn).";
 
 /// Brokerless, encrypted publish/subscribe over UDP.
 #[derive(Parser, Debug)]
-#[command(name = "nomq", version, about, long_about = None)]
+#[command(name = "nomq", version)]
 #[command(after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
@@ -42,14 +43,25 @@ enum Command {
     /// Generate, inspect and rotate keyring files.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
-    /// Publish one message.
+    /// Publish a message (with -l, one per line of stdin).
     #[command(after_help = EXIT_CODES)]
     Pub(publish::PubArgs),
     /// Print the messages of channels as they arrive.
     #[command(after_help = SUB_EXIT_CODES)]
     Sub(subscribe::SubArgs),
+    /// Show the peers this keyring can see, their subscriptions, traffic and refusals:
+    /// live (refreshed each second), or `--once --json` for scripts.
+    Peers(peers::PeersArgs),
     /// Measure throughput and latency on 127.0.0.1 against a plain UDP loop.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash: `source <(nomq completions bash)`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `nomq man | man -l -`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -59,7 +71,13 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Pub(args) => block_on(publish::run(args)),
         Command::Sub(args) => block_on(subscribe::run(args)),
+        Command::Peers(args) => block_on(peers::run(args)),
         Command::Bench(args) => bench::run(&args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "nomq", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,6 +88,33 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// `nomq man`: one roff page, from the same clap definitions as `--help`: the page of
+/// `nomq`, then a section per subcommand with its synopsis and options.
+fn man() -> Result<(), Failure> {
+    use std::io::Write;
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    let mut r = clap_mangen::Man::new(cmd.clone()).render(&mut out);
+    for sub in cmd.get_subcommands() {
+        let name = format!("nomq {}", sub.get_name());
+        let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
+        let sub = sub.clone().bin_name(name.clone());
+        let man = clap_mangen::Man::new(sub.clone());
+        r = r
+            .and_then(|()| {
+                writeln!(out, ".SH \"{}\"", name.to_uppercase())?;
+                writeln!(out, "{}", about.replace('\\', "\\\\"))
+            })
+            .and_then(|()| man.render_synopsis_section(&mut out))
+            .and_then(|()| man.render_options_section(&mut out));
+        if sub.has_subcommands() {
+            r = r.and_then(|()| man.render_subcommands_section(&mut out));
+        }
+    }
+    r.and_then(|()| std::io::stdout().write_all(&out))
+        .map_err(|e| Failure::network(format!("cannot write the man page: {e}")))
 }
 
 fn init_logging() {

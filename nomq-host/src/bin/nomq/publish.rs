@@ -4,19 +4,45 @@ use crate::common::{self, Failure, NodeArgs, PeerBook, Refusals};
 use clap::value_parser;
 use nomq::ChannelName;
 use nomq_host::{Delivery, Destination, Handle, PublishOptions, Qos, Status};
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 #[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("body").required(true).multiple(false)
+    .args(["message", "stdin_file", "stdin_line", "file", "null_message"]))]
 pub struct PubArgs {
     /// Channel to publish to (levels separated by `/`, no wildcards).
-    #[arg(short = 'c', long = "channel", value_name = "CHANNEL")]
+    #[arg(
+        short = 'c',
+        long = "channel",
+        value_name = "CHANNEL",
+        visible_short_alias = 't',
+        visible_alias = "topic"
+    )]
     channel: String,
-    /// Message body, sent as the UTF-8 bytes given.
+    /// Message body, sent as the bytes given (need not be UTF-8). `-m -` sends a literal
+    /// "-", as mosquitto_pub does: to read stdin, use -s or -l. Exactly one of
+    /// -m/-s/-l/-f/-n.
     #[arg(short = 'm', long = "message", value_name = "MESSAGE")]
-    message: String,
+    message: Option<OsString>,
+    /// Read the whole of stdin and send it as one message.
+    #[arg(short = 's', long)]
+    stdin_file: bool,
+    /// Send each line of stdin as a message, in order, as lines arrive (the line ending,
+    /// \n or \r\n, is not sent; empty lines are skipped, as mosquitto_pub does). At QoS 1/2
+    /// each line's outcome is checked: exit 1 if any line was not confirmed.
+    #[arg(short = 'l', long)]
+    stdin_line: bool,
+    /// Send the contents of FILE as the message.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Send an empty message (zero-length body).
+    #[arg(short = 'n', long)]
+    null_message: bool,
     /// Delivery guarantee: 0 at most once, 1 at least once, 2 exactly once.
     #[arg(short = 'q', long, default_value_t = 0, value_parser = value_parser!(u8).range(0..=2))]
     qos: u8,
@@ -34,7 +60,7 @@ pub struct PubArgs {
     priority: u8,
     /// Send to this one peer instead of the fan-out.
     #[arg(long, value_name = "ADDR", value_parser = common::addr_arg)]
-    to: Option<SocketAddr>,
+    to: Option<common::AddrArg>,
     /// QoS 1/2: wait up to this many milliseconds, 0..=600000, to hear from a peer (and
     /// learn its subscriptions) before publishing.
     #[arg(long, value_name = "N", default_value_t = 1500,
@@ -64,9 +90,86 @@ fn ttl_arg(s: &str) -> Result<u16, String> {
     u16::try_from(secs).map_err(|_| format!("{s} is outside 0..=65535 seconds"))
 }
 
+/// Where the body (or, with `-l`, the bodies) comes from.
+enum Source {
+    /// One body, already read.
+    One(Vec<u8>),
+    /// Lines of stdin, read as they arrive.
+    Lines,
+}
+
+impl PubArgs {
+    /// The body of `-m`/`-s`/`-f`/`-n`, read before any socket is bound.
+    fn source(&self) -> Result<Source, Failure> {
+        use std::io::Read;
+        if let Some(m) = &self.message {
+            return Ok(Source::One(os_bytes(m)));
+        }
+        if self.stdin_file {
+            let mut body = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut body)
+                .map_err(|e| Failure::usage(format!("--stdin-file: cannot read stdin: {e}")))?;
+            return Ok(Source::One(body));
+        }
+        if let Some(f) = &self.file {
+            let body = std::fs::read(f)
+                .map_err(|e| Failure::usage(format!("--file {}: {e}", f.display())))?;
+            return Ok(Source::One(body));
+        }
+        if self.stdin_line {
+            return Ok(Source::Lines);
+        }
+        // -n (clap requires one of the group).
+        Ok(Source::One(Vec::new()))
+    }
+}
+
+/// The lines of stdin, read on a thread of their own as they arrive (a blocking read
+/// must not stall the node's runtime); an error ends them.
+fn stdin_lines() -> mpsc::Receiver<Result<Vec<u8>, Failure>> {
+    use std::io::BufRead;
+    let (tx, rx) = mpsc::channel(64);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let mut line = Vec::new();
+            let r = match stdin.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => Ok(line),
+                Err(e) => Err(Failure::usage(format!("--stdin-line: cannot read stdin: {e}"))),
+            };
+            let stop = r.is_err();
+            if tx.blocking_send(r).is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The bytes of an argument as the shell passed them (on Unix, any bytes).
+fn os_bytes(s: &std::ffi::OsStr) -> Vec<u8> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        s.as_bytes().to_vec()
+    }
+    #[cfg(not(unix))]
+    {
+        s.to_string_lossy().into_owned().into_bytes()
+    }
+}
+
 pub async fn run(a: PubArgs) -> Result<(), Failure> {
     let cfg = a.node.host_config()?;
-    check(&a.channel, a.message.len(), cfg.engine.max_payload)?;
+    let to = a.to.as_ref().map(|t| t.pick("--to", Some(cfg.bind))).transpose()?;
+    let source = a.source()?;
+    let max_body = check(&a.channel, cfg.engine.max_payload)?;
+    if let Source::One(body) = &source {
+        check_len(&a.channel, body.len(), max_body)?;
+    }
     let priority = if a.priority > MAX_PRIORITY {
         eprintln!(
             "warning: --priority {} is above {MAX_PRIORITY}, the highest; sending {MAX_PRIORITY}",
@@ -80,7 +183,7 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
     let (events, mut events_rx) = mpsc::channel(256);
     let node = common::start(&cfg, keys, Some(events)).await?;
     let mut refusals = Refusals::new(&cfg);
-    let verbose = a.node.verbose;
+    let verbose = a.node.refusals();
     // Checked by clap: 0..=2.
     let qos = Qos::from_level(a.qos).unwrap_or_default();
     let opts = PublishOptions {
@@ -88,7 +191,7 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
         retain: a.retain,
         ttl: Some(a.ttl),
         priority,
-        destination: a.to.map_or(Destination::All, |t| Destination::Peer(t.into())),
+        destination: to.map_or(Destination::All, |t| Destination::Peer(t.into())),
     };
     let heard = if qos != Qos::AtMostOnce && common::has_fanout(&cfg) {
         let wait = wait_for_peer(&node, Duration::from_millis(a.wait_ms));
@@ -96,18 +199,33 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
     } else {
         false
     };
-    let publish = node.publish(&a.channel, a.message.into_bytes(), opts);
-    let result = summarised(publish, &node, &mut refusals, verbose).await;
     let mut book = PeerBook::default();
-    book.drain(&mut events_rx);
-    let mut late = Vec::new();
-    if !a.linger_s.is_zero() && result.is_ok() {
-        let linger = linger(a.linger_s, &mut events_rx, &mut book, &mut late);
-        summarised(linger, &node, &mut refusals, verbose).await;
-    }
-    let outcome = match result {
-        Ok(d) => report_with_late(&a.channel, a.to, a.ttl, heard, &d, &book, &late),
-        Err(e) => Err(Failure::from(e)),
+    let outcome = match source {
+        Source::One(body) => {
+            let publish = node.publish(&a.channel, body, opts);
+            let result = summarised(publish, &node, &mut refusals, verbose).await;
+            book.drain(&mut events_rx);
+            let mut late = Vec::new();
+            if !a.linger_s.is_zero() && result.is_ok() {
+                let linger = linger(a.linger_s, &mut events_rx, &mut book, &mut late);
+                summarised(linger, &node, &mut refusals, verbose).await;
+            }
+            match result {
+                Ok(d) => report_with_late(&a.channel, to, a.ttl, heard, &d, &book, &late),
+                Err(e) => Err(Failure::from(e)),
+            }
+        }
+        Source::Lines => {
+            let lines =
+                publish_lines(&a, to, &node, &opts, max_body, heard, &mut book, &mut events_rx);
+            let r = summarised(lines, &node, &mut refusals, verbose).await;
+            if r.is_ok() && !a.linger_s.is_zero() {
+                let mut late = Vec::new();
+                let linger = linger(a.linger_s, &mut events_rx, &mut book, &mut late);
+                summarised(linger, &node, &mut refusals, verbose).await;
+            }
+            r
+        }
     };
     if outcome.as_ref().is_err_and(|f| f.code == 1) {
         refusals.print_totals(&node).await;
@@ -117,6 +235,62 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
     }
     node.shutdown().await;
     outcome
+}
+
+/// `-l`: publishes each non-empty line of stdin in order, reporting each outcome. Every
+/// line is tried; the result is the worst failure (an oversized line is a usage error,
+/// exit 2; an unconfirmed one exit 1).
+#[allow(clippy::too_many_arguments)]
+async fn publish_lines(
+    a: &PubArgs,
+    to: Option<SocketAddr>,
+    node: &Handle,
+    opts: &PublishOptions,
+    max_body: usize,
+    heard: bool,
+    book: &mut PeerBook,
+    events: &mut mpsc::Receiver<nomq_host::NodeEvent>,
+) -> Result<(), Failure> {
+    let mut lines = stdin_lines();
+    let (mut n, mut failed) = (0u64, 0u64);
+    let mut worst: Option<Failure> = None;
+    while let Some(line) = lines.recv().await {
+        let mut line = line?;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        if line.is_empty() {
+            continue;
+        }
+        n += 1;
+        let result = match check_len(&a.channel, line.len(), max_body) {
+            Err(f) => Err(f),
+            Ok(()) => match node.publish(&a.channel, line, *opts).await {
+                Ok(d) => {
+                    book.drain(events);
+                    report(&a.channel, to, a.ttl, heard, &d, book)
+                }
+                Err(e) => Err(Failure::from(e)),
+            },
+        };
+        if let Err(f) = result {
+            failed += 1;
+            eprintln!("error: line {n}: {f}");
+            if worst.as_ref().is_none_or(|w| f.code > w.code) {
+                worst = Some(f);
+            }
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some(w) => {
+            let s = if n == 1 { "" } else { "s" };
+            Err(Failure { code: w.code, message: format!("{failed} of {n} line{s} failed") })
+        }
+    }
 }
 
 /// Serves the retained value for `d`, collecting the late subscribers that acknowledged
@@ -182,7 +356,7 @@ fn report_with_late(
     }
 }
 
-/// Runs `f`; with `--verbose`, reports refusal counts once a second meanwhile.
+/// Runs `f`; with `--refusals`, reports refusal counts once a second meanwhile.
 async fn summarised<F: Future>(
     f: F,
     node: &Handle,
@@ -203,13 +377,18 @@ async fn summarised<F: Future>(
     }
 }
 
-/// Refuses a bad channel or an oversized message before any socket is bound.
-fn check(channel: &str, body_len: usize, max_payload: usize) -> Result<(), Failure> {
+/// Refuses a bad channel before any socket is bound; returns the largest body a packet
+/// on it holds.
+fn check(channel: &str, max_payload: usize) -> Result<usize, Failure> {
     ChannelName::new(channel)
         .map_err(|e| Failure::usage(format!("invalid channel name {channel:?}: {e}")))?;
-    let max = nomq::envelope::max_plaintext(max_payload)
+    Ok(nomq::envelope::max_plaintext(max_payload)
         .saturating_sub(nomq::body::PUBLISH_PREFIX_LEN)
-        .saturating_sub(channel.len());
+        .saturating_sub(channel.len()))
+}
+
+/// Refuses an oversized message.
+fn check_len(channel: &str, body_len: usize, max: usize) -> Result<(), Failure> {
     if body_len > max {
         return Err(Failure::usage(format!(
             "message too large: {body_len} bytes; on channel {channel:?} one packet holds at most \

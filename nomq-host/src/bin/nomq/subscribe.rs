@@ -14,8 +14,28 @@ use tokio::time::Instant;
 #[derive(clap::Args, Debug)]
 pub struct SubArgs {
     /// Channel pattern to subscribe to: `+` matches one level, `#` the rest (repeatable).
-    #[arg(short = 'c', long = "channel", value_name = "PATTERN", required = true)]
+    #[arg(
+        short = 'c',
+        long = "channel",
+        value_name = "PATTERN",
+        required = true,
+        visible_short_alias = 't',
+        visible_alias = "topic"
+    )]
     patterns: Vec<String>,
+    /// Print `channel body` per message instead of the body alone (as mosquitto_sub -v).
+    #[arg(short = 'v', long, conflicts_with_all = ["json", "format"])]
+    verbose: bool,
+    /// Print each message by this format instead (as mosquitto_sub -F): %t channel, %p
+    /// body (raw bytes), %x body in hex, %l body length, %q QoS, %r retained (0/1), %d dup
+    /// (0/1), %i message id (SESSION:PACKET_ID), %s sender session, %a sender IP:PORT, %U receipt Unix time
+    /// (seconds, fractional), %j
+    /// the JSON line of --json, %% a %; \n newline, \t tab, \\ backslash.
+    #[arg(short = 'F', long, value_name = "FORMAT", conflicts_with = "json")]
+    format: Option<String>,
+    /// No newline after each message (as mosquitto_sub -N).
+    #[arg(short = 'N', long)]
+    no_newline: bool,
     /// Print one JSON object per line: channel, body, encoding ("utf8" or "hex"), from
     /// (the sender's IP:PORT), session (the sender's), id {session, packet_id} (the
     /// message id, the same in every repeat of a QoS 1 message: de-duplicate on it), qos,
@@ -51,6 +71,7 @@ pub async fn run(a: SubArgs) -> Result<(), Failure> {
             patterns.push(p.clone());
         }
     }
+    let format = Format::from_args(&a)?;
     let cfg = a.node.host_config()?;
     let keys = common::load_keys(&cfg)?;
     let node = common::start(&cfg, keys, None).await?;
@@ -65,7 +86,7 @@ pub async fn run(a: SubArgs) -> Result<(), Failure> {
         }
     }
     let mut refusals = Refusals::new(&cfg);
-    let result = receive(&a, &node, &mut subs, &mut refusals, &mut signals).await;
+    let result = receive(&a, &format, &node, &mut subs, &mut refusals, &mut signals).await;
     if result.is_ok() {
         linger(&node).await;
     }
@@ -124,6 +145,7 @@ impl Signals {
 
 async fn receive(
     a: &SubArgs,
+    format: &Format,
     node: &Handle,
     subs: &mut [Subscription],
     refusals: &mut Refusals,
@@ -132,9 +154,9 @@ async fn receive(
     // `None` past the end of time (not within -W's range): no deadline.
     let deadline = a.timeout_s.and_then(|d| Instant::now().checked_add(d));
     let mut printed = 0u64;
-    let verbose = a.node.verbose;
+    let verbose = a.node.refusals();
     let mut warned_auth = false;
-    // One summary line per second at most: the rate limit of --verbose.
+    // One summary line per second at most: the rate limit of --refusals.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stdout = std::io::stdout().lock();
@@ -156,8 +178,12 @@ async fn receive(
                 if matched_earlier(subs, i, &m.channel) {
                     continue;
                 }
-                let line = if a.json { json_line(&m) } else { text_line(&m) };
-                match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+                let mut out = Vec::with_capacity(m.body.len() + m.channel.len() + 2);
+                format.render(&m, &mut out);
+                if !a.no_newline {
+                    out.push(b'\n');
+                }
+                match stdout.write_all(&out).and_then(|()| stdout.flush()) {
                     Ok(()) => printed += 1,
                     // The reader went away (`| head -1`): a normal end.
                     Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
@@ -241,15 +267,135 @@ fn body(m: &Message) -> (String, &'static str) {
     }
 }
 
-fn text_line(m: &Message) -> String {
-    format!("{} {}", m.channel, body(m).0)
+/// One piece of a `-F` format.
+#[derive(Debug, PartialEq)]
+enum Piece {
+    Text(Vec<u8>),
+    Channel,
+    Body,
+    BodyHex,
+    BodyLen,
+    Qos,
+    Retained,
+    Dup,
+    Id,
+    Session,
+    From,
+    Received,
+    Json,
+}
+
+/// How each message is printed: the pieces of `-F`, or those of the body-only, `-v` and
+/// `--json` modes.
+#[derive(Debug)]
+pub struct Format(Vec<Piece>);
+
+impl Format {
+    fn from_args(a: &SubArgs) -> Result<Self, Failure> {
+        if let Some(f) = &a.format {
+            return Self::parse(f).map_err(|e| Failure::usage(format!("-F/--format {f:?}: {e}")));
+        }
+        Ok(Self(if a.json {
+            vec![Piece::Json]
+        } else if a.verbose {
+            vec![Piece::Channel, Piece::Text(b" ".to_vec()), Piece::Body]
+        } else {
+            vec![Piece::Body]
+        }))
+    }
+
+    /// Parses a `-F` format; an unknown `%x` or a trailing `%` is refused.
+    fn parse(f: &str) -> Result<Self, String> {
+        let mut pieces = Vec::new();
+        let mut text = Vec::new();
+        let mut chars = f.chars();
+        while let Some(c) = chars.next() {
+            let piece = match c {
+                '%' => match chars.next() {
+                    Some('%') => None,
+                    Some('t') => Some(Piece::Channel),
+                    Some('p') => Some(Piece::Body),
+                    Some('x') => Some(Piece::BodyHex),
+                    Some('l') => Some(Piece::BodyLen),
+                    Some('q') => Some(Piece::Qos),
+                    Some('r') => Some(Piece::Retained),
+                    Some('d') => Some(Piece::Dup),
+                    Some('i') => Some(Piece::Id),
+                    Some('s') => Some(Piece::Session),
+                    Some('a') => Some(Piece::From),
+                    Some('U') => Some(Piece::Received),
+                    Some('j') => Some(Piece::Json),
+                    Some(o) => return Err(format!("unknown field %{o} (see --help)")),
+                    None => return Err("a lone % at the end (write %% for a %)".into()),
+                },
+                '\\' => match chars.next() {
+                    Some('n') => {
+                        text.push(b'\n');
+                        continue;
+                    }
+                    Some('t') => {
+                        text.push(b'\t');
+                        continue;
+                    }
+                    Some('\\') | None => None,
+                    Some(o) => return Err(format!("unknown escape \\{o} (\\n, \\t, \\\\)")),
+                },
+                _ => None,
+            };
+            match piece {
+                Some(p) => {
+                    if !text.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    }
+                    pieces.push(p);
+                }
+                // `%%`, `\\`, or plain text: the character itself.
+                None => {
+                    let mut buf = [0; 4];
+                    text.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        Ok(Self(pieces))
+    }
+
+    /// Appends the message as this format prints it (no newline).
+    fn render(&self, m: &Message, out: &mut Vec<u8>) {
+        for p in &self.0 {
+            match p {
+                Piece::Text(t) => out.extend_from_slice(t),
+                Piece::Channel => out.extend_from_slice(m.channel.as_bytes()),
+                Piece::Body => out.extend_from_slice(&m.body),
+                Piece::BodyHex => out.extend_from_slice(common::hex(&m.body).as_bytes()),
+                Piece::BodyLen => out.extend_from_slice(m.body.len().to_string().as_bytes()),
+                Piece::Qos => out.extend_from_slice(m.qos.level().to_string().as_bytes()),
+                Piece::Retained => out.push(if m.retained { b'1' } else { b'0' }),
+                Piece::Dup => out.push(if m.dup { b'1' } else { b'0' }),
+                Piece::Id => out.extend_from_slice(
+                    format!("{}:{}", m.msg.session, m.msg.packet_id.0).as_bytes(),
+                ),
+                Piece::Session => out.extend_from_slice(m.session.to_string().as_bytes()),
+                Piece::From => out.extend_from_slice(m.from.to_string().as_bytes()),
+                Piece::Received => out.extend_from_slice(format!("{:.6}", unix_now()).as_bytes()),
+                Piece::Json => out.extend_from_slice(json_line(m).as_bytes()),
+            }
+        }
+    }
+}
+
+/// Seconds since the Unix epoch (0 on a clock before it).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn json_line(m: &Message) -> String {
     let (body, encoding) = body(m);
-    let received = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let received = unix_now();
     serde_json::json!({
         "channel": m.channel,
         "body": body,
@@ -280,5 +426,29 @@ async fn linger(node: &Handle) {
         } else if quiet_since.elapsed() >= LINGER_QUIET {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_fields_escapes_and_refuse_unknowns() {
+        let f = Format::parse("%t=%p%%\\n\\\\x\\").unwrap();
+        assert_eq!(
+            f.0,
+            [
+                Piece::Channel,
+                Piece::Text(b"=".to_vec()),
+                Piece::Body,
+                Piece::Text(b"%\n\\x\\".to_vec())
+            ]
+        );
+        assert!(Format::parse("%U %j").is_ok());
+        assert!(Format::parse("%z").unwrap_err().contains("%z"));
+        assert!(Format::parse("abc%").unwrap_err().contains("lone %"));
+        assert!(Format::parse("\\q").unwrap_err().contains("\\q"));
+        assert_eq!(Format::parse("").unwrap().0, []);
     }
 }
