@@ -129,6 +129,7 @@ impl Sim {
                         self.send(i, j, &data);
                     }
                 }
+                other => panic!("the simulation does not know target {other:?}"),
             }
         }
         let m = &mut self.members[i];

@@ -869,7 +869,7 @@ pub fn run_std_device_late_peers(
                 Target::Unicast(a) => &[SocketAddr::from(a)],
                 // The script publishes to the fan-out only, and the loopback device joins
                 // no group: nothing is ever multicast from here.
-                Target::Group(_) => &[],
+                _ => &[],
             };
             for &a in to {
                 // A peer that is not (yet) listening answers with ICMP; the node retransmits.

@@ -65,6 +65,7 @@ fn exchange() {
                 let ok = match t.target {
                     Target::Fanout | Target::Group(_) => true,
                     Target::Unicast(a) => a == addr[to],
+                    _ => false,
                 };
                 if ok {
                     let mut d = [0u8; 200];

@@ -198,6 +198,7 @@ impl core::error::Error for SubscribeError {}
 /// How a publish ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Status {
     /// QoS 0: transmitted once.
     Sent,
@@ -343,6 +344,7 @@ impl SubscriptionSet {
 /// Where a datagram from `poll_transmit` goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Target {
     /// The adapter's fan-out (broadcast, multicast group, or static peer list).
     Fanout,

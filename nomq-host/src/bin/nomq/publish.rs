@@ -452,6 +452,7 @@ fn report(
             "not confirmed: the TTL of {ttl} s ran out (raise it with --ttl); {}",
             who(d, book)
         ))),
+        other => Err(Failure::undelivered(format!("not confirmed: {other:?}; {}", who(d, book)))),
     }
 }
 
