@@ -200,6 +200,7 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
         false
     };
     let mut book = PeerBook::default();
+    let ctx = Context { channel: &a.channel, to, ttl: a.ttl, heard };
     let outcome = match source {
         Source::One(body) => {
             let publish = node.publish(&a.channel, body, opts);
@@ -211,13 +212,12 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
                 summarised(linger, &node, &mut refusals, verbose).await;
             }
             match result {
-                Ok(d) => report_with_late(&a.channel, to, a.ttl, heard, &d, &book, &late),
+                Ok(d) => report_with_late(&ctx, &d, &book, &late),
                 Err(e) => Err(Failure::from(e)),
             }
         }
         Source::Lines => {
-            let lines =
-                publish_lines(&a, to, &node, &opts, max_body, heard, &mut book, &mut events_rx);
+            let lines = publish_lines(&a, &ctx, &node, &opts, max_body, &mut book, &mut events_rx);
             let r = summarised(lines, &node, &mut refusals, verbose).await;
             if r.is_ok() && !a.linger_s.is_zero() {
                 let mut late = Vec::new();
@@ -240,14 +240,12 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
 /// `-l`: publishes each non-empty line of stdin in order, reporting each outcome. Every
 /// line is tried; the result is the worst failure (an oversized line is a usage error,
 /// exit 2; an unconfirmed one exit 1).
-#[allow(clippy::too_many_arguments)]
 async fn publish_lines(
     a: &PubArgs,
-    to: Option<SocketAddr>,
+    ctx: &Context<'_>,
     node: &Handle,
     opts: &PublishOptions,
     max_body: usize,
-    heard: bool,
     book: &mut PeerBook,
     events: &mut mpsc::Receiver<nomq_host::NodeEvent>,
 ) -> Result<(), Failure> {
@@ -271,7 +269,7 @@ async fn publish_lines(
             Ok(()) => match node.publish(&a.channel, line, *opts).await {
                 Ok(d) => {
                     book.drain(events);
-                    report(&a.channel, to, a.ttl, heard, &d, book)
+                    report(ctx, &d, book)
                 }
                 Err(e) => Err(Failure::from(e)),
             },
@@ -323,10 +321,7 @@ async fn linger(
 /// [`report`], where late subscribers that acknowledged the retained copy during the
 /// linger count as delivery: the value reached them, confirmed.
 fn report_with_late(
-    channel: &str,
-    to: Option<SocketAddr>,
-    ttl: u16,
-    heard: bool,
+    ctx: &Context<'_>,
     d: &Delivery,
     book: &PeerBook,
     late: &[nomq::SessionId],
@@ -334,7 +329,7 @@ fn report_with_late(
     let mut late: Vec<_> = late.iter().copied().filter(|s| !d.acked.contains(s)).collect();
     late.sort_unstable_by_key(|s| s.0);
     late.dedup();
-    let r = report(channel, to, ttl, heard, d, book);
+    let r = report(ctx, d, book);
     if late.is_empty() {
         return r;
     }
@@ -414,14 +409,18 @@ async fn wait_for_peer(node: &Handle, limit: Duration) -> bool {
     }
 }
 
-fn report(
-    channel: &str,
+/// What an outcome is reported against.
+struct Context<'a> {
+    channel: &'a str,
+    /// `--to`, if the publish went to one peer.
     to: Option<SocketAddr>,
     ttl: u16,
+    /// Whether any peer was heard from before publishing.
     heard: bool,
-    d: &Delivery,
-    book: &PeerBook,
-) -> Result<(), Failure> {
+}
+
+fn report(ctx: &Context<'_>, d: &Delivery, book: &PeerBook) -> Result<(), Failure> {
+    let Context { channel, to, ttl, heard } = *ctx;
     match d.status {
         Status::Sent => Ok(()),
         Status::Acknowledged => {
