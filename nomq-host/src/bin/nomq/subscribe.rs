@@ -263,7 +263,7 @@ fn matched_earlier(subs: &[Subscription], i: usize, channel: &str) -> bool {
 fn body(m: &Message) -> (String, &'static str) {
     match std::str::from_utf8(&m.body) {
         Ok(s) => (s.to_string(), "utf8"),
-        Err(_) => (common::hex(&m.body), "hex"),
+        Err(_) => (hex::encode(&m.body), "hex"),
     }
 }
 
@@ -369,7 +369,7 @@ impl Format {
                 Piece::Text(t) => out.extend_from_slice(t),
                 Piece::Channel => out.extend_from_slice(m.channel.as_bytes()),
                 Piece::Body => out.extend_from_slice(&m.body),
-                Piece::BodyHex => out.extend_from_slice(common::hex(&m.body).as_bytes()),
+                Piece::BodyHex => out.extend_from_slice(hex::encode(&m.body).as_bytes()),
                 Piece::BodyLen => out.extend_from_slice(m.body.len().to_string().as_bytes()),
                 Piece::Qos => out.extend_from_slice(m.qos.level().to_string().as_bytes()),
                 Piece::Retained => out.push(if m.retained { b'1' } else { b'0' }),
