@@ -95,12 +95,18 @@ impl<const S: usize> Announce<S> {
         self.control.push_back(c).map_err(|_| QueueFull)
     }
 
-    /// A new peer showed up: heartbeat now, unless one was sent early very recently.
+    /// A new peer showed up: heartbeat now, or, if an early heartbeat went out less than
+    /// [`EARLY_HEARTBEAT`] ago, as soon as that spacing allows. Never dropped: a peer that
+    /// joins right after another still hears from us within 100 ms, not a whole interval
+    /// later. One early heartbeat already scheduled covers every newcomer before it.
     pub(super) fn heartbeat_early(&mut self, now: Instant) {
-        if self.last_early_heartbeat.is_none_or(|t| now >= t + EARLY_HEARTBEAT) {
-            self.last_early_heartbeat = Some(now);
-            self.next_heartbeat = self.next_heartbeat.min(now);
-        }
+        let at = match self.last_early_heartbeat {
+            Some(t) if t > now => return,
+            Some(t) if now < t + EARLY_HEARTBEAT => t + EARLY_HEARTBEAT,
+            _ => now,
+        };
+        self.last_early_heartbeat = Some(at);
+        self.next_heartbeat = self.next_heartbeat.min(at);
     }
 
     /// The first subscription the heartbeat due at `now` starts from, if one is due.
@@ -166,6 +172,15 @@ mod tests {
         a.heartbeat_sent(at(10), (0, 0), Duration::from_secs(5));
         a.heartbeat_early(at(50));
         assert_eq!(a.heartbeat_due(at(50)), None, "a second early heartbeat within 100 ms");
+        a.heartbeat_early(at(70));
+        assert_eq!(a.heartbeat_due(at(109)), None);
+        assert_eq!(
+            a.heartbeat_due(at(110)),
+            Some(0),
+            "delayed to 100 ms after the last, not dropped"
+        );
+        a.heartbeat_sent(at(110), (0, 0), Duration::from_secs(5));
+        assert_eq!(a.heartbeat_due(at(200)), None, "both newcomers were covered by one");
         for n in 0..3u8 {
             a.add(Pattern::new(["x", "y", "z"][usize::from(n)]).unwrap(), ChannelId([n; 16]))
                 .unwrap();
