@@ -258,7 +258,7 @@ mod tests {
     use crate::node::types::Transmit;
 
     /// An engine that hands out a fixed list of transmits.
-    struct Script(heapless::Deque<Transmit, 4>);
+    struct Script(heapless::Deque<Transmit, 4>, Stats);
     impl Engine for Script {
         type Event = ();
         fn handle_datagram<'a>(
@@ -297,7 +297,7 @@ mod tests {
             false
         }
         fn stats(&self) -> &Stats {
-            unimplemented!("not used by Flush")
+            &self.1
         }
         fn outcome(_: &()) -> Option<(PublishHandle, Status)> {
             None
@@ -330,7 +330,7 @@ mod tests {
         ] {
             q.push_back(Transmit { target: t, len: 10 }).unwrap();
         }
-        let mut engine = Script(q);
+        let mut engine = Script(q, Stats::default());
         let mut f = Flush::new();
         let mut buf = [0u8; 16];
         let mut sent: heapless::Vec<u16, 8> = heapless::Vec::new();
