@@ -723,8 +723,8 @@ impl Handle {
 /// The messages of one subscription, as a `futures_core::Stream` (or with [`Subscription::recv`]).
 ///
 /// Dropping it always unsubscribes, on any runtime and however full the node's command
-/// queue is: the drop sends its id on a separate unbounded queue that the driver reads
-/// before anything else (each subscription sends one id, once, so that queue never holds
+/// queue is: the drop sends its id on a separate unbounded queue that the driver drains
+/// at the start of every turn of its loop (each subscription sends one id, once, so that queue never holds
 /// more than the subscriptions that were dropped). The engine withdraws the pattern (and
 /// announces the UNSUBSCRIBE) once no other [`Subscription`] of this node uses it.
 ///
@@ -813,6 +813,11 @@ impl Driver {
         let mut rbuf = vec![0u8; 65_536];
         let mut tbuf = vec![0u8; self.node.max_datagram_len()];
         loop {
+            // Dropped subscriptions first, whatever else is ready: no message is delivered
+            // (and acknowledged) to a stream nobody reads once its drop was seen.
+            while let Ok(id) = unsub.try_recv() {
+                self.drop_sub(id);
+            }
             self.flush(&mut tbuf).await;
             let deadline = self.node.poll_timeout().map(|t| self.clock.deadline(t));
             let sleep = async {
@@ -821,8 +826,9 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            // Not biased: under a flood of datagrams the timers and commands still get
+            // their turn (tokio picks among the ready branches at random).
             let next = tokio::select! {
-                biased;
                 Some(id) = unsub.recv() => {
                     self.drop_sub(id);
                     Next::Continue
