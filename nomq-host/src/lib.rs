@@ -32,7 +32,7 @@ pub type HostNode = Node<Keyring<HOST_CHANNEL_KEYS>, 64, 32, 128, 32, 512, 256, 
 /// Most bytes of channel name + body one message carries with the default maximum
 /// payload (1376): the padded plaintext of a PUBLISH holds 13 bytes of header fields.
 pub const MAX_MESSAGE_LEN: usize =
-    nomq::envelope::max_plaintext(1376) - nomq::body::PUBLISH_PREFIX_LEN;
+    nomq::envelope::max_plaintext(1376) - nomq::body::PUBLISH_OVERHEAD;
 /// Messages buffered per subscription stream by default ([`NodeBuilder::stream_depth`]).
 ///
 /// The stream is the flow-control window of delivery: a message that finds a matching

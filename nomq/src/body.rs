@@ -4,7 +4,12 @@
 //! of its *first* transmission; retransmissions are new packets that carry the same
 //! message id, and acknowledgements name it too.
 //!
+//! Every plaintext starts with the **recipient**: the session id of the one member the
+//! packet is for, or 0 for every member ([`split_recipient`], [`RECIPIENT_LEN`]). The
+//! bodies below follow it.
+//!
 //! ```text
+//! recipient            session u32 (0: every member)                        (4 bytes)
 //! MessageId            session u32 | packet id u32                          (8 bytes)
 //! PUBLISH              MessageId | low_water u32 | name_len u8 | name (UTF-8) | body...
 //! PUBACK/PUBREC/
@@ -13,6 +18,7 @@
 //! UNSUBSCRIBE          options u8 | pattern_len u8 | pattern (UTF-8)
 //! HEARTBEAT            interval_s u16 | digest u32 | total u8 | first u8 | count u8 |
 //!                      count × (pattern_len u8 | pattern)
+//! CHALLENGE            challenge u64 | echo u64                             (16 bytes)
 //! ```
 //!
 //! `low_water` is the lowest packet id among the publisher's QoS 2 messages still in
@@ -45,10 +51,36 @@ pub struct MessageId {
     pub packet_id: PacketId,
 }
 
+/// Bytes every plaintext starts with: the recipient session (0: every member).
+pub const RECIPIENT_LEN: usize = 4;
+
+/// Splits a plaintext into its recipient (`None`: every member) and the body after it.
+///
+/// # Errors
+/// [`BodyError::Truncated`]: shorter than [`RECIPIENT_LEN`].
+pub fn split_recipient(plaintext: &[u8]) -> Result<(Option<SessionId>, &[u8]), BodyError> {
+    let mut r = Reader(plaintext);
+    let to = r.u32()?;
+    Ok(((to != 0).then_some(SessionId(to)), r.0))
+}
+
+/// Writes the recipient (`None`: every member) at the start of `buf`; returns its length.
+///
+/// # Errors
+/// [`BodyError::BufferTooSmall`].
+pub fn emit_recipient(to: Option<SessionId>, buf: &mut [u8]) -> Result<usize, BodyError> {
+    let mut w = Writer::new(buf);
+    w.put(&to.map_or(0, |s| s.0).to_be_bytes())?;
+    Ok(w.at)
+}
+
 /// Length of an encoded [`MessageId`].
 pub const MESSAGE_ID_LEN: usize = 8;
 /// Bytes of a PUBLISH plaintext before the name.
 pub const PUBLISH_PREFIX_LEN: usize = MESSAGE_ID_LEN + 4 + 1;
+/// Bytes of a PUBLISH plaintext that are not name or application bytes: the recipient
+/// and [`PUBLISH_PREFIX_LEN`].
+pub const PUBLISH_OVERHEAD: usize = RECIPIENT_LEN + PUBLISH_PREFIX_LEN;
 /// Bytes of a HEARTBEAT plaintext before the patterns.
 pub const HEARTBEAT_PREFIX_LEN: usize = 9;
 
@@ -98,6 +130,12 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, BodyError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, BodyError> {
+        let b = self.take(8)?;
+        let mut a = [0; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
     }
     fn msg(&mut self) -> Result<MessageId, BodyError> {
         Ok(MessageId { session: SessionId(self.u32()?), packet_id: PacketId(self.u32()?) })
@@ -203,6 +241,40 @@ impl Ack {
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, BodyError> {
         let mut w = Writer::new(buf);
         w.msg(self.msg)?;
+        Ok(w.at)
+    }
+}
+
+/// Body of CHALLENGE: a nonce the recipient must echo, and/or the echo of a nonce the
+/// recipient sent. 0 means "none" in either field; nonces are never 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// A nonce the recipient must send back in the `echo` of its own CHALLENGE.
+    pub challenge: Option<u64>,
+    /// The nonce of the recipient's challenge that this packet answers.
+    pub echo: Option<u64>,
+}
+/// Length of an encoded [`Challenge`].
+pub const CHALLENGE_LEN: usize = 16;
+impl Challenge {
+    /// Parses a challenge plaintext.
+    ///
+    /// # Errors
+    /// [`BodyError::Truncated`], [`BodyError::TrailingBytes`].
+    pub fn parse(b: &[u8]) -> Result<Self, BodyError> {
+        let mut r = Reader(b);
+        let (c, e) = (r.u64()?, r.u64()?);
+        r.end()?;
+        Ok(Self { challenge: (c != 0).then_some(c), echo: (e != 0).then_some(e) })
+    }
+    /// Writes the body; returns its length.
+    ///
+    /// # Errors
+    /// [`BodyError::BufferTooSmall`].
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, BodyError> {
+        let mut w = Writer::new(buf);
+        w.put(&self.challenge.unwrap_or(0).to_be_bytes())?;
+        w.put(&self.echo.unwrap_or(0).to_be_bytes())?;
         Ok(w.at)
     }
 }

@@ -144,6 +144,8 @@ pub enum PacketType {
     PubRel = 0x07,
     /// QoS 2 step 4: complete.
     PubComp = 0x08,
+    /// Freshness challenge and its echo (a receiver that does not know a session yet).
+    Challenge = 0x09,
 }
 
 impl PacketType {
@@ -161,6 +163,7 @@ impl PacketType {
             0x06 => Self::PubRec,
             0x07 => Self::PubRel,
             0x08 => Self::PubComp,
+            0x09 => Self::Challenge,
             _ => return Err(WireError::UnknownType(b)),
         })
     }
@@ -635,8 +638,8 @@ mod tests {
             WireError::UnsupportedVersion(1)
         );
         let mut b = good;
-        b[3] = 9;
-        assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::UnknownType(9));
+        b[3] = 10;
+        assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::UnknownType(10));
         let mut b = good;
         b[3] = 0;
         assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::UnknownType(0));

@@ -9,7 +9,7 @@ use crate::body::MessageId;
 use crate::channel::{ChannelId, ChannelName, MAX_NAME_LEN, Pattern};
 use crate::keys::ScopeIndex;
 use crate::time::{Duration, Instant};
-use crate::wire::PacketType;
+use crate::wire::{PacketType, SessionId};
 use heapless::{Deque, String, Vec};
 
 /// Control queue depth (acks and announcements waiting to be sent).
@@ -20,8 +20,26 @@ const EARLY_HEARTBEAT: Duration = Duration::from_millis(100);
 /// A packet waiting in the control queue, serialized only when it is sent.
 #[derive(Clone, Debug)]
 pub(super) enum Control {
-    Ack { kind: PacketType, msg: MessageId, to: Addr, channel_id: ChannelId, scope: ScopeIndex },
-    Sub { unsubscribe: bool, pattern: String<MAX_NAME_LEN>, id: ChannelId },
+    Ack {
+        kind: PacketType,
+        msg: MessageId,
+        to: Addr,
+        session: SessionId,
+        channel_id: ChannelId,
+        scope: ScopeIndex,
+    },
+    /// A CHALLENGE to `session` at `to`.
+    Challenge {
+        to: Addr,
+        session: SessionId,
+        challenge: Option<u64>,
+        echo: Option<u64>,
+    },
+    Sub {
+        unsubscribe: bool,
+        pattern: String<MAX_NAME_LEN>,
+        id: ChannelId,
+    },
 }
 
 #[derive(Debug)]

@@ -25,9 +25,10 @@ pub(crate) enum ReplayCheck {
 }
 
 impl ReplayWindow {
-    /// Highest id marked (0 if none).
-    pub(crate) fn highest(&self) -> u32 {
-        self.highest
+    /// A window that refuses `floor` and every id below it: the state of a session
+    /// verified by the packet `floor` (nothing it sent before may be accepted).
+    pub(crate) fn from_floor(floor: u32) -> Self {
+        Self { highest: floor, bits: u128::MAX, any: true }
     }
 
     pub(crate) fn check(&self, id: u32) -> ReplayCheck {

@@ -5,8 +5,8 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `peers.rs` | the peer table: admission, replacement and LRU eviction, peer subscriptions, heartbeat sync |
-//! | `replay.rs` | what replay protection keeps of sessions that left the table (evicted ring, floor) |
+//! | `peers.rs` | the peer table (by session): LRU eviction, peer subscriptions, heartbeat sync |
+//! | `verify.rs` | the challenge/echo handshake that admits unknown sessions (freshness after restarts) |
 //! | `limits.rs` | per-session replay window, rate window, authentication lockout |
 //! | `announce.rs` | local subscriptions, the heartbeat schedule, the control queue |
 //! | `outbox.rs` | outbox entries, their targets and outcomes |
@@ -26,13 +26,13 @@ mod outbox;
 mod peers;
 pub mod presets;
 mod qos2_rx;
-mod replay;
 mod retained;
 mod retransmit;
 mod rx;
 mod send;
 mod tx;
 mod types;
+mod verify;
 
 pub use announce::CONTROL_QUEUE;
 pub use flush::{Datagram, Engine, Flush, Routes, TxStats};
@@ -54,6 +54,7 @@ use peers::Peers;
 use qos2_rx::Qos2Receiver;
 use retained::RetainedStore;
 use tx::Tx;
+use verify::Verifier;
 
 /// Event queue depth. Outcomes wait in their outbox slot while it is full.
 pub const EVENT_QUEUE: usize = 8;
@@ -112,6 +113,7 @@ pub struct Node<
     qos2: Qos2Receiver<Q>,
     events: Deque<Event<P>, EVENT_QUEUE>,
     lockouts: Lockouts<L>,
+    verifier: Verifier,
     stats: Stats,
     /// What the message `handle_datagram` just returned committed this node to, so that
     /// [`Node::refuse_delivery`] can take it back. Cleared by every other input.
@@ -159,6 +161,7 @@ where
             qos2: Qos2Receiver::default(),
             events: Deque::new(),
             lockouts: Lockouts::new(),
+            verifier: Verifier::default(),
             stats: Stats::default(),
             last_delivery: None,
         }
@@ -294,9 +297,28 @@ where
                     return None;
                 }
             };
-        self.lockouts.succeed(&from);
-        let sender = self.admit(now, from, &header)?;
+        if !self.fresh(now, &header) {
+            return None;
+        }
         let plaintext = self.decrypt(&header, (scope, generation), buf)?;
+        let Ok((to, plaintext)) = crate::body::split_recipient(plaintext) else {
+            self.stats.drop(DropReason::MalformedBody);
+            return None;
+        };
+        if to.is_some_and(|s| !self.tx.is_own(s)) {
+            self.stats.drop(DropReason::NotForUs);
+            return None;
+        }
+        if header.packet_type == PacketType::Challenge {
+            if to.is_none() {
+                // A challenge is always bound to the one session it challenges.
+                self.stats.drop(DropReason::MalformedBody);
+            } else {
+                self.on_challenge(now, from, &header, plaintext);
+            }
+            return None;
+        }
+        let sender = self.admit(now, from, &header)?;
         let ts_expiry = self.expiry_of(now, &header);
         let opened = rx::Opened { header: &header, scope, sender };
         match header.packet_type {
@@ -309,6 +331,7 @@ where
                 self.on_subscription(now, &opened, plaintext);
             }
             PacketType::Heartbeat => self.on_heartbeat(now, sender, plaintext),
+            PacketType::Challenge => {}
         }
         None
     }

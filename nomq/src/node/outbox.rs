@@ -64,7 +64,7 @@ impl TState {
     pub(super) fn initial(qos: Qos) -> Self {
         if qos == Qos::AtLeastOnce { TState::AwaitAck } else { TState::AwaitRec }
     }
-    fn pending(self) -> bool {
+    pub(super) fn pending(self) -> bool {
         matches!(self, TState::AwaitAck | TState::AwaitRec | TState::AwaitComp)
     }
 }
@@ -94,6 +94,10 @@ pub(super) struct Entry<const P: usize, const M: usize> {
     pub(super) seq: u32,
     /// Whether targets were fixed at queue time (retained replies).
     pub(super) preset: bool,
+    /// The one subscriber a retained reply is for (whatever its QoS).
+    pub(super) preset_to: Option<SessionId>,
+    /// When it was first transmitted (peers verified later may join its targets).
+    pub(super) first_sent: Instant,
 }
 
 impl<const P: usize, const M: usize> Entry<P, M> {
@@ -124,6 +128,8 @@ impl<const P: usize, const M: usize> Entry<P, M> {
             targets,
             seq: 0,
             preset: preset.is_some(),
+            preset_to: preset,
+            first_sent: now,
         }
     }
 

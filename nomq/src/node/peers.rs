@@ -1,17 +1,17 @@
 //! The peer table: who is out there, at which address, subscribed to what.
 //!
-//! Bounded to `P` sessions. Policy:
-//! - a new session at an address already in the table *replaces* the old one (a restart
-//!   or counter rollover): it inherits the old one's subscriptions;
-//! - otherwise, when full, the least recently seen peer is *evicted*;
+//! Bounded to `P` sessions, keyed by session id, never by address: two sessions may
+//! share an address (two nodes behind one shared port, or a node and its restart), and
+//! only a session that proved itself live (`verify.rs`) ever enters the table. Policy:
+//! - when full, the least recently seen peer is *evicted*;
 //! - a peer silent past its liveness timeout is dropped.
 //!
-//! Every session that leaves goes to the [`Evicted`] ring, so its replay window is not
-//! reopened. Wildcard patterns peers announced are stored once, in a table shared by
-//! all peers (`P` entries), and collected when no peer uses them any more.
+//! A session that left and comes back is challenged again like any unknown session, and
+//! its new replay window starts above the packet that answered: leaving never reopens a
+//! window. Wildcard patterns peers announced are stored once, in a table shared by all
+//! peers (`P` entries), and collected when no peer uses them any more.
 
 use super::limits::{RateWindow, ReplayWindow};
-use super::replay::Evicted;
 use super::types::LostReason;
 use crate::addr::Addr;
 use crate::body::Heartbeat;
@@ -46,11 +46,12 @@ pub(super) struct Peer<const S: usize> {
     pub(super) session: SessionId,
     pub(super) addr: Addr,
     pub(super) last_seen: Instant,
+    /// When it joined the table (proved live).
+    pub(super) joined: Instant,
     pub(super) liveness: Duration,
     pub(super) replay: ReplayWindow,
     pub(super) rate: RateWindow,
     pub(super) rate_reported: Instant,
-    pub(super) last_ts: u32,
     pub(super) subs: Vec<PeerSub, S>,
     digest: u32,
     sync_digest: u32,
@@ -80,12 +81,11 @@ pub(super) struct HeartbeatSync<'a, const S: usize> {
     pub(super) full: u32,
 }
 
-/// The peer table, the shared wildcard table and the evicted-session memory.
+/// The peer table and the shared wildcard table.
 #[derive(Debug, Default)]
 pub(super) struct Peers<const P: usize, const S: usize> {
     list: Vec<Peer<S>, P>,
     wildcards: Vec<(ChannelId, String<MAX_NAME_LEN>), P>,
-    pub(super) evicted: Evicted,
 }
 
 fn digest_of(id: &ChannelId) -> u32 {
@@ -128,13 +128,11 @@ impl<const P: usize, const S: usize> Peers<P, S> {
     }
 
     fn forget(&mut self, i: usize) -> Peer<S> {
-        let old = self.list.swap_remove(i);
-        self.evicted.remember(old.session, old.replay.highest(), old.last_ts);
-        old
+        self.list.swap_remove(i)
     }
 
-    /// Adds `session` at `from`, making room by the policy in the module docs. Returns
-    /// its id and the session that left for it, if any.
+    /// Adds `session` (not in the table) at `from`, evicting the least recently seen
+    /// peer if the table is full. Returns its id and the session that left for it.
     pub(super) fn insert(
         &mut self,
         now: Instant,
@@ -142,15 +140,8 @@ impl<const P: usize, const S: usize> Peers<P, S> {
         session: SessionId,
         liveness: Duration,
     ) -> (PeerId, Option<Departure>) {
-        let mut subs: Vec<PeerSub, S> = Vec::new();
-        let mut digest = 0;
         let mut gone = None;
-        if let Some(i) = self.list.iter().position(|p| p.addr == from) {
-            let mut old = self.forget(i);
-            subs = core::mem::take(&mut old.subs);
-            digest = old.digest;
-            gone = Some((old, LostReason::Replaced));
-        } else if self.list.is_full()
+        if self.list.is_full()
             && let Some(i) =
                 self.list.iter().enumerate().min_by_key(|(_, p)| p.last_seen).map(|(i, _)| i)
         {
@@ -160,14 +151,14 @@ impl<const P: usize, const S: usize> Peers<P, S> {
             session,
             addr: from,
             last_seen: now,
+            joined: now,
             liveness,
             replay: ReplayWindow::default(),
             rate: RateWindow::default(),
             rate_reported: Instant::ZERO,
-            last_ts: 0,
-            subs,
-            digest,
-            sync_digest: digest,
+            subs: Vec::new(),
+            digest: 0,
+            sync_digest: 0,
             sync_seen: 0,
             qos2_low: 0,
         };
@@ -316,23 +307,21 @@ mod tests {
         assert_eq!((gone.session, gone.reason), (SessionId(2), LostReason::Evicted));
         assert!(t.find(SessionId(1)).is_some() && t.find(SessionId(3)).is_some());
         assert_eq!(t.len(), 2);
-        // The evicted session stays refused below what was seen of it.
-        assert!(t.evicted.readmit(SessionId(2), 0, 0, false).is_err());
     }
 
     #[test]
-    fn new_session_at_a_known_address_replaces_and_inherits_subscriptions() {
+    fn sessions_sharing_an_address_are_separate_peers() {
         let mut t: Peers<4, 4> = Peers::default();
         let (a, _) = t.insert(at(1), addr(1), SessionId(1), LIVE);
         let p = Pattern::new("sensor/#").unwrap();
         assert_eq!(t.add_sub(a, p, id(9)), Ok(true));
         assert_eq!(t.add_sub(a, p, id(9)), Ok(false));
         let (b, gone) = t.insert(at(2), addr(1), SessionId(2), LIVE);
-        assert_eq!(gone.map(|g| g.reason), Some(LostReason::Replaced));
-        assert_eq!(t.len(), 1);
+        assert!(gone.is_none(), "nobody leaves for a second session at one address");
+        assert_eq!(t.len(), 2);
         let name = ChannelName::new("sensor/t").unwrap();
-        assert!(t.subscribes(t.get(b), name, &id(1)));
-        assert!(t.find(SessionId(1)).is_none());
+        assert!(!t.subscribes(t.get(b), name, &id(1)), "inherits nothing");
+        assert!(t.subscribes(t.get(t.find(SessionId(1)).unwrap()), name, &id(1)));
     }
 
     #[test]

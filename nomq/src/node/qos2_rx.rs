@@ -3,6 +3,7 @@
 //! its message's expiry, or when the publisher's low-water mark passes it.
 
 use crate::body::MessageId;
+use crate::keys::ScopeIndex;
 use crate::time::Instant;
 use crate::wire::SessionId;
 use heapless::Vec;
@@ -16,6 +17,10 @@ enum RxState {
 #[derive(Clone, Copy, Debug)]
 struct Qos2Rx {
     msg: MessageId,
+    /// Session that sent the first copy, and the key scope it was sealed under: only a
+    /// PUBREL from the same sender under the same scope releases it.
+    from: SessionId,
+    scope: ScopeIndex,
     state: RxState,
     expires: Instant,
 }
@@ -31,6 +36,10 @@ pub(super) enum Rx {
     Full,
 }
 
+/// A PUBREL that names a message another sender, or another key scope, started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ReleaseMismatch;
+
 /// The receive states, `Q` at most.
 #[derive(Debug, Default)]
 pub(super) struct Qos2Receiver<const Q: usize> {
@@ -43,23 +52,39 @@ impl<const Q: usize> Qos2Receiver<Q> {
         self.states.retain(|q| q.msg.session != session || q.msg.packet_id.0 >= low);
     }
 
-    /// Decides on a copy of `msg` that lives until `expires`.
-    pub(super) fn admit(&mut self, now: Instant, msg: MessageId, expires: Instant) -> Rx {
+    /// Decides on a copy of `msg` from `from` under `scope` that lives until `expires`.
+    pub(super) fn admit(
+        &mut self,
+        now: Instant,
+        msg: MessageId,
+        (from, scope): (SessionId, ScopeIndex),
+        expires: Instant,
+    ) -> Rx {
         self.expire(now);
         if let Some(q) = self.states.iter_mut().find(|q| q.msg == msg) {
             q.expires = q.expires.max(expires);
             return Rx::Duplicate { re_ack: q.state == RxState::Received };
         }
-        match self.states.push(Qos2Rx { msg, state: RxState::Received, expires }) {
+        match self.states.push(Qos2Rx { msg, from, scope, state: RxState::Received, expires }) {
             Ok(()) => Rx::New,
             Err(_) => Rx::Full,
         }
     }
 
-    /// PUBREL arrived for `msg`.
-    pub(super) fn release(&mut self, msg: MessageId) {
-        if let Some(q) = self.states.iter_mut().find(|q| q.msg == msg) {
-            q.state = RxState::Released;
+    /// PUBREL for `msg` arrived from `from` under `scope`. Refused (`Err`, nothing
+    /// changes) when a state exists that another sender or another scope created.
+    pub(super) fn release(
+        &mut self,
+        msg: MessageId,
+        (from, scope): (SessionId, ScopeIndex),
+    ) -> Result<(), ReleaseMismatch> {
+        match self.states.iter_mut().find(|q| q.msg == msg) {
+            Some(q) if q.from != from || q.scope != scope => Err(ReleaseMismatch),
+            Some(q) => {
+                q.state = RxState::Released;
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 
@@ -89,6 +114,9 @@ mod tests {
     fn msg(s: u32, p: u32) -> MessageId {
         MessageId { session: SessionId(s), packet_id: PacketId(p) }
     }
+    /// Sender and scope of every first copy in these tests.
+    const FROM: (SessionId, ScopeIndex) = (SessionId(1), ScopeIndex::NETWORK);
+
     fn at(s: u64) -> Instant {
         Instant::from_micros(s * 1_000_000)
     }
@@ -96,14 +124,17 @@ mod tests {
     #[test]
     fn duplicates_are_suppressed_until_release_and_expiry() {
         let mut r: Qos2Receiver<2> = Qos2Receiver::default();
-        assert_eq!(r.admit(at(0), msg(1, 1), at(10)), Rx::New);
-        assert_eq!(r.admit(at(1), msg(1, 1), at(10)), Rx::Duplicate { re_ack: true });
-        r.release(msg(1, 1));
-        assert_eq!(r.admit(at(2), msg(1, 1), at(10)), Rx::Duplicate { re_ack: false });
-        assert_eq!(r.admit(at(2), msg(1, 2), at(10)), Rx::New);
-        assert_eq!(r.admit(at(2), msg(1, 3), at(10)), Rx::Full);
+        assert_eq!(r.admit(at(0), msg(1, 1), FROM, at(10)), Rx::New);
+        assert_eq!(r.admit(at(1), msg(1, 1), FROM, at(10)), Rx::Duplicate { re_ack: true });
+        assert_eq!(r.release(msg(1, 1), (SessionId(9), ScopeIndex(1))), Err(ReleaseMismatch));
+        assert_eq!(r.release(msg(1, 1), (SessionId(1), ScopeIndex(1))), Err(ReleaseMismatch));
+        assert_eq!(r.admit(at(1), msg(1, 1), FROM, at(10)), Rx::Duplicate { re_ack: true });
+        assert_eq!(r.release(msg(1, 1), FROM), Ok(()));
+        assert_eq!(r.admit(at(2), msg(1, 1), FROM, at(10)), Rx::Duplicate { re_ack: false });
+        assert_eq!(r.admit(at(2), msg(1, 2), FROM, at(10)), Rx::New);
+        assert_eq!(r.admit(at(2), msg(1, 3), FROM, at(10)), Rx::Full);
         // Past their expiry the states are gone.
-        assert_eq!(r.admit(at(11), msg(1, 3), at(20)), Rx::New);
+        assert_eq!(r.admit(at(11), msg(1, 3), FROM, at(20)), Rx::New);
         assert_eq!(r.len(), 1);
     }
 
@@ -111,13 +142,13 @@ mod tests {
     fn low_water_mark_and_refusal_forget_states() {
         let mut r: Qos2Receiver<4> = Qos2Receiver::default();
         for p in 1..=3 {
-            assert_eq!(r.admit(at(0), msg(1, p), at(10)), Rx::New);
+            assert_eq!(r.admit(at(0), msg(1, p), FROM, at(10)), Rx::New);
         }
-        assert_eq!(r.admit(at(0), msg(2, 1), at(10)), Rx::New);
+        assert_eq!(r.admit(at(0), msg(2, 1), FROM, at(10)), Rx::New);
         r.advance_low(SessionId(1), 3);
         assert_eq!(r.len(), 2);
         r.forget(msg(2, 1));
-        assert_eq!(r.admit(at(0), msg(2, 1), at(10)), Rx::New);
+        assert_eq!(r.admit(at(0), msg(2, 1), FROM, at(10)), Rx::New);
         assert_eq!(r.deadlines().count(), 2);
     }
 }

@@ -8,7 +8,7 @@ use super::peers::Sender;
 use super::retransmit::Action;
 use super::tx::Spec;
 use super::types::{Destination, PublishError, PublishHandle, PublishOptions, Target, Transmit};
-use crate::body::{self, Ack, Heartbeat, MessageId, Publish, Subscription};
+use crate::body::{self, Ack, Challenge, Heartbeat, MessageId, Publish, Subscription};
 use crate::channel::{ChannelId, ChannelName, Pattern};
 use crate::envelope;
 use crate::keys::{KeyLookup, ScopeIndex};
@@ -66,8 +66,7 @@ where
             return Err(PublishError::InvalidTtl);
         }
         let len = name.as_str().len() + body.len();
-        let max =
-            M.min(envelope::max_plaintext(self.config.max_payload) - body::PUBLISH_PREFIX_LEN);
+        let max = M.min(envelope::max_plaintext(self.config.max_payload) - body::PUBLISH_OVERHEAD);
         if len > max {
             return Err(PublishError::TooLarge { len, max });
         }
@@ -130,11 +129,39 @@ where
         true
     }
 
+    /// A peer that proved itself live after a QoS 1/2 publish first went out (a newcomer,
+    /// or a subscriber that restarted under a new session) announced `pattern`: it
+    /// becomes one more target of every such publish still in flight that `pattern`
+    /// matches, and is sent it now. Publishes sent after it joined are not touched: for
+    /// them it was known, and its subscription is newer than the message.
+    pub(super) fn join_in_flight(&mut self, now: Instant, pattern: Pattern<'_>, to: Sender) {
+        let joined = self.peers.get(to.id).joined;
+        for e in self.outbox.iter_mut() {
+            let late = e.msg.is_some() && e.first_sent < joined;
+            let reaches = match e.dest {
+                Destination::Peer(a) => a == to.addr,
+                _ => true,
+            };
+            if !late || e.preset || e.qos() == Qos::AtMostOnce || !reaches {
+                continue;
+            }
+            let matches = e.body.name().is_some_and(|n| pattern.matches(n));
+            if !matches || e.targets.iter().any(|t| t.session == to.session) {
+                continue;
+            }
+            let state = TState::initial(e.qos());
+            if e.targets.push(TargetPeer { session: to.session, state }).is_ok() {
+                e.next_at = e.next_at.min(now);
+            }
+        }
+    }
+
     fn seal_control(&mut self, now: Instant, buf: &mut [u8], c: Control) -> Option<Transmit> {
         let ttl = self.config.default_ttl;
         match c {
-            Control::Ack { kind, msg, to, channel_id, scope } => {
-                let spec = Spec { kind, flags: CONTROL_FLAGS, channel_id, scope, ttl };
+            Control::Ack { kind, msg, to, session, channel_id, scope } => {
+                let flags = CONTROL_FLAGS;
+                let spec = Spec { kind, flags, channel_id, scope, ttl, to: Some(session) };
                 let write = |b: &mut [u8]| Ack { msg }.emit(b).ok();
                 let len = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write)?;
                 Some(Transmit { target: Target::Unicast(to), len })
@@ -145,10 +172,23 @@ where
                 let p = Pattern::new(pattern.as_str()).ok()?;
                 let sub = Subscription { options: body::SUB_WANTS_RETAINED, pattern: p };
                 let (flags, scope) = (Flags::default(), ScopeIndex::NETWORK);
-                let spec = Spec { kind, flags, channel_id: id, scope, ttl };
+                let spec = Spec { kind, flags, channel_id: id, scope, ttl, to: None };
                 let write = |b: &mut [u8]| sub.emit(b).ok();
                 let len = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write)?;
                 Some(Transmit { target: Target::Fanout, len })
+            }
+            Control::Challenge { to, session, challenge, echo } => {
+                let spec = Spec {
+                    kind: PacketType::Challenge,
+                    flags: CONTROL_FLAGS,
+                    channel_id: ChannelId::default(),
+                    scope: ScopeIndex::NETWORK,
+                    ttl,
+                    to: Some(session),
+                };
+                let write = |b: &mut [u8]| Challenge { challenge, echo }.emit(b).ok();
+                let len = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write)?;
+                Some(Transmit { target: Target::Unicast(to), len })
             }
         }
     }
@@ -175,6 +215,7 @@ where
             channel_id: ChannelId::default(),
             scope: ScopeIndex::NETWORK,
             ttl: self.config.default_ttl,
+            to: None,
         };
         let mut written = 0usize;
         let write = |b: &mut [u8]| {
@@ -247,13 +288,14 @@ where
         i: usize,
         buf: &mut [u8],
         dup: bool,
-        to: Target,
+        (to, recipient): (Target, Option<SessionId>),
     ) -> Option<Transmit> {
         let e = &self.outbox[i];
         let flags = Flags { qos: e.qos(), retain: e.retain, dup, priority: e.priority };
         let (channel_id, scope) = (e.body.channel_id, e.body.scope);
         let ttl = ttl_left(now, e.body.expires);
-        let spec = Spec { kind: PacketType::Publish, flags, channel_id, scope, ttl };
+        let kind = PacketType::Publish;
+        let spec = Spec { kind, flags, channel_id, scope, ttl, to: recipient };
         let header = self.tx.header(now, &spec);
         // On first transmission this packet's id becomes the message id.
         let own = MessageId { session: header.session_id, packet_id: header.packet_id };
@@ -264,7 +306,7 @@ where
             let name = stored.name()?;
             Publish { msg, low_water, name, body: stored.body() }.emit(b).ok()
         };
-        let len = self.tx.seal(&self.keys, &mut self.stats, (&header, scope), buf, write)?;
+        let len = self.tx.seal(&self.keys, &mut self.stats, (&header, &spec), buf, write)?;
         if dup {
             self.stats.retransmissions += 1;
         }
@@ -276,14 +318,15 @@ where
         now: Instant,
         i: usize,
         buf: &mut [u8],
-        to: Target,
+        (to, recipient): (Target, SessionId),
     ) -> Option<Transmit> {
         let e = &self.outbox[i];
         let msg = e.msg.unwrap_or_default();
         let flags = Flags { dup: true, ..CONTROL_FLAGS };
         let (channel_id, scope) = (e.body.channel_id, e.body.scope);
         let ttl = ttl_left(now, e.body.expires);
-        let spec = Spec { kind: PacketType::PubRel, flags, channel_id, scope, ttl };
+        let (kind, to_s) = (PacketType::PubRel, Some(recipient));
+        let spec = Spec { kind, flags, channel_id, scope, ttl, to: to_s };
         let write = |b: &mut [u8]| Ack { msg }.emit(b).ok();
         let len = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write)?;
         self.stats.retransmissions += 1;
@@ -296,9 +339,11 @@ where
             self.collect_targets(i);
         }
         let dest = match self.outbox[i].dest {
-            Destination::All => Target::Fanout,
-            Destination::Group(a) => Target::Group(a),
-            Destination::Peer(a) => Target::Unicast(a),
+            Destination::All => (Target::Fanout, None),
+            Destination::Group(a) => (Target::Group(a), None),
+            // Bound to the one session known there (a retained reply's subscriber, or
+            // the only peer at that address); to every member if none or several are.
+            Destination::Peer(a) => (Target::Unicast(a), self.recipient_at(i, a)),
         };
         loop {
             match self.outbox[i].next_action() {
@@ -320,11 +365,25 @@ where
                     let Some(addr) = self.peers.addr_of(session) else { continue };
                     let to = Target::Unicast(addr);
                     return match state {
-                        TState::AwaitComp => self.send_pubrel(now, i, buf, to),
-                        _ => self.send_publish(now, i, buf, true, to),
+                        TState::AwaitComp => self.send_pubrel(now, i, buf, (to, session)),
+                        _ => self.send_publish(now, i, buf, true, (to, Some(session))),
                     };
                 }
             }
+        }
+    }
+
+    /// The session a publish to address `a` is bound to: entry `i`'s preset target (a
+    /// retained reply), else the only known peer at `a`.
+    fn recipient_at(&self, i: usize, a: crate::addr::Addr) -> Option<SessionId> {
+        let e = &self.outbox[i];
+        if e.preset {
+            return e.preset_to;
+        }
+        let mut at = self.peers.iter().filter(|p| p.addr == a).map(|p| p.session);
+        match (at.next(), at.next()) {
+            (Some(s), None) => Some(s),
+            _ => None,
         }
     }
 
@@ -339,11 +398,12 @@ where
         now: Instant,
         i: usize,
         buf: &mut [u8],
-        dest: Target,
+        dest: (Target, Option<SessionId>),
     ) -> Option<Transmit> {
         let t = self.send_publish(now, i, buf, false, dest);
         self.schedule(now, i);
         let e = &mut self.outbox[i];
+        e.first_sent = now;
         if e.qos() == Qos::ExactlyOnce && t.is_some() {
             e.seq = self.qos2_next_seq;
             self.qos2_next_seq = self.qos2_next_seq.wrapping_add(1);

@@ -4,6 +4,7 @@
 
 use super::drbg::Drbg;
 use super::types::{DropReason, Stats};
+use crate::body;
 use crate::channel::ChannelId;
 use crate::envelope;
 use crate::keys::{KeyLookup, ScopeIndex};
@@ -22,6 +23,8 @@ pub(super) struct Spec {
     pub(super) channel_id: ChannelId,
     pub(super) scope: ScopeIndex,
     pub(super) ttl: u16,
+    /// The one member this packet is for (`None`: every member), sealed in the plaintext.
+    pub(super) to: Option<SessionId>,
 }
 
 /// This node's sending identity and its generator of IVs.
@@ -87,6 +90,11 @@ impl Tx {
         self.rng.below(n)
     }
 
+    /// A random nonce for a challenge, never 0.
+    pub(super) fn nonce(&mut self) -> u64 {
+        (u64::from(self.rng.next_u32()) << 32 | u64::from(self.rng.next_u32())).max(1)
+    }
+
     /// The renewal since the last call, if the counter ran out: `(old, new)`.
     pub(super) fn take_renewal(&mut self) -> Option<(SessionId, SessionId)> {
         self.renewed.take()
@@ -131,7 +139,7 @@ impl Tx {
         &mut self,
         keys: &K,
         stats: &mut Stats,
-        (header, scope): (&Header, ScopeIndex),
+        (header, spec): (&Header, &Spec),
         buf: &mut [u8],
         write: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> Option<usize> {
@@ -139,7 +147,12 @@ impl Tx {
         let room = buf.len().saturating_sub(HEADER_LEN + MAC_LEN).min(max_pt);
         let rng = &mut self.rng;
         let max_payload = self.max_payload;
-        let sealed = buf.get_mut(HEADER_LEN..HEADER_LEN + room).and_then(write).and_then(|len| {
+        let scope = spec.scope;
+        let plaintext = buf.get_mut(HEADER_LEN..HEADER_LEN + room).and_then(|b| {
+            let at = body::emit_recipient(spec.to, b).ok()?;
+            Some(at + write(b.get_mut(at..)?)?)
+        });
+        let sealed = plaintext.and_then(|len| {
             let ks = keys.scope(scope).unwrap_or_else(|| keys.network()).current;
             envelope::seal_in_place(ks, header, rng.block(), buf, len, max_payload).ok()
         });
@@ -160,7 +173,7 @@ impl Tx {
         write: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> Option<usize> {
         let header = self.header(now, &spec);
-        self.seal(keys, stats, (&header, spec.scope), buf, write)
+        self.seal(keys, stats, (&header, &spec), buf, write)
     }
 }
 
@@ -186,6 +199,7 @@ mod tests {
             channel_id: ChannelId::default(),
             scope: ScopeIndex::NETWORK,
             ttl: 5,
+            to: None,
         }
     }
 

@@ -14,15 +14,16 @@ use core::fmt;
 pub enum ClockMode {
     /// Clocks are synchronised (NTP/SNTP) to within `skew`. Packets whose timestamp is
     /// further than `skew` from the local clock are refused; TTLs count from the sender's
-    /// timestamp; a floor timestamp keeps evicted sessions from being replayed.
+    /// timestamp.
     Synced {
         /// Accepted clock difference (default 30 s).
         skew: Duration,
     },
     /// No synchronised clock (a fresh MCU without SNTP). Timestamps are not compared
-    /// with the local clock; TTLs count from local receipt. Replay protection rests on
-    /// the per-session windows and a ring of recently evicted sessions: a session evicted
-    /// longer ago than the ring remembers could be replayed. Prefer `Synced` in production.
+    /// with the local clock; TTLs count from local receipt. Replay protection is the same
+    /// as under `Synced` (per-session windows, and a challenge for every session not in
+    /// the peer table), so nothing sent before this node started is accepted; what is
+    /// lost is expiry by the sender's clock: a TTL counts from receipt.
     Unsynced,
 }
 
@@ -39,6 +40,9 @@ pub struct Config {
     /// A peer silent for longer is dropped (default 15 s; never below 3 × the peer's own
     /// announced heartbeat interval).
     pub liveness_timeout: Duration,
+    /// Challenges sent, and challenges answered, per rate window (default 100 each): both
+    /// answer packets that need not be fresh, so both have a budget.
+    pub challenge_limit: u32,
     /// Timestamp policy (default `Synced { skew: 30 s }`).
     pub clock: ClockMode,
     /// TTL of a publish that does not set one, seconds (default 60).
@@ -68,6 +72,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(5),
             liveness_timeout: Duration::from_secs(15),
             clock: ClockMode::Synced { skew: Duration::from_secs(30) },
+            challenge_limit: 100,
             default_ttl: 60,
             retransmit_initial: Duration::from_millis(200),
             retransmit_max: Duration::from_secs(3),
@@ -241,7 +246,7 @@ pub enum LostReason {
     Silent,
     /// Evicted to make room for another peer.
     Evicted,
-    /// A new session appeared at the same address (restart or counter rollover).
+    /// Its node announced a new session that replaces it (counter rollover).
     Replaced,
 }
 
@@ -391,7 +396,7 @@ drop_reasons! {
     TooShort,
     /// Not `NM`.
     BadMagic,
-    /// Not version 2.
+    /// Not version 3.
     UnsupportedVersion,
     /// Unknown packet type.
     UnknownType,
@@ -421,8 +426,17 @@ drop_reasons! {
     Replay,
     /// Packet id below the replay window.
     ReplayTooOld,
-    /// A session evicted from the peer table (or older than the floor).
-    EvictedSession,
+    /// From a session not in the peer table, which has not proved itself live yet: it
+    /// was challenged (or its challenge is on the way); only a CHALLENGE passes until
+    /// it answers.
+    Unverified,
+    /// Bound to another member (its sealed recipient is not this node's session).
+    NotForUs,
+    /// A challenge not answered: the budget of echoes per rate window is spent.
+    ChallengeLimited,
+    /// A PUBREL from another sender, or under another key scope, than the message it
+    /// names.
+    WrongSender,
     /// Over the peer's rate limit.
     RateLimited,
     /// Plaintext body malformed.
@@ -455,7 +469,7 @@ drop_reasons! {
 }
 
 /// Counters of the node. Every dropped datagram is counted under exactly one reason.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
     /// Datagrams handed to `handle_datagram`.
     pub rx_datagrams: u64,
@@ -469,6 +483,19 @@ pub struct Stats {
     /// discarded. Outcomes are never discarded: they wait in their outbox slot.
     pub events_dropped: u64,
     drops: [u64; DropReason::COUNT],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            rx_datagrams: 0,
+            delivered: 0,
+            tx_datagrams: 0,
+            retransmissions: 0,
+            events_dropped: 0,
+            drops: [0; DropReason::COUNT],
+        }
+    }
 }
 
 impl Stats {

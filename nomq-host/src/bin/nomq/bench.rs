@@ -144,13 +144,13 @@ impl Latency {
 
 pub fn run(a: &BenchArgs) -> Result<(), Failure> {
     let max = nomq::envelope::max_plaintext(nomq::Config::default().max_payload)
-        - nomq::body::PUBLISH_PREFIX_LEN
+        - nomq::body::PUBLISH_OVERHEAD
         - CHANNEL_QOS0.len();
     if a.size > max {
         return Err(Failure::usage(format!("--size {}: at most {max} bytes fit a packet", a.size)));
     }
     let datagram_len =
-        nomq::envelope::sealed_len(nomq::body::PUBLISH_PREFIX_LEN + CHANNEL_QOS0.len() + a.size);
+        nomq::envelope::sealed_len(nomq::body::PUBLISH_OVERHEAD + CHANNEL_QOS0.len() + a.size);
     let pb = if a.json || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
     } else {

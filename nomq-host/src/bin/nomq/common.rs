@@ -376,8 +376,16 @@ pub fn refusal_hint(r: DropReason, cfg: &HostConfig) -> Option<String> {
         D::ReplayTooOld => {
             "a packet id far below the replay window: a delayed or replayed capture".to_string()
         }
-        D::EvictedSession => "from a session we no longer track (from before it was evicted, \
-                              or a replay of an old capture)"
+        D::Unverified => "from a session that has not answered our challenge yet (a peer \
+                          that just started or that we forgot; or a replay of an old capture)"
+            .to_string(),
+        D::NotForUs => "bound to another member (a unicast packet replayed or misdelivered to \
+                        us; or a node sharing our address)"
+            .to_string(),
+        D::ChallengeLimited => "challenges not answered: too many per rate window \
+                                (challenge_limit)"
+            .to_string(),
+        D::WrongSender => "a PUBREL from another sender or scope than the message it names"
             .to_string(),
         D::RateLimited => format!(
             "the sender exceeds the rate limit of {} packets per {} ms (rate_limit)",

@@ -378,7 +378,7 @@ fn check(channel: &str, max_payload: usize) -> Result<usize, Failure> {
     ChannelName::new(channel)
         .map_err(|e| Failure::usage(format!("invalid channel name {channel:?}: {e}")))?;
     Ok(nomq::envelope::max_plaintext(max_payload)
-        .saturating_sub(nomq::body::PUBLISH_PREFIX_LEN)
+        .saturating_sub(nomq::body::PUBLISH_OVERHEAD)
         .saturating_sub(channel.len()))
 }
 

@@ -1,0 +1,323 @@
+//! Attacks on the protocol, in the deterministic simulation: what a replayer, a spoofer
+//! and a member holding the keys can and cannot do. docs/SECURITY.md points here.
+
+use nomq::body::{self, Ack};
+use nomq::envelope::seal_in_place;
+use nomq::node::{ClockMode, DropReason, Event, LostReason, Status};
+use nomq::wire::{HEADER_LEN, PacketId};
+use nomq::{Addr, Duration, Flags, Header, KeyLookup, PacketType, PublishOptions, Qos};
+
+mod common;
+#[path = "support/sim.rs"]
+mod simnet;
+use simnet::*;
+
+/// Recorded datagrams: (recipient member, source, bytes).
+type Recorded = Vec<(usize, Addr, Vec<u8>)>;
+
+/// Hands every recorded datagram to member `to` (or to its recipient), from its recorded
+/// source (or `from`). Returns how many were accepted: delivered, or handled without a
+/// counted drop. A replayed CHALLENGE may be answered (echoing a stale nonce proves
+/// nothing) and is not counted as accepted unless it delivers.
+fn replay(s: &mut Sim, rec: &Recorded, to: Option<usize>, from: Option<Addr>) -> usize {
+    let mut accepted = 0;
+    for (orig_to, orig_from, data) in rec {
+        let (to, from) = (to.unwrap_or(*orig_to), from.unwrap_or(*orig_from));
+        let now = s.now;
+        let node = &mut s.members[to].node;
+        let drops = node.stats().total_drops();
+        let challenge = data[3] == PacketType::Challenge as u8;
+        let mut d = data.clone();
+        if node.handle_datagram(now, from, &mut d).is_some()
+            || (!challenge && node.stats().total_drops() != drops + 1)
+        {
+            accepted += 1;
+        }
+        // As an adapter does after every datagram (challenges go out).
+        s.flush(to);
+    }
+    accepted
+}
+
+/// The recipient sealed in a datagram (decrypted with the test keys).
+fn recipient(data: &[u8]) -> Option<nomq::SessionId> {
+    let mut d = data.to_vec();
+    let opened = nomq::open(&keys(1), &mut d, 1376).ok()?;
+    body::split_recipient(opened.plaintext).ok()?.0
+}
+
+/// A publishes `n` of each QoS to B under `faults`; returns what B received, recorded.
+fn traffic(seed: u64, clock: ClockMode, faults: Faults, n: u32) -> (Sim, Recorded) {
+    let mut s = Sim::new(seed, faults);
+    let mut cfg = sim_config();
+    cfg.clock = clock;
+    let (a, b) = (s.add_with(cfg, keys(1)), s.add_with(cfg, keys(1)));
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    s.discover(a, 1);
+    s.meet();
+    for qos in [Qos::AtMostOnce, Qos::AtLeastOnce, Qos::ExactlyOnce] {
+        s.publish_many(a, n, PublishOptions::qos(qos));
+        s.members[a].log.outcomes.clear();
+    }
+    s.run_for(Duration::from_secs(2));
+    let rec: Recorded = std::mem::take(&mut s.recorded).into_iter().filter(|r| r.0 == b).collect();
+    (s, rec)
+}
+
+fn nothing_from_before_a_restart(clock: ClockMode) {
+    let (mut s, rec) = traffic(21, clock, PERFECT, 40);
+    let (a, b) = (0, 1);
+    assert!(rec.len() > 150, "{} datagrams recorded", rec.len());
+    let mut cfg = sim_config();
+    cfg.clock = clock;
+    // B restarts 8 s later, without any state, at the same address.
+    s.run_for(Duration::from_secs(8));
+    s.restart(b, cfg, keys(1));
+    s.members[b].log.delivered.clear();
+    // Before it knows anyone: every old packet is refused (unknown sessions are challenged).
+    assert_eq!(replay(&mut s, &rec, None, None), 0, "replayed to a fresh node");
+    assert!(s.members[b].node.stats().drops(DropReason::Unverified) > 0);
+    // After it met A again (A's session proved live): still nothing old passes.
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    s.discover(a, 1);
+    s.meet();
+    assert_eq!(replay(&mut s, &rec, None, None), 0, "replayed after the handshake");
+    assert!(s.members[b].log.delivered.is_empty(), "nothing delivered a second time");
+    let st = s.members[b].node.stats();
+    assert!(st.drops(DropReason::ReplayTooOld) + st.drops(DropReason::Replay) > 0);
+    // And the restarted node works. (Until B's old session falls silent, A's outcomes
+    // list it missing: without a state store, nothing tells A that B restarted.)
+    s.run_for(Duration::from_secs(16));
+    s.members[a].log.outcomes.clear();
+    s.publish_many(a, 10, PublishOptions::qos(Qos::ExactlyOnce));
+    assert_eq!(s.counts(b).len(), 10);
+    assert!(s.members[a].log.outcomes.iter().all(|o| o.status == Status::Acknowledged));
+}
+
+#[test]
+fn nothing_from_before_a_restart_is_accepted_synced() {
+    nothing_from_before_a_restart(ClockMode::Synced { skew: Duration::from_secs(30) });
+}
+
+#[test]
+fn nothing_from_before_a_restart_is_accepted_unsynced() {
+    nothing_from_before_a_restart(ClockMode::Unsynced);
+}
+
+/// A publisher that starts and publishes at once: its first QoS 0 message is refused
+/// (its session is not proved live yet) and counted; QoS 1/2 are recovered by
+/// retransmission, well within one heartbeat interval.
+#[test]
+fn a_new_session_is_verified_within_a_round_trip() {
+    let mut s = Sim::new(22, Faults { loss: 0.0, dup: 0.0, delay_min: 2000, delay_jitter: 0 });
+    let b = s.add();
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    s.run_for(Duration::from_secs(1));
+    let a = s.add();
+    let t0 = s.now;
+    let now = s.now;
+    let node = &mut s.members[a].node;
+    node.publish(now, "sensors/zero", b"0", PublishOptions::qos(Qos::AtMostOnce)).unwrap();
+    node.publish(now, "sensors/temp", &1u32.to_be_bytes(), PublishOptions::qos(Qos::AtLeastOnce))
+        .unwrap();
+    node.publish(now, "sensors/temp", &2u32.to_be_bytes(), PublishOptions::qos(Qos::ExactlyOnce))
+        .unwrap();
+    let mut done = None;
+    for _ in 0..500 {
+        s.run_for(Duration::from_millis(2));
+        if s.members[a].log.outcomes.len() == 3 {
+            done = Some(s.now - t0);
+            break;
+        }
+    }
+    let took = done.expect("all three outcomes");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let st: Vec<_> = s.members[a].log.outcomes.iter().map(|o| (o.qos, o.status)).collect();
+    assert!(st.contains(&(Qos::AtLeastOnce, Status::Acknowledged)), "{st:?}");
+    assert!(st.contains(&(Qos::ExactlyOnce, Status::Acknowledged)), "{st:?}");
+    assert_eq!(s.counts(b).len(), 2);
+    assert!(s.members[b].log.delivered.iter().all(|d| d.0 != "sensors/zero"));
+    assert!(s.members[b].node.stats().drops(DropReason::Unverified) >= 1);
+}
+
+/// Unicast packets (acks, retransmissions, PUBRELs) name their recipient in the sealed
+/// part: replayed to another member, they are refused and counted.
+#[test]
+fn unicast_packets_are_bound_to_their_recipient() {
+    let mut s = Sim::new(23, Faults { loss: 0.3, dup: 0.0, delay_min: 1000, delay_jitter: 3000 });
+    let (a, b, c) = (s.add(), s.add(), s.add());
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    s.members[c].node.subscribe("sensors/#").unwrap();
+    s.discover(a, 2);
+    s.meet();
+    s.recorded.clear();
+    for qos in [Qos::AtLeastOnce, Qos::ExactlyOnce] {
+        s.publish_many(a, 100, PublishOptions::qos(qos));
+    }
+    // What was sent to C alone (fan-out packets are for every member).
+    let c_session = s.members[c].node.session();
+    let to_c: Recorded = std::mem::take(&mut s.recorded)
+        .into_iter()
+        .filter(|r| r.0 == c && recipient(&r.2) == Some(c_session))
+        .collect();
+    let before = s.members[b].node.stats().delivered;
+    assert_eq!(replay(&mut s, &to_c, Some(b), None), 0);
+    assert_eq!(s.members[b].node.stats().delivered, before);
+    let not_for_b = s.members[b].node.stats().drops(DropReason::NotForUs);
+    assert!(not_for_b > 50, "{not_for_b} refused as bound to another member");
+}
+
+/// 150 short-lived publishers in a row, half from one address (a process restarted on
+/// the same port) and half from new addresses: each QoS 1 publish is delivered and
+/// acknowledged, although the subscriber's peer table holds only 8 sessions; and no
+/// evicted session's packets can be replayed.
+#[test]
+fn session_churn_150_publishers() {
+    let mut s = Sim::new(24, PERFECT);
+    let b = s.add();
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    let mut acked = 0;
+    let mut rec = Recorded::new();
+    for i in 0..150u32 {
+        let addr = if i % 2 == 0 {
+            Addr::V4([10, 0, 1, 1], 40000)
+        } else {
+            Addr::V4([10, 0, 2, (i % 250) as u8], 40000 + i as u16)
+        };
+        let p = s.add_at(addr);
+        let now = s.now;
+        let opts = PublishOptions::qos(Qos::AtLeastOnce);
+        s.members[p].node.publish(now, "sensors/temp", &i.to_be_bytes(), opts).unwrap();
+        for _ in 0..400 {
+            s.run_for(Duration::from_millis(5));
+            if !s.members[p].log.outcomes.is_empty() {
+                break;
+            }
+        }
+        if s.members[p].log.outcomes.first().is_some_and(|o| o.status == Status::Acknowledged) {
+            acked += 1;
+        }
+        // The process exits.
+        s.members[p].silent = true;
+        rec.extend(std::mem::take(&mut s.recorded).into_iter().filter(|r| r.0 == b));
+    }
+    assert_eq!(acked, 150);
+    assert_eq!(s.counts(b).len(), 150);
+    assert!(s.members[b].node.peers().count() <= 8);
+    let evicted = s.members[b].log.events.iter().filter(|(_, e)| {
+        matches!(e, Event::PeerLost { reason: LostReason::Evicted | LostReason::Silent, .. })
+    });
+    assert!(evicted.count() > 100);
+    let before = s.members[b].node.stats().delivered;
+    assert_eq!(replay(&mut s, &rec, None, None), 0, "replays of evicted sessions");
+    assert_eq!(s.members[b].node.stats().delivered, before);
+}
+
+/// Two nodes on one address (a shared port): both are peers, both receive QoS 1 and 2,
+/// and outcomes name both; neither replaces the other.
+#[test]
+fn two_nodes_on_one_address() {
+    let mut s = Sim::new(25, Faults { loss: 0.1, dup: 0.02, delay_min: 1000, delay_jitter: 2000 });
+    let a = s.add();
+    let shared = Addr::V4([10, 0, 0, 99], 8888);
+    let (b, c) = (s.add_at(shared), s.add_at(shared));
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    s.members[c].node.subscribe("sensors/+").unwrap();
+    s.discover(a, 2);
+    s.meet();
+    for qos in [Qos::AtLeastOnce, Qos::ExactlyOnce] {
+        s.publish_many(a, 50, PublishOptions::qos(qos));
+    }
+    let sessions = [s.members[b].node.session(), s.members[c].node.session()];
+    for o in &s.members[a].log.outcomes {
+        assert_eq!(o.status, Status::Acknowledged, "{o:?}");
+        assert!(sessions.iter().all(|x| o.acked.contains(x)), "{o:?}");
+    }
+    for m in [b, c] {
+        let counts = s.counts(m);
+        assert_eq!(counts.len(), 50, "distinct messages at member {m}");
+    }
+    assert!(!s.members[a].log.events.iter().any(|(_, e)| matches!(e, Event::PeerLost { .. })));
+    assert!(s.members[b].node.stats().drops(DropReason::NotForUs) > 0);
+}
+
+/// Packets of a session the receiver does not know, sent from a known peer's address,
+/// never evict or re-point that peer.
+#[test]
+fn unknown_sessions_never_evict_or_repoint_a_peer() {
+    let mut s = Sim::new(26, PERFECT);
+    let (a, b, x) = (s.add(), s.add(), s.add());
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    s.members[x].node.subscribe("other/#").unwrap();
+    s.discover(a, 2);
+    s.meet();
+    let xs: Recorded =
+        s.recorded.iter().filter(|r| r.0 == a && r.1 == s.members[x].addr).cloned().collect();
+    assert!(!xs.is_empty());
+    // X leaves; A forgets it.
+    s.members[x].silent = true;
+    s.run_for(Duration::from_secs(20));
+    let b_addr = s.members[b].addr;
+    let b_session = s.members[b].node.session();
+    let events = s.members[a].log.events.len();
+    assert_eq!(replay(&mut s, &xs, None, Some(b_addr)), 0);
+    assert!(s.members[a].node.peers().any(|p| p.0 == b_session && p.1 == b_addr));
+    assert!(
+        !s.members[a].log.events[events..].iter().any(|(_, e)| matches!(e, Event::PeerLost { .. }))
+    );
+    // B still gets QoS 1 from A.
+    s.publish_many(a, 5, PublishOptions::qos(Qos::AtLeastOnce));
+    assert!(s.members[a].log.outcomes.iter().all(|o| o.status == Status::Acknowledged));
+}
+
+/// A PUBREL releases QoS 2 state only when it comes from the sender of the message it
+/// names: a member forging one for another's message is refused.
+#[test]
+fn pubrel_is_bound_to_the_sender_of_its_message() {
+    let mut s = Sim::new(27, Faults { loss: 0.0, dup: 0.0, delay_min: 1000, delay_jitter: 0 });
+    let (a, b, c) = (s.add(), s.add(), s.add());
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    s.discover(a, 1);
+    s.meet();
+    let now = s.now;
+    s.members[a]
+        .node
+        .publish(now, "sensors/temp", b"x", PublishOptions::qos(Qos::ExactlyOnce))
+        .unwrap();
+    // A goes silent right after the PUBLISH left: B holds the state, no PUBREL comes.
+    s.flush(a);
+    s.members[a].silent = true;
+    s.run_for(Duration::from_millis(20));
+    let msg = *s.members[b].log.delivered_ids.last().expect("delivered once");
+    // C, a member with the keys, forges a PUBREL for A's message under its own session
+    // (known to B), bound to B.
+    let keyring = keys(1);
+    let header = Header {
+        packet_type: PacketType::PubRel,
+        flags: Flags { priority: 15, ..Flags::default() },
+        packet_id: PacketId(1_000_000),
+        session_id: s.members[c].node.session(),
+        ttl: 60,
+        iv: [0; 16],
+        timestamp: s.unix_now(),
+        channel_id: keyring.channel_id("sensors/temp"),
+        payload_len: 0,
+    };
+    let mut buf = vec![0u8; 256];
+    let n =
+        body::emit_recipient(Some(s.members[b].node.session()), &mut buf[HEADER_LEN..]).unwrap();
+    let m = Ack { msg }.emit(&mut buf[HEADER_LEN + n..]).unwrap();
+    let len =
+        seal_in_place(keyring.network().current, &header, [7; 16], &mut buf, n + m, 1376).unwrap();
+    buf.truncate(len);
+    let c_addr = s.members[c].addr;
+    let now = s.now;
+    assert!(s.members[b].node.handle_datagram(now, c_addr, &mut buf).is_none());
+    assert_eq!(s.members[b].node.stats().drops(DropReason::WrongSender), 1);
+    // A comes back: its own retransmission is still recognised as a duplicate (the state
+    // was not released by the forgery) and its PUBREL completes the exchange.
+    s.members[a].silent = false;
+    s.run_for(Duration::from_secs(10));
+    assert_eq!(s.members[b].log.delivered.len(), 1, "delivered exactly once");
+    assert_eq!(s.members[a].log.outcomes.first().map(|o| o.status), Some(Status::Acknowledged));
+}
