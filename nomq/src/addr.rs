@@ -14,6 +14,16 @@ pub enum Addr {
 }
 
 impl Addr {
+    /// The host alone (port 0): what lockout accounts by, so that rotating source ports
+    /// does not escape it.
+    #[must_use]
+    pub const fn host(&self) -> Self {
+        match *self {
+            Self::V4(a, _) => Self::V4(a, 0),
+            Self::V6(a, _) => Self::V6(a, 0),
+        }
+    }
+
     /// The port.
     pub const fn port(&self) -> u16 {
         match *self {

@@ -321,3 +321,106 @@ fn pubrel_is_bound_to_the_sender_of_its_message() {
     assert_eq!(s.members[b].log.delivered.len(), 1, "delivered exactly once");
     assert_eq!(s.members[a].log.outcomes.first().map(|o| o.status), Some(Status::Acknowledged));
 }
+
+/// A genuine datagram from `rec` turned into a forgery: `session` (or its own) in the
+/// header, a packet id far ahead, and a MAC that cannot verify.
+fn forge(genuine: &[u8], session: Option<u32>, n: u32) -> Vec<u8> {
+    let mut d = genuine.to_vec();
+    if let Some(s) = session {
+        d[9..13].copy_from_slice(&s.to_be_bytes());
+    }
+    d[5..9].copy_from_slice(&(0x4000_0000 + n).to_be_bytes());
+    let last = d.len() - 1;
+    d[last] ^= 0x5a;
+    d
+}
+
+/// 10 000 forged datagrams per second carrying a live peer's exact address (half with
+/// random sessions, half with the peer's own session): the peer's QoS 1 messages are
+/// still delivered first time, and every outcome is `Acknowledged`. The forgeries cost
+/// one MAC check each at most, and never lock the peer out.
+#[test]
+fn spoofed_flood_cannot_lock_out_a_peer() {
+    let mut s = Sim::new(28, PERFECT);
+    let (a, b) = (s.add(), s.add());
+    s.members[a].node.subscribe("sensors/#").unwrap();
+    s.discover(b, 1);
+    s.meet();
+    let (b_addr, b_session) = (s.members[b].addr, s.members[b].node.session().0);
+    let genuine = s.recorded.iter().rev().find(|r| r.0 == a && r.1 == b_addr).unwrap().2.clone();
+    let mut rng = common::Rng(99);
+    let mut sent = 0u32;
+    for ms in 0..10_000u32 {
+        if ms % 10 == 0 {
+            let now = s.now;
+            let opts = PublishOptions::qos(Qos::AtLeastOnce);
+            s.members[b].node.publish(now, "sensors/temp", &sent.to_be_bytes(), opts).unwrap();
+            sent += 1;
+        }
+        for k in 0..10 {
+            let session = if k % 2 == 0 { Some(rng.next() as u32 | 1) } else { Some(b_session) };
+            let mut d = forge(&genuine, session, ms * 10 + k);
+            let now = s.now;
+            assert!(s.members[a].node.handle_datagram(now, b_addr, &mut d).is_none());
+        }
+        s.run_for(Duration::from_millis(1));
+    }
+    s.run_for(Duration::from_secs(10));
+    let first_time = s.members[a].log.delivered.iter().filter(|d| !d.2).count();
+    assert!(first_time * 100 >= sent as usize * 99, "{first_time} of {sent} first time");
+    assert_eq!(s.counts(a).len(), sent as usize);
+    let outcomes = &s.members[b].log.outcomes;
+    assert_eq!(outcomes.len(), sent as usize);
+    assert!(outcomes.iter().all(|o| o.status == Status::Acknowledged));
+    let st = s.members[a].node.stats();
+    // Forgeries with B's session are checked (one MAC each) and dropped; those with
+    // unknown sessions lock B's host out for unknown sessions only, after 5 failures.
+    assert!(st.drops(DropReason::BadMac) >= 50_000);
+    assert!(st.drops(DropReason::LockedOut) + st.drops(DropReason::Throttled) >= 40_000);
+    assert!(s.members[a].node.peers().any(|p| p.0.0 == b_session && p.1 == b_addr));
+}
+
+/// Rotating source ports does not escape the lockout (it is per host), and a replayed
+/// authentic packet does not clear a host's failure count: only a fresh one does.
+#[test]
+fn lockout_is_per_host_and_cleared_only_by_fresh_packets() {
+    let mut s = Sim::new(29, PERFECT);
+    let (a, b) = (s.add(), s.add());
+    s.members[a].node.subscribe("sensors/#").unwrap();
+    s.discover(b, 1);
+    s.meet();
+    let b_addr = s.members[b].addr;
+    let genuine = s.recorded.iter().rev().find(|r| r.0 == a && r.1 == b_addr).unwrap().2.clone();
+    let mut rng = common::Rng(7);
+    let now = s.now;
+    let node = &mut s.members[a].node;
+    // 1000 forgeries from 1000 ports of one host, unknown sessions.
+    for port in 0..1000u16 {
+        let mut d = forge(&genuine, Some(rng.next() as u32 | 1), u32::from(port));
+        node.handle_datagram(now, Addr::V4([10, 6, 6, 6], 20000 + port), &mut d);
+    }
+    let st = node.stats();
+    assert_eq!(st.drops(DropReason::BadMac), 5, "MACs computed before the host locked");
+    assert_eq!(st.drops(DropReason::LockedOut), 995);
+    // Another host: 4 failures, then a replay of an authentic packet, then one failure:
+    // the replay did not reset the count, so the host locks.
+    let x = Addr::V4([10, 7, 7, 7], 5000);
+    for n in 0..4 {
+        let mut d = forge(&genuine, Some(rng.next() as u32 | 1), 2000 + n);
+        node.handle_datagram(now, x, &mut d);
+    }
+    let mut replayed = genuine.clone();
+    node.handle_datagram(now, x, &mut replayed);
+    let mut d = forge(&genuine, Some(rng.next() as u32 | 1), 3000);
+    node.handle_datagram(now, x, &mut d);
+    let mut events = Vec::new();
+    while let Some(e) = node.poll_event() {
+        events.push(e);
+    }
+    assert!(events.iter().any(|e| matches!(e, Event::LockedOut { addr, .. } if *addr == x.host())));
+    // A fresh authentic packet from B (a known session) is never locked out, even from a
+    // locked host; and it clears that host's count.
+    s.members[b].addr = Addr::V4([10, 6, 6, 6], 1);
+    s.publish_many(b, 3, PublishOptions::qos(Qos::AtLeastOnce));
+    assert!(s.members[b].log.outcomes.iter().all(|o| o.status == Status::Acknowledged));
+}

@@ -118,7 +118,7 @@ struct LockEntry {
     last: Instant,
 }
 
-/// Capped table of addresses failing authentication.
+/// Capped table of hosts (IP addresses, any port) failing authentication.
 ///
 /// Eviction when full: the entry with the oldest last failure that is not locked now; if
 /// all are locked, the one whose lockout ends first. Pruning ([`Lockouts::prune`]) drops
@@ -133,8 +133,10 @@ impl<const L: usize> Lockouts<L> {
         Self { entries: heapless::Vec::new() }
     }
 
+    /// Whether the host of `addr` (any port) is locked out at `now`.
     pub(crate) fn is_locked(&self, addr: &Addr, now: Instant) -> bool {
-        self.entries.iter().any(|e| e.addr == *addr && e.until > now)
+        let host = addr.host();
+        self.entries.iter().any(|e| e.addr == host && e.until > now)
     }
 
     /// Records a failure; returns `Some(until)` when this failure (re)locks the address.
@@ -144,6 +146,7 @@ impl<const L: usize> Lockouts<L> {
         now: Instant,
         cfg: &LockoutConfig,
     ) -> Option<Instant> {
+        let addr = addr.host();
         let idx = match self.entries.iter().position(|e| e.addr == addr) {
             Some(i) => i,
             None => {
@@ -169,9 +172,11 @@ impl<const L: usize> Lockouts<L> {
         None
     }
 
-    /// An authenticated packet from `addr`: its failure count starts over.
+    /// A fresh authenticated packet (not a replay) from `addr`: its host's failure count
+    /// starts over.
     pub(crate) fn succeed(&mut self, addr: &Addr) {
-        if let Some(i) = self.entries.iter().position(|e| e.addr == *addr) {
+        let host = addr.host();
+        if let Some(i) = self.entries.iter().position(|e| e.addr == host) {
             self.entries.swap_remove(i);
         }
     }

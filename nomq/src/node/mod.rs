@@ -114,6 +114,8 @@ pub struct Node<
     events: Deque<Event<P>, EVENT_QUEUE>,
     lockouts: Lockouts<L>,
     verifier: Verifier,
+    /// MAC checks of datagrams from unknown sessions in the current rate window.
+    unverified_work: limits::RateWindow,
     stats: Stats,
     /// What the message `handle_datagram` just returned committed this node to, so that
     /// [`Node::refuse_delivery`] can take it back. Cleared by every other input.
@@ -162,6 +164,7 @@ where
             events: Deque::new(),
             lockouts: Lockouts::new(),
             verifier: Verifier::default(),
+            unverified_work: limits::RateWindow::default(),
             stats: Stats::default(),
             last_delivery: None,
         }
@@ -285,15 +288,12 @@ where
     ) -> Option<Message<'a>> {
         self.last_delivery = None;
         self.stats.rx_datagrams += 1;
-        if self.lockouts.is_locked(&from, now) {
-            self.stats.drop(DropReason::LockedOut);
-            return None;
-        }
+        let (_, known) = self.screen(now, from, buf)?;
         let (header, scope, generation) =
             match envelope::verify(&self.keys, buf, self.config.max_payload) {
                 Ok((h, s, g, _)) => (h, s, g),
                 Err(e) => {
-                    self.on_unverified(now, from, e);
+                    self.on_unverified(now, from, e, known);
                     return None;
                 }
             };

@@ -49,16 +49,51 @@ impl<
 where
     K: KeyLookup,
 {
-    /// Counts a datagram that failed the cheap checks or the MAC; the latter also
-    /// counts against the source's lockout.
-    pub(super) fn on_unverified(&mut self, now: Instant, from: Addr, e: OpenError) {
+    /// The cheap checks and the work budget, before any MAC. A datagram claiming a
+    /// session in the peer table is always verified (nothing an outsider sends can keep
+    /// a live peer's packets out: DTLS's rule, RFC 9147 §4.5.2). One claiming any other
+    /// session is refused, without a MAC, while its host is locked out or the budget
+    /// of such checks per rate window is spent. Returns the header and whether its
+    /// session is known.
+    pub(super) fn screen(&mut self, now: Instant, from: Addr, buf: &[u8]) -> Option<(Header, bool)> {
+        let parsed = crate::wire::Packet::new_checked(buf, self.config.max_payload)
+            .and_then(|p| Header::parse(&p));
+        let h = match parsed {
+            Ok(h) => h,
+            Err(e) => {
+                self.stats.drop(wire_reason(e));
+                return None;
+            }
+        };
+        let known = self.peers.find(h.session_id).is_some();
+        if !known {
+            if self.lockouts.is_locked(&from, now) {
+                self.stats.drop(DropReason::LockedOut);
+                return None;
+            }
+            let (window, limit) = (self.config.rate_window, self.config.unverified_limit);
+            if !self.unverified_work.admit(now, window, limit) {
+                self.stats.drop(DropReason::Throttled);
+                return None;
+            }
+        }
+        Some((h, known))
+    }
+
+    /// Counts a datagram whose MAC failed. Against an unknown session it also counts
+    /// against its host's lockout; against a known one it does not (the packet may be a
+    /// forgery carrying that peer's address, and must never lock the peer out).
+    pub(super) fn on_unverified(&mut self, now: Instant, from: Addr, e: OpenError, known: bool) {
         if let OpenError::Wire(e) = e {
             self.stats.drop(wire_reason(e));
             return;
         }
         self.stats.drop(DropReason::BadMac);
+        if known {
+            return;
+        }
         if let Some(until) = self.lockouts.fail(from, now, &self.config.lockout) {
-            self.push_event(Event::LockedOut { addr: from, until });
+            self.push_event(Event::LockedOut { addr: from.host(), until });
         }
     }
 

@@ -57,7 +57,12 @@ pub struct Config {
     pub rate_window: Duration,
     /// Packets accepted per peer per window (default 1000).
     pub rate_limit: u32,
-    /// Authentication-failure lockout (default 5 failures, 1 s doubling to 300 s).
+    /// MAC checks per rate window spent on datagrams from sessions not in the peer
+    /// table (default 2000): the most CPU unauthenticated traffic can cost, whatever
+    /// addresses and ports it uses. Known peers' datagrams are not counted or limited.
+    pub unverified_limit: u32,
+    /// Authentication-failure lockout of a host (any port), applied to datagrams from
+    /// unknown sessions only (default 5 failures, 1 s doubling to 300 s).
     pub lockout: LockoutConfig,
     /// QoS 2 flow-control window (default 32): at most this many QoS 2 messages in flight
     /// counted from the oldest unfinished one. A receiver holds at most this many QoS 2
@@ -79,6 +84,7 @@ impl Default for Config {
             max_attempts: 8,
             rate_window: Duration::from_secs(1),
             rate_limit: 1000,
+            unverified_limit: 2000,
             lockout: LockoutConfig::default(),
             qos2_window: 32,
         }
@@ -412,8 +418,12 @@ drop_reasons! {
     BadMac,
     /// Bad PKCS#7 padding after a valid MAC.
     BadPadding,
-    /// Source address is locked out.
+    /// From an unknown session, and its host is locked out after repeated
+    /// authentication failures (no MAC computed).
     LockedOut,
+    /// From an unknown session, and the budget of MAC checks for unknown sessions per
+    /// rate window ([`Config::unverified_limit`]) is spent (no MAC computed).
+    Throttled,
     /// Our own packet, looped back.
     OwnPacket,
     /// Session id 0.
