@@ -18,7 +18,7 @@
 //! UNSUBSCRIBE          options u8 | pattern_len u8 | pattern (UTF-8)
 //! HEARTBEAT            interval_s u16 | digest u32 | total u8 | first u8 | count u8 |
 //!                      count × (pattern_len u8 | pattern)
-//! CHALLENGE            challenge u64 | echo u64                             (16 bytes)
+//! CHALLENGE            challenge u64 | echo u64 | replaces u32              (20 bytes)
 //! ```
 //!
 //! `low_water` is the lowest packet id among the publisher's QoS 2 messages still in
@@ -246,16 +246,21 @@ impl Ack {
 }
 
 /// Body of CHALLENGE: a nonce the recipient must echo, and/or the echo of a nonce the
-/// recipient sent. 0 means "none" in either field; nonces are never 0.
+/// recipient sent, and the sender's previous session if this one replaces it. 0 means
+/// "none" in every field; nonces and sessions are never 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Challenge {
     /// A nonce the recipient must send back in the `echo` of its own CHALLENGE.
     pub challenge: Option<u64>,
     /// The nonce of the recipient's challenge that this packet answers.
     pub echo: Option<u64>,
+    /// The session of the same node that this session replaces (after a counter
+    /// rollover, or a restart with a state store): a receiver that verifies this
+    /// session retires that one and moves what waited on it here.
+    pub replaces: Option<SessionId>,
 }
 /// Length of an encoded [`Challenge`].
-pub const CHALLENGE_LEN: usize = 16;
+pub const CHALLENGE_LEN: usize = 20;
 impl Challenge {
     /// Parses a challenge plaintext.
     ///
@@ -263,9 +268,13 @@ impl Challenge {
     /// [`BodyError::Truncated`], [`BodyError::TrailingBytes`].
     pub fn parse(b: &[u8]) -> Result<Self, BodyError> {
         let mut r = Reader(b);
-        let (c, e) = (r.u64()?, r.u64()?);
+        let (c, e, p) = (r.u64()?, r.u64()?, r.u32()?);
         r.end()?;
-        Ok(Self { challenge: (c != 0).then_some(c), echo: (e != 0).then_some(e) })
+        Ok(Self {
+            challenge: (c != 0).then_some(c),
+            echo: (e != 0).then_some(e),
+            replaces: (p != 0).then_some(SessionId(p)),
+        })
     }
     /// Writes the body; returns its length.
     ///
@@ -275,6 +284,7 @@ impl Challenge {
         let mut w = Writer::new(buf);
         w.put(&self.challenge.unwrap_or(0).to_be_bytes())?;
         w.put(&self.echo.unwrap_or(0).to_be_bytes())?;
+        w.put(&self.replaces.map_or(0, |s| s.0).to_be_bytes())?;
         Ok(w.at)
     }
 }

@@ -179,8 +179,8 @@ fn wrong_key_is_refused_and_locked_out() {
             .log
             .events
             .iter()
-            .any(|(_, e)| matches!(e, Event::LockedOut { addr, .. } if *addr == waddr)),
-        "wrong-key address locked out"
+            .any(|(_, e)| matches!(e, Event::LockedOut { addr, .. } if *addr == waddr.host())),
+        "wrong-key host locked out"
     );
     assert!(s.members[a].node.stats().drops(DropReason::LockedOut) > 0);
     assert!(s.members[a].node.peers().all(|p| p.1 != waddr));
@@ -262,6 +262,13 @@ fn counter_rollover_starts_a_new_session() {
     assert_ne!(s.members[a].node.session(), before);
     assert!(s.members[a].log.events.iter().any(|(_, e)| matches!(e, Event::SessionRenewed { .. })));
     assert_eq!(s.counts(b).len(), 200, "receiver keeps accepting across the rollover");
+    // The new session proved itself live and said it replaces the old one.
+    s.run_for(Duration::from_secs(1));
+    assert!(s.members[b].log.events.iter().any(|(_, e)| matches!(
+        e,
+        Event::PeerLost { session, reason: LostReason::Replaced, .. } if *session == before
+    )));
+    assert_eq!(s.members[b].node.peers().count(), 1);
     assert!(
         s.members[a].log.outcomes.iter().all(|o| o.status == Status::Acknowledged),
         "{:?}",

@@ -170,6 +170,23 @@ impl<const P: usize, const S: usize> Peers<P, S> {
         (PeerId(self.list.len() - 1), departure)
     }
 
+    /// `new` (in the table) replaces `old`: it takes `old`'s subscriptions and QoS 2
+    /// low-water mark, and `old` leaves. Returns `old`'s departure.
+    pub(super) fn replace(&mut self, old: SessionId, new: SessionId) -> Option<Departure> {
+        let i = self.list.iter().position(|p| p.session == old)?;
+        let gone = self.forget(i);
+        let id = self.find(new)?;
+        let p = self.get_mut(id);
+        if p.subs.is_empty() {
+            p.subs = gone.subs;
+            p.digest = gone.digest;
+            p.sync_digest = gone.digest;
+        }
+        p.qos2_low = p.qos2_low.max(gone.qos2_low);
+        self.gc_wildcards();
+        Some(Departure { session: gone.session, addr: gone.addr, reason: LostReason::Replaced })
+    }
+
     /// Removes one peer silent past its liveness at `now`, if any.
     pub(super) fn pop_silent(&mut self, now: Instant) -> Option<Departure> {
         let i = self.list.iter().position(|p| now >= p.last_seen + p.liveness)?;

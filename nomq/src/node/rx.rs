@@ -236,6 +236,9 @@ where
             && self.verifier.verify(s, echo)
         {
             self.join_verified(now, from, h);
+            if let Some(old) = c.replaces {
+                self.replace_session(now, old, s);
+            }
         }
         let Some(nonce) = c.challenge else { return };
         if !self.verifier.may_echo(now, (self.config.rate_window, self.config.challenge_limit)) {
@@ -260,6 +263,31 @@ where
             if e.targets.iter().any(|t| t.session == s && t.state.pending()) {
                 e.next_at = e.next_at.min(now);
             }
+        }
+    }
+
+    /// The verified session `new` says it replaces `old` (same node: counter rollover,
+    /// or a restart with a state store): what waited on `old` now waits on `new`, which
+    /// inherits `old`'s subscriptions until its own heartbeat says otherwise, and `old`
+    /// leaves the table as [`LostReason::Replaced`](super::LostReason::Replaced). Only
+    /// a session that proved itself live can do this, and only a holder of the network
+    /// keys can seal the claim.
+    fn replace_session(&mut self, now: Instant, old: SessionId, new: SessionId) {
+        if old == new || self.peers.find(old).is_none() {
+            return;
+        }
+        for e in self.outbox.iter_mut() {
+            let has_new = e.targets.iter().any(|t| t.session == new);
+            if has_new {
+                e.targets.retain(|t| t.session != old);
+            } else if let Some(t) = e.targets.iter_mut().find(|t| t.session == old) {
+                t.session = new;
+                e.next_at = e.next_at.min(now);
+            }
+        }
+        if let Some(gone) = self.peers.replace(old, new) {
+            let super::peers::Departure { session, addr, reason } = gone;
+            self.push_event(Event::PeerLost { session, addr, reason });
         }
     }
 

@@ -186,7 +186,8 @@ where
                     ttl,
                     to: Some(session),
                 };
-                let write = |b: &mut [u8]| Challenge { challenge, echo }.emit(b).ok();
+                let replaces = self.tx.replaces();
+                let write = |b: &mut [u8]| Challenge { challenge, echo, replaces }.emit(b).ok();
                 let len = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write)?;
                 Some(Transmit { target: Target::Unicast(to), len })
             }

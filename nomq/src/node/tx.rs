@@ -70,6 +70,26 @@ impl Tx {
         self.session
     }
 
+    /// The session this one replaces: the last one renewed (or restored from a state
+    /// store, see [`Tx::adopt`]), announced in every CHALLENGE.
+    pub(super) fn replaces(&self) -> Option<SessionId> {
+        self.own_sessions.back().copied()
+    }
+
+    /// Makes `old` (a session of this node before a restart, from its state store) one
+    /// of its own: packets bound to it are for this node, and it is announced as
+    /// replaced.
+    #[allow(dead_code)]
+    pub(super) fn adopt(&mut self, old: SessionId) {
+        if old.0 == 0 || self.is_own(old) {
+            return;
+        }
+        if self.own_sessions.is_full() {
+            self.own_sessions.pop_front();
+        }
+        let _ = self.own_sessions.push_back(old);
+    }
+
     /// Whether `s` is this node's session, current or recently renewed.
     pub(super) fn is_own(&self, s: SessionId) -> bool {
         s == self.session || self.own_sessions.iter().any(|o| *o == s)
