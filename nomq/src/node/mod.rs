@@ -41,7 +41,7 @@ pub use types::*;
 
 use crate::addr::Addr;
 use crate::body::MessageId;
-use crate::channel::{ChannelName, Pattern};
+use crate::channel::{ChannelId, ChannelName, Pattern};
 use crate::envelope;
 use crate::keys::KeyLookup;
 use crate::time::Instant;
@@ -114,6 +114,8 @@ pub struct Node<
     events: Deque<Event<P>, EVENT_QUEUE>,
     lockouts: Lockouts<L>,
     verifier: Verifier,
+    /// `keys_mut` was called: re-derive channel ids at the next input.
+    keys_changed: bool,
     /// MAC checks of datagrams from unknown sessions in the current rate window.
     unverified_work: limits::RateWindow,
     stats: Stats,
@@ -164,6 +166,7 @@ where
             events: Deque::new(),
             lockouts: Lockouts::new(),
             verifier: Verifier::default(),
+            keys_changed: false,
             unverified_work: limits::RateWindow::default(),
             stats: Stats::default(),
             last_delivery: None,
@@ -189,10 +192,32 @@ where
     pub fn keys(&self) -> &K {
         &self.keys
     }
-    /// The keyring, to rotate keys. Channel ids change with the network keys: resubscribe
-    /// (or wait for the next heartbeat) after rotating them.
+    /// The keyring, to rotate keys. Channel ids change with the network keys, so at the
+    /// next input the node derives its subscriptions' ids again and announces them (an
+    /// early heartbeat, whose digest changed), re-derives what it stored of its peers'
+    /// subscriptions from their next heartbeats, and meanwhile matches publishes
+    /// against ids under the current and the previous network keys. Nobody resubscribes.
     pub fn keys_mut(&mut self) -> &mut K {
+        self.keys_changed = true;
         &mut self.keys
+    }
+
+    /// Applies a change of keys made through [`Node::keys_mut`] (see there).
+    fn apply_key_change(&mut self, now: Instant) {
+        if !core::mem::take(&mut self.keys_changed) {
+            return;
+        }
+        for s in &mut self.announce.subs {
+            s.id = self.keys.channel_id(s.pattern.as_str());
+        }
+        self.peers.resync_all();
+        self.announce.heartbeat_early(now);
+    }
+
+    /// The ids of `name` under the current and (during a rotation) previous network keys.
+    fn channel_ids(&self, name: &str) -> (ChannelId, Option<ChannelId>) {
+        let net = self.keys.network();
+        (net.current.channel_id(name), net.previous.map(|p| p.channel_id(name)))
     }
     /// Counters.
     pub fn stats(&self) -> &Stats {
@@ -209,9 +234,11 @@ where
         channel: &'a str,
     ) -> impl Iterator<Item = (SessionId, Addr)> + 'a {
         let name = ChannelName::new(channel).ok();
-        let id = name.map(|n| self.keys.channel_id(n.as_str()));
-        self.peers.iter().filter_map(move |p| match (name, &id) {
-            (Some(n), Some(id)) if self.peers.subscribes(p, n, id) => Some((p.session, p.addr)),
+        let ids = name.map(|n| self.channel_ids(n.as_str()));
+        self.peers.iter().filter_map(move |p| match (name, &ids) {
+            (Some(n), Some((id, prev))) if self.peers.subscribes(p, n, (id, prev.as_ref())) => {
+                Some((p.session, p.addr))
+            }
             _ => None,
         })
     }
@@ -287,6 +314,7 @@ where
         buf: &'a mut [u8],
     ) -> Option<Message<'a>> {
         self.last_delivery = None;
+        self.apply_key_change(now);
         self.stats.rx_datagrams += 1;
         let (_, known) = self.screen(now, from, buf)?;
         let (header, scope, generation) =
@@ -362,6 +390,7 @@ where
     /// Advances timers: liveness, retransmission deadlines, expiries, lockout pruning.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_delivery = None;
+        self.apply_key_change(now);
         while let Some(gone) = self.peers.pop_silent(now) {
             self.peer_left(gone);
         }
@@ -414,6 +443,7 @@ where
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         self.last_delivery = None;
+        self.apply_key_change(now);
         let mut t = self.transmit_control(now, buf);
         if t.is_none() {
             t = self.transmit_heartbeat(now, buf);

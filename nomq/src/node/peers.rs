@@ -56,6 +56,8 @@ pub(super) struct Peer<const S: usize> {
     digest: u32,
     sync_digest: u32,
     sync_seen: u64,
+    /// Collect the next heartbeat afresh (the local keys changed).
+    resync: bool,
     /// Highest QoS 2 low-water mark announced by this session.
     pub(super) qos2_low: u32,
 }
@@ -160,6 +162,7 @@ impl<const P: usize, const S: usize> Peers<P, S> {
             digest: 0,
             sync_digest: 0,
             sync_seen: 0,
+            resync: false,
             qos2_low: 0,
         };
         // Room was made above.
@@ -200,11 +203,17 @@ impl<const P: usize, const S: usize> Peers<P, S> {
         self.wildcards.retain(|(id, _)| list.iter().any(|p| p.subs.iter().any(|s| s.id == *id)));
     }
 
-    /// Whether `peer` subscribes to `name` (channel id `id`), exactly or by a wildcard.
-    pub(super) fn subscribes(&self, peer: &Peer<S>, name: ChannelName<'_>, id: &ChannelId) -> bool {
+    /// Whether `peer` subscribes to `name` (channel id `ids.0`, or `ids.1` under the
+    /// previous network keys during a rotation), exactly or by a wildcard.
+    pub(super) fn subscribes(
+        &self,
+        peer: &Peer<S>,
+        name: ChannelName<'_>,
+        ids: (&ChannelId, Option<&ChannelId>),
+    ) -> bool {
         peer.subs.iter().any(|s| {
             if !s.wildcard {
-                return s.id == *id;
+                return s.id == *ids.0 || ids.1 == Some(&s.id);
             }
             self.wildcards
                 .iter()
@@ -245,6 +254,14 @@ impl<const P: usize, const S: usize> Peers<P, S> {
         self.gc_wildcards();
     }
 
+    /// The local keys changed: every peer's next heartbeat is collected afresh, so that
+    /// the channel ids stored for its exact subscriptions are derived again.
+    pub(super) fn resync_all(&mut self) {
+        for p in &mut self.list {
+            p.resync = true;
+        }
+    }
+
     /// Applies a heartbeat: liveness, then the announced set (which may span several
     /// heartbeats; once all parts were seen, what it no longer holds is dropped).
     /// `channel_id` maps a pattern to its id. `None` if the set is unchanged.
@@ -257,10 +274,11 @@ impl<const P: usize, const S: usize> Peers<P, S> {
     ) -> Option<HeartbeatSync<'a, S>> {
         let p = self.get_mut(peer);
         p.liveness = liveness;
-        if hb.digest == p.digest && usize::from(hb.total) == p.subs.len() {
+        if !p.resync && hb.digest == p.digest && usize::from(hb.total) == p.subs.len() {
             return None;
         }
-        if p.sync_digest != hb.digest {
+        if p.resync || p.sync_digest != hb.digest {
+            p.resync = false;
             // A new set is being announced: collect it, then drop what it no longer holds.
             p.sync_digest = hb.digest;
             p.sync_seen = 0;
@@ -337,8 +355,8 @@ mod tests {
         assert!(gone.is_none(), "nobody leaves for a second session at one address");
         assert_eq!(t.len(), 2);
         let name = ChannelName::new("sensor/t").unwrap();
-        assert!(!t.subscribes(t.get(b), name, &id(1)), "inherits nothing");
-        assert!(t.subscribes(t.get(t.find(SessionId(1)).unwrap()), name, &id(1)));
+        assert!(!t.subscribes(t.get(b), name, (&id(1), None)), "inherits nothing");
+        assert!(t.subscribes(t.get(t.find(SessionId(1)).unwrap()), name, (&id(1), None)));
     }
 
     #[test]

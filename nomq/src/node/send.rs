@@ -420,14 +420,16 @@ where
     fn collect_targets(&mut self, i: usize) {
         let e = &self.outbox[i];
         let Some(name) = e.body.name() else { return };
-        let (id, dest, state) = (e.body.channel_id, e.dest, TState::initial(e.qos()));
+        let (dest, state) = (e.dest, TState::initial(e.qos()));
+        // Derived now, not at publish time: the keys may have rotated since.
+        let (id, prev) = self.channel_ids(name.as_str());
         let mut targets: Vec<TargetPeer, P> = Vec::new();
         for p in self.peers.iter() {
             let reachable = match dest {
                 Destination::Peer(a) => p.addr == a,
                 _ => true,
             };
-            if reachable && self.peers.subscribes(p, name, &id) {
+            if reachable && self.peers.subscribes(p, name, (&id, prev.as_ref())) {
                 let _ = targets.push(TargetPeer { session: p.session, state });
             }
         }
