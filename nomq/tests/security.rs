@@ -440,7 +440,7 @@ fn live_rotation_keeps_delivering() {
     let next = nomq::KeyPair::new([50; 32], [150; 32]);
     let mut sent = 0u32;
     let publish = |s: &mut Sim, sent: &mut u32| {
-        let qos = if *sent % 2 == 0 { Qos::AtLeastOnce } else { Qos::ExactlyOnce };
+        let qos = if sent.is_multiple_of(2) { Qos::AtLeastOnce } else { Qos::ExactlyOnce };
         let now = s.now;
         s.members[a]
             .node
