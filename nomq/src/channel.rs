@@ -205,6 +205,29 @@ impl<'a> Pattern<'a> {
     }
 }
 
+impl Pattern<'_> {
+    /// Whether every name `sub` matches is matched by this pattern too (`secret/#`
+    /// covers `secret/a/+` and `secret`; `+/x` does not cover `$SYS/x`).
+    pub fn covers(&self, sub: Pattern<'_>) -> bool {
+        let wild_first = self.0.starts_with('+') || self.0.starts_with('#');
+        if wild_first && sub.0.starts_with('$') {
+            return false;
+        }
+        let (mut mine, mut theirs) = (self.0.split('/'), sub.0.split('/'));
+        loop {
+            match (mine.next(), theirs.next()) {
+                (Some("#"), _) => return true,
+                // A `#` of theirs matches more levels (or fewer) than anything but `#`.
+                (Some(_), Some("#")) => return false,
+                (Some("+"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b && b != "+" => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+}
+
 impl fmt::Debug for Pattern<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.0, f)
@@ -233,6 +256,35 @@ impl fmt::Debug for ChannelId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covering_patterns() {
+        let p = |s| Pattern::new(s).unwrap();
+        for (outer, inner) in [
+            ("secret/#", "secret/a/+"),
+            ("secret/#", "secret"),
+            ("secret/#", "secret/#"),
+            ("#", "a/b"),
+            ("+/x", "a/x"),
+            ("+/x", "+/x"),
+            ("a/+", "a/b"),
+            ("$SYS/#", "$SYS/x"),
+        ] {
+            assert!(p(outer).covers(p(inner)), "{outer} covers {inner}");
+        }
+        for (outer, inner) in [
+            ("secret/#", "#"),
+            ("secret/+", "secret/#"),
+            ("secret/+", "secret"),
+            ("a/b", "a/+"),
+            ("+/x", "$SYS/x"),
+            ("#", "$SYS/#"),
+            ("a/+/#", "a/#"),
+            ("a", "a/b"),
+        ] {
+            assert!(!p(outer).covers(p(inner)), "{outer} does not cover {inner}");
+        }
+    }
 
     fn m(p: &str, n: &str) -> bool {
         Pattern::new(p).unwrap().matches(ChannelName::new(n).unwrap())

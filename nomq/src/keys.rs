@@ -242,6 +242,22 @@ pub trait KeyLookup {
         ScopeIndex::NETWORK
     }
 
+    /// The scope a subscription to `pattern` is announced under: the first channel
+    /// scope whose pattern covers it (every name it matches, that scope's pattern matches
+    /// too), else the network. So only holders of a channel scope's keys learn who
+    /// subscribes within it; a pattern no single scope covers (`#`) is announced to all.
+    fn scope_for_pattern(&self, pattern: Pattern<'_>) -> ScopeIndex {
+        for i in 1..self.scope_count().min(256) {
+            let idx = ScopeIndex(i as u8);
+            if let Some(Scope { pattern: Some(p), .. }) = self.scope(idx)
+                && p.covers(pattern)
+            {
+                return idx;
+            }
+        }
+        ScopeIndex::NETWORK
+    }
+
     /// The channel id of `name` (under the current network keys).
     fn channel_id(&self, name: &str) -> ChannelId {
         self.network().current.channel_id(name)

@@ -481,3 +481,45 @@ fn live_rotation_keeps_delivering() {
         assert_eq!(s.counts(m).len(), sent as usize, "member {m}");
     }
 }
+
+/// A subscription within a channel scope (`secret/#`) is announced under that scope's
+/// keys only: a member without them never learns it, a member with them does and
+/// delivers to it. A pattern the sender's scope does not cover is refused.
+#[test]
+fn channel_scoped_subscriptions_are_announced_only_to_key_holders() {
+    let secret = nomq::KeyPair::new([60; 32], [160; 32]);
+    let with_secret = || {
+        let mut k = keys(1);
+        k.set_channel("secret/#", &secret, None).unwrap();
+        k
+    };
+    let mut s = Sim::new(31, PERFECT);
+    let a = s.add_with(sim_config(), with_secret());
+    let b = s.add_with(sim_config(), with_secret());
+    let outsider = s.add_with(sim_config(), keys(1));
+    s.members[b].node.subscribe("secret/door/+").unwrap();
+    s.members[b].node.subscribe("open/#").unwrap();
+    s.discover(a, 1);
+    s.meet();
+    s.run_for(Duration::from_secs(6));
+    let b_session = s.members[b].node.session();
+    let subscribed =
+        |s: &Sim, m: usize, ch: &str| s.members[m].node.subscribers(ch).any(|p| p.0 == b_session);
+    assert!(subscribed(&s, a, "secret/door/1"), "a key holder learns it");
+    assert!(subscribed(&s, a, "open/x") && subscribed(&s, outsider, "open/x"));
+    assert!(!subscribed(&s, outsider, "secret/door/1"), "the outsider does not");
+    // Nothing the outsider can open names the secret pattern.
+    for (to, _, data) in s.recorded.iter().filter(|r| r.0 == outsider) {
+        let mut d = data.clone();
+        if let Ok(o) = nomq::open(&keys(1), &mut d, 1376) {
+            let text = String::from_utf8_lossy(o.plaintext);
+            assert!(!text.contains("secret/door"), "to {to}: {text}");
+        }
+    }
+    let now = s.now;
+    let opts = PublishOptions::qos(Qos::AtLeastOnce);
+    let h = s.members[a].node.publish(now, "secret/door/1", b"open", opts).unwrap();
+    s.run_for(Duration::from_secs(2));
+    let o = s.members[a].log.outcomes.iter().find(|o| o.handle == h).unwrap();
+    assert_eq!((o.status, o.acked.as_slice()), (Status::Acknowledged, &[b_session][..]));
+}

@@ -29,23 +29,17 @@ pub(super) enum Control {
         scope: ScopeIndex,
     },
     /// A CHALLENGE to `session` at `to`.
-    Challenge {
-        to: Addr,
-        session: SessionId,
-        challenge: Option<u64>,
-        echo: Option<u64>,
-    },
-    Sub {
-        unsubscribe: bool,
-        pattern: String<MAX_NAME_LEN>,
-        id: ChannelId,
-    },
+    Challenge { to: Addr, session: SessionId, challenge: Option<u64>, echo: Option<u64> },
+    /// Sealed under `scope`: the keys of the scope that covers the pattern.
+    Sub { unsubscribe: bool, pattern: String<MAX_NAME_LEN>, id: ChannelId, scope: ScopeIndex },
 }
 
 #[derive(Debug)]
 pub(super) struct LocalSub {
     pub(super) pattern: String<MAX_NAME_LEN>,
     pub(super) id: ChannelId,
+    /// The key scope it is announced under (`KeyLookup::scope_for_pattern`).
+    pub(super) scope: ScopeIndex,
 }
 
 /// Why a packet could not be queued.
@@ -57,8 +51,9 @@ pub(super) struct QueueFull;
 pub(super) struct Announce<const S: usize> {
     pub(super) subs: Vec<LocalSub, S>,
     pub(super) next_heartbeat: Instant,
-    /// The first subscription the next part of a multi-packet heartbeat carries.
-    pub(super) heartbeat_cursor: Option<usize>,
+    /// Where the heartbeat round in progress goes on: a scope and the index, among the
+    /// subscriptions announced under it, of the first one the next packet carries.
+    pub(super) heartbeat_cursor: Option<(ScopeIndex, usize)>,
     last_early_heartbeat: Option<Instant>,
     pub(super) control: Deque<Control, CONTROL_QUEUE>,
 }
@@ -78,13 +73,28 @@ impl<const S: usize> Announce<S> {
     ///
     /// # Errors
     /// [`QueueFull`]: the subscription table is full.
-    pub(super) fn add(&mut self, pattern: Pattern<'_>, id: ChannelId) -> Result<bool, QueueFull> {
+    pub(super) fn add(
+        &mut self,
+        pattern: Pattern<'_>,
+        (id, scope): (ChannelId, ScopeIndex),
+    ) -> Result<bool, QueueFull> {
         if self.subs.iter().any(|s| s.pattern == pattern.as_str()) {
             return Ok(false);
         }
         let pattern = String::try_from(pattern.as_str()).map_err(|_| QueueFull)?;
-        self.subs.push(LocalSub { pattern, id }).map_err(|_| QueueFull)?;
+        self.subs.push(LocalSub { pattern, id, scope }).map_err(|_| QueueFull)?;
         Ok(true)
+    }
+
+    /// The subscriptions announced under `scope`, in order.
+    pub(super) fn group(&self, scope: ScopeIndex) -> impl Iterator<Item = &LocalSub> {
+        self.subs.iter().filter(move |s| s.scope == scope)
+    }
+
+    /// The scope whose heartbeat follows `scope`'s in a round: the next higher index
+    /// that has subscriptions. (A round starts with the network, even with none.)
+    fn next_scope(&self, scope: ScopeIndex) -> Option<ScopeIndex> {
+        self.subs.iter().map(|s| s.scope).filter(|s| s.0 > scope.0).min_by_key(|s| s.0)
     }
 
     /// Removes a local subscription.
@@ -100,9 +110,9 @@ impl<const S: usize> Announce<S> {
         SubscriptionSet(bits.fold(0, |m, (i, _)| m | 1 << i))
     }
 
-    /// Digest of the local subscription set (what heartbeats announce).
-    pub(super) fn digest(&self) -> u32 {
-        set_digest(self.subs.iter().map(|s| &s.id))
+    /// Digest of the subscriptions announced under `scope` (what its heartbeats carry).
+    pub(super) fn digest(&self, scope: ScopeIndex) -> u32 {
+        set_digest(self.group(scope).map(|s| &s.id))
     }
 
     /// Queues a control packet.
@@ -127,26 +137,30 @@ impl<const S: usize> Announce<S> {
         self.next_heartbeat = self.next_heartbeat.min(at);
     }
 
-    /// The first subscription the heartbeat due at `now` starts from, if one is due.
-    pub(super) fn heartbeat_due(&self, now: Instant) -> Option<usize> {
+    /// The scope and first subscription (within that scope) of the heartbeat due at
+    /// `now`, if one is due.
+    pub(super) fn heartbeat_due(&self, now: Instant) -> Option<(ScopeIndex, usize)> {
         match self.heartbeat_cursor {
             Some(c) => Some(c),
-            None if now >= self.next_heartbeat => Some(0),
+            None if now >= self.next_heartbeat => Some((ScopeIndex::NETWORK, 0)),
             None => None,
         }
     }
 
-    /// A heartbeat from subscription `first` carrying `written` of them was sent: go on
-    /// with the rest, or schedule the next round `interval` from `now`.
+    /// A heartbeat of `scope` from its subscription `first` carrying `written` of them
+    /// was sent: go on with the rest of that scope, then the next scope, or schedule
+    /// the next round `interval` from `now`.
     pub(super) fn heartbeat_sent(
         &mut self,
         now: Instant,
-        (first, written): (usize, usize),
+        (scope, first, written): (ScopeIndex, usize, usize),
         interval: Duration,
     ) {
         let next = first + written;
-        if next < self.subs.len() && written > 0 {
-            self.heartbeat_cursor = Some(next);
+        if next < self.group(scope).count() && written > 0 {
+            self.heartbeat_cursor = Some((scope, next));
+        } else if let Some(s) = self.next_scope(scope) {
+            self.heartbeat_cursor = Some((s, 0));
         } else {
             self.heartbeat_cursor = None;
             self.next_heartbeat = now + interval;
@@ -165,11 +179,12 @@ mod tests {
     #[test]
     fn subscriptions_match_by_index_and_are_unique() {
         let mut a: Announce<3> = Announce::new(at(0));
-        assert_eq!(a.add(Pattern::new("a/#").unwrap(), ChannelId([1; 16])), Ok(true));
-        assert_eq!(a.add(Pattern::new("a/#").unwrap(), ChannelId([1; 16])), Ok(false));
-        a.add(Pattern::new("b").unwrap(), ChannelId([2; 16])).unwrap();
-        a.add(Pattern::new("a/+").unwrap(), ChannelId([3; 16])).unwrap();
-        assert_eq!(a.add(Pattern::new("c").unwrap(), ChannelId([4; 16])), Err(QueueFull));
+        let net = |n| (ChannelId([n; 16]), ScopeIndex::NETWORK);
+        assert_eq!(a.add(Pattern::new("a/#").unwrap(), net(1)), Ok(true));
+        assert_eq!(a.add(Pattern::new("a/#").unwrap(), net(1)), Ok(false));
+        a.add(Pattern::new("b").unwrap(), net(2)).unwrap();
+        a.add(Pattern::new("a/+").unwrap(), net(3)).unwrap();
+        assert_eq!(a.add(Pattern::new("c").unwrap(), net(4)), Err(QueueFull));
         let ax = a.matching(ChannelName::new("a/x").unwrap());
         assert_eq!(ax, SubscriptionSet(0b101));
         assert_eq!(ax.iter().collect::<Vec<_, 3>>().as_slice(), &[0, 2]);
@@ -181,29 +196,37 @@ mod tests {
 
     #[test]
     fn early_heartbeats_are_spaced_and_rounds_resume_at_the_cursor() {
+        const NET: ScopeIndex = ScopeIndex::NETWORK;
         let mut a: Announce<4> = Announce::new(at(0));
-        assert_eq!(a.heartbeat_due(at(0)), Some(0));
-        a.heartbeat_sent(at(0), (0, 0), Duration::from_secs(5));
+        assert_eq!(a.heartbeat_due(at(0)), Some((NET, 0)));
+        a.heartbeat_sent(at(0), (NET, 0, 0), Duration::from_secs(5));
         assert_eq!(a.heartbeat_due(at(10)), None);
         a.heartbeat_early(at(10));
-        assert_eq!(a.heartbeat_due(at(10)), Some(0));
-        a.heartbeat_sent(at(10), (0, 0), Duration::from_secs(5));
+        assert_eq!(a.heartbeat_due(at(10)), Some((NET, 0)));
+        a.heartbeat_sent(at(10), (NET, 0, 0), Duration::from_secs(5));
         a.heartbeat_early(at(50));
         assert_eq!(a.heartbeat_due(at(50)), None, "a second early heartbeat within 100 ms");
         a.heartbeat_early(at(70));
         assert_eq!(a.heartbeat_due(at(109)), None);
         assert_eq!(
             a.heartbeat_due(at(110)),
-            Some(0),
+            Some((NET, 0)),
             "delayed to 100 ms after the last, not dropped"
         );
-        a.heartbeat_sent(at(110), (0, 0), Duration::from_secs(5));
+        a.heartbeat_sent(at(110), (NET, 0, 0), Duration::from_secs(5));
         assert_eq!(a.heartbeat_due(at(200)), None, "both newcomers were covered by one");
         for n in 0..3u8 {
-            a.add(Pattern::new(["x", "y", "z"][usize::from(n)]).unwrap(), ChannelId([n; 16]))
-                .unwrap();
+            let scope = ScopeIndex(n / 2 * 2);
+            let p = Pattern::new(["x", "y", "z"][usize::from(n)]).unwrap();
+            a.add(p, (ChannelId([n; 16]), scope)).unwrap();
         }
-        a.heartbeat_sent(at(60), (0, 2), Duration::from_secs(5));
-        assert_eq!(a.heartbeat_due(at(60)), Some(2));
+        // A round: the network's two, then scope 2's one.
+        a.heartbeat_sent(at(60), (NET, 0, 1), Duration::from_secs(5));
+        assert_eq!(a.heartbeat_due(at(60)), Some((NET, 1)));
+        a.heartbeat_sent(at(60), (NET, 1, 1), Duration::from_secs(5));
+        assert_eq!(a.heartbeat_due(at(60)), Some((ScopeIndex(2), 0)));
+        a.heartbeat_sent(at(60), (ScopeIndex(2), 0, 1), Duration::from_secs(5));
+        assert_eq!(a.heartbeat_due(at(60)), None);
+        assert_ne!(a.digest(NET), a.digest(ScopeIndex(2)));
     }
 }

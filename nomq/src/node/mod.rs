@@ -209,6 +209,9 @@ where
         }
         for s in &mut self.announce.subs {
             s.id = self.keys.channel_id(s.pattern.as_str());
+            if let Ok(p) = Pattern::new(s.pattern.as_str()) {
+                s.scope = self.keys.scope_for_pattern(p);
+            }
         }
         self.peers.resync_all();
         self.announce.heartbeat_early(now);
@@ -278,11 +281,11 @@ where
     /// [`SubscribeError::InvalidPattern`], [`SubscribeError::Full`].
     pub fn subscribe(&mut self, pattern: &str) -> Result<(), SubscribeError> {
         let p = Pattern::new(pattern).map_err(SubscribeError::InvalidPattern)?;
-        let id = self.keys.channel_id(p.as_str());
-        if self.announce.add(p, id).map_err(|_| SubscribeError::Full)? {
+        let (id, scope) = (self.keys.channel_id(p.as_str()), self.keys.scope_for_pattern(p));
+        if self.announce.add(p, (id, scope)).map_err(|_| SubscribeError::Full)? {
             let pattern = heapless::String::try_from(p.as_str()).unwrap_or_default();
             // If it does not fit, the next heartbeat announces it anyway.
-            self.queue_control(Control::Sub { unsubscribe: false, pattern, id });
+            self.queue_control(Control::Sub { unsubscribe: false, pattern, id, scope });
         }
         Ok(())
     }
@@ -290,7 +293,8 @@ where
     /// Withdraws a subscription; returns whether it existed.
     pub fn unsubscribe(&mut self, pattern: &str) -> bool {
         let Some(s) = self.announce.remove(pattern) else { return false };
-        self.queue_control(Control::Sub { unsubscribe: true, pattern: s.pattern, id: s.id });
+        let (pattern, id, scope) = (s.pattern, s.id, s.scope);
+        self.queue_control(Control::Sub { unsubscribe: true, pattern, id, scope });
         true
     }
 
@@ -358,7 +362,7 @@ where
             PacketType::Subscribe | PacketType::Unsubscribe => {
                 self.on_subscription(now, &opened, plaintext);
             }
-            PacketType::Heartbeat => self.on_heartbeat(now, sender, plaintext),
+            PacketType::Heartbeat => self.on_heartbeat(now, &opened, plaintext),
             PacketType::Challenge => {}
         }
         None

@@ -16,6 +16,7 @@ use super::types::LostReason;
 use crate::addr::Addr;
 use crate::body::Heartbeat;
 use crate::channel::{ChannelId, ChannelName, MAX_NAME_LEN, Pattern};
+use crate::keys::ScopeIndex;
 use crate::time::{Duration, Instant};
 use crate::wire::SessionId;
 use heapless::{String, Vec};
@@ -37,6 +38,8 @@ pub(super) struct Sender {
 pub(super) struct PeerSub {
     pub(super) id: ChannelId,
     pub(super) wildcard: bool,
+    /// The key scope it was announced under.
+    pub(super) scope: ScopeIndex,
     /// Confirmed by the heartbeat round in progress.
     pub(super) fresh: bool,
 }
@@ -53,7 +56,10 @@ pub(super) struct Peer<const S: usize> {
     pub(super) rate: RateWindow,
     pub(super) rate_reported: Instant,
     pub(super) subs: Vec<PeerSub, S>,
+    /// Digest of its network-scope set (channel scopes are collected at every heartbeat).
     digest: u32,
+    /// The scope whose set is being collected, and that set's digest.
+    sync_scope: ScopeIndex,
     sync_digest: u32,
     sync_seen: u64,
     /// Collect the next heartbeat afresh (the local keys changed).
@@ -81,6 +87,8 @@ pub(super) struct HeartbeatSync<'a, const S: usize> {
     pub(super) new_patterns: Vec<Pattern<'a>, S>,
     /// Patterns the table had no room for.
     pub(super) full: u32,
+    /// Patterns refused: announced under another scope than the one covering them.
+    pub(super) refused: u32,
 }
 
 /// The peer table and the shared wildcard table.
@@ -160,6 +168,7 @@ impl<const P: usize, const S: usize> Peers<P, S> {
             rate_reported: Instant::ZERO,
             subs: Vec::new(),
             digest: 0,
+            sync_scope: ScopeIndex::NETWORK,
             sync_digest: 0,
             sync_seen: 0,
             resync: false,
@@ -230,7 +239,7 @@ impl<const P: usize, const S: usize> Peers<P, S> {
         &mut self,
         peer: PeerId,
         pattern: Pattern<'_>,
-        id: ChannelId,
+        (id, scope): (ChannelId, ScopeIndex),
     ) -> Result<bool, SubsFull> {
         if let Some(s) = self.get_mut(peer).subs.iter_mut().find(|s| s.id == id) {
             s.fresh = true;
@@ -241,7 +250,7 @@ impl<const P: usize, const S: usize> Peers<P, S> {
             let Ok(st) = String::try_from(pattern.as_str()) else { return Ok(false) };
             self.wildcards.push((id, st)).map_err(|_| SubsFull)?;
         }
-        if self.get_mut(peer).subs.push(PeerSub { id, wildcard, fresh: true }).is_err() {
+        if self.get_mut(peer).subs.push(PeerSub { id, wildcard, scope, fresh: true }).is_err() {
             self.gc_wildcards();
             return Err(SubsFull);
         }
@@ -262,27 +271,34 @@ impl<const P: usize, const S: usize> Peers<P, S> {
         }
     }
 
-    /// Applies a heartbeat: liveness, then the announced set (which may span several
-    /// heartbeats; once all parts were seen, what it no longer holds is dropped).
-    /// `channel_id` maps a pattern to its id. `None` if the set is unchanged.
+    /// Applies a heartbeat sealed under `scope`: liveness, then the set announced under
+    /// that scope (which may span several heartbeats; once all parts were seen, what it
+    /// no longer holds is dropped). `channel_id` maps a pattern to its id; `covers`
+    /// says whether `scope` is the one that covers a pattern (others are refused).
+    /// `None` if the set is unchanged.
     pub(super) fn sync<'a>(
         &mut self,
-        peer: PeerId,
+        (peer, scope): (PeerId, ScopeIndex),
         hb: &Heartbeat<'a>,
         liveness: Duration,
-        channel_id: impl Fn(&str) -> ChannelId,
+        (channel_id, covers): (impl Fn(&str) -> ChannelId, impl Fn(Pattern<'_>) -> bool),
     ) -> Option<HeartbeatSync<'a, S>> {
         let p = self.get_mut(peer);
         p.liveness = liveness;
-        if !p.resync && hb.digest == p.digest && usize::from(hb.total) == p.subs.len() {
+        let network = scope == ScopeIndex::NETWORK;
+        let held = p.subs.iter().filter(|s| s.scope == scope).count();
+        if network && !p.resync && hb.digest == p.digest && usize::from(hb.total) == held {
             return None;
         }
-        if p.resync || p.sync_digest != hb.digest {
-            p.resync = false;
+        if (network && p.resync) || p.sync_scope != scope || p.sync_digest != hb.digest {
+            if network {
+                p.resync = false;
+            }
             // A new set is being announced: collect it, then drop what it no longer holds.
+            p.sync_scope = scope;
             p.sync_digest = hb.digest;
             p.sync_seen = 0;
-            for s in &mut p.subs {
+            for s in p.subs.iter_mut().filter(|s| s.scope == scope) {
                 s.fresh = false;
             }
         }
@@ -292,9 +308,13 @@ impl<const P: usize, const S: usize> Peers<P, S> {
                 p.sync_seen |= 1 << bit;
             }
         }
-        let mut out = HeartbeatSync { new_patterns: Vec::new(), full: 0 };
+        let mut out = HeartbeatSync { new_patterns: Vec::new(), full: 0, refused: 0 };
         for pat in hb.patterns() {
-            match self.add_sub(peer, pat, channel_id(pat.as_str())) {
+            if !covers(pat) {
+                out.refused += 1;
+                continue;
+            }
+            match self.add_sub(peer, pat, (channel_id(pat.as_str()), scope)) {
                 Ok(true) => {
                     let _ = out.new_patterns.push(pat);
                 }
@@ -305,8 +325,10 @@ impl<const P: usize, const S: usize> Peers<P, S> {
         let p = self.get_mut(peer);
         let total = u32::from(hb.total).min(64);
         if total == 64 || p.sync_seen.count_ones() >= total {
-            p.subs.retain(|s| s.fresh);
-            p.digest = hb.digest;
+            p.subs.retain(|s| s.fresh || s.scope != scope);
+            if network {
+                p.digest = hb.digest;
+            }
             self.gc_wildcards();
         }
         Some(out)
@@ -318,6 +340,7 @@ mod tests {
     use super::*;
 
     const LIVE: Duration = Duration::from_secs(15);
+    const NET: ScopeIndex = ScopeIndex::NETWORK;
 
     fn at(s: u64) -> Instant {
         Instant::from_micros(s * 1_000_000)
@@ -349,8 +372,8 @@ mod tests {
         let mut t: Peers<4, 4> = Peers::default();
         let (a, _) = t.insert(at(1), addr(1), SessionId(1), LIVE);
         let p = Pattern::new("sensor/#").unwrap();
-        assert_eq!(t.add_sub(a, p, id(9)), Ok(true));
-        assert_eq!(t.add_sub(a, p, id(9)), Ok(false));
+        assert_eq!(t.add_sub(a, p, (id(9), NET)), Ok(true));
+        assert_eq!(t.add_sub(a, p, (id(9), NET)), Ok(false));
         let (b, gone) = t.insert(at(2), addr(1), SessionId(2), LIVE);
         assert!(gone.is_none(), "nobody leaves for a second session at one address");
         assert_eq!(t.len(), 2);
@@ -363,7 +386,7 @@ mod tests {
     fn silent_peers_leave_and_wildcards_are_collected() {
         let mut t: Peers<4, 4> = Peers::default();
         let (a, _) = t.insert(at(0), addr(1), SessionId(1), LIVE);
-        t.add_sub(a, Pattern::new("a/+").unwrap(), id(5)).unwrap();
+        t.add_sub(a, Pattern::new("a/+").unwrap(), (id(5), NET)).unwrap();
         assert_eq!(t.wildcards.len(), 1);
         assert!(t.pop_silent(at(14)).is_none());
         let gone = t.pop_silent(at(15)).unwrap();
@@ -376,8 +399,8 @@ mod tests {
     fn per_peer_subscription_list_is_bounded() {
         let mut t: Peers<2, 1> = Peers::default();
         let (a, _) = t.insert(at(0), addr(1), SessionId(1), LIVE);
-        assert_eq!(t.add_sub(a, Pattern::new("x").unwrap(), id(1)), Ok(true));
-        assert_eq!(t.add_sub(a, Pattern::new("y/#").unwrap(), id(2)), Err(SubsFull));
+        assert_eq!(t.add_sub(a, Pattern::new("x").unwrap(), (id(1), NET)), Ok(true));
+        assert_eq!(t.add_sub(a, Pattern::new("y/#").unwrap(), (id(2), NET)), Err(SubsFull));
         // The refused wildcard did not stay behind in the shared table.
         assert!(t.wildcards.is_empty());
         t.remove_sub(a, id(1));

@@ -55,7 +55,12 @@ where
     /// session is refused, without a MAC, while its host is locked out or the budget
     /// of such checks per rate window is spent. Returns the header and whether its
     /// session is known.
-    pub(super) fn screen(&mut self, now: Instant, from: Addr, buf: &[u8]) -> Option<(Header, bool)> {
+    pub(super) fn screen(
+        &mut self,
+        now: Instant,
+        from: Addr,
+        buf: &[u8],
+    ) -> Option<(Header, bool)> {
         let parsed = crate::wire::Packet::new_checked(buf, self.config.max_payload)
             .and_then(|p| Header::parse(&p));
         let h = match parsed {
@@ -488,12 +493,17 @@ where
             self.stats.drop(DropReason::ChannelMismatch);
             return;
         }
+        if self.keys.scope_for_pattern(s.pattern) != o.scope {
+            // Announced under other keys than those of the scope covering it.
+            self.stats.drop(DropReason::ScopeMismatch);
+            return;
+        }
         let id = self.keys.channel_id(s.pattern.as_str());
         if o.header.packet_type == PacketType::Unsubscribe {
             self.peers.remove_sub(o.sender.id, id);
             return;
         }
-        let new = match self.peers.add_sub(o.sender.id, s.pattern, id) {
+        let new = match self.peers.add_sub(o.sender.id, s.pattern, (id, o.scope)) {
             Ok(new) => new,
             Err(_) => {
                 self.stats.drop(DropReason::PeerSubsFull);
@@ -508,7 +518,8 @@ where
         }
     }
 
-    pub(super) fn on_heartbeat(&mut self, now: Instant, sender: Sender, plaintext: &[u8]) {
+    pub(super) fn on_heartbeat(&mut self, now: Instant, o: &Opened<'_>, plaintext: &[u8]) {
+        let (sender, scope) = (o.sender, o.scope);
         let Ok(hb) = Heartbeat::parse(plaintext) else {
             self.stats.drop(DropReason::MalformedBody);
             return;
@@ -518,11 +529,16 @@ where
             .liveness_timeout
             .max(Duration::from_secs(u64::from(hb.interval_s)).saturating_mul(3));
         let keys = &self.keys;
-        let Some(sync) = self.peers.sync(sender.id, &hb, liveness, |p| keys.channel_id(p)) else {
+        let covers = |p: crate::channel::Pattern<'_>| keys.scope_for_pattern(p) == scope;
+        let maps = (|p: &str| keys.channel_id(p), covers);
+        let Some(sync) = self.peers.sync((sender.id, scope), &hb, liveness, maps) else {
             return;
         };
         for _ in 0..sync.full {
             self.stats.drop(DropReason::PeerSubsFull);
+        }
+        for _ in 0..sync.refused {
+            self.stats.drop(DropReason::ScopeMismatch);
         }
         // Patterns learnt from a heartbeat mean the SUBSCRIBE was lost: serve retained now.
         for pat in sync.new_patterns {

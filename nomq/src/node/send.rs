@@ -166,12 +166,12 @@ where
                 let len = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write)?;
                 Some(Transmit { target: Target::Unicast(to), len })
             }
-            Control::Sub { unsubscribe, pattern, id } => {
+            Control::Sub { unsubscribe, pattern, id, scope } => {
                 let kind =
                     if unsubscribe { PacketType::Unsubscribe } else { PacketType::Subscribe };
                 let p = Pattern::new(pattern.as_str()).ok()?;
                 let sub = Subscription { options: body::SUB_WANTS_RETAINED, pattern: p };
-                let (flags, scope) = (Flags::default(), ScopeIndex::NETWORK);
+                let flags = Flags::default();
                 let spec = Spec { kind, flags, channel_id: id, scope, ttl, to: None };
                 let write = |b: &mut [u8]| sub.emit(b).ok();
                 let len = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write)?;
@@ -204,25 +204,25 @@ where
     }
 
     pub(super) fn transmit_heartbeat(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        let first = self.announce.heartbeat_due(now)?;
+        let (scope, first) = self.announce.heartbeat_due(now)?;
         let interval_s =
             u16::try_from(self.config.heartbeat_interval.total_secs()).unwrap_or(u16::MAX);
-        let digest = self.announce.digest();
-        let subs = &self.announce.subs;
-        let total = subs.len().min(255) as u8;
+        let digest = self.announce.digest(scope);
+        let total = self.announce.group(scope).count().min(255) as u8;
         let spec = Spec {
             kind: PacketType::Heartbeat,
             flags: Flags::default(),
             channel_id: ChannelId::default(),
-            scope: ScopeIndex::NETWORK,
+            scope,
             ttl: self.config.default_ttl,
             to: None,
         };
         let mut written = 0usize;
+        let group = self.announce.group(scope);
         let write = |b: &mut [u8]| {
             let mut w =
                 Heartbeat::writer(b, interval_s, digest, total, first.min(255) as u8).ok()?;
-            for s in subs.iter().skip(first) {
+            for s in group.skip(first) {
                 let Ok(p) = Pattern::new(s.pattern.as_str()) else { continue };
                 if !w.push(p) {
                     break;
@@ -232,7 +232,8 @@ where
             Some(w.finish())
         };
         let r = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write);
-        self.announce.heartbeat_sent(now, (first, written), self.config.heartbeat_interval);
+        let sent = (scope, first, written);
+        self.announce.heartbeat_sent(now, sent, self.config.heartbeat_interval);
         r.map(|len| Transmit { target: Target::Fanout, len })
     }
 

@@ -10,7 +10,7 @@ use nomq::{Addr, Config, Duration, Instant, KeyPair, Keyring, Node, PublishOptio
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-pub type SimNode = Node<Keyring<0>, 8, 8, 128, 4, 512, 8, 64>;
+pub type SimNode = Node<Keyring<2>, 8, 8, 128, 4, 512, 8, 64>;
 pub const UNIX_START: u32 = 1_700_000_000;
 
 /// A datagram on the virtual wire: (arrival µs, sequence, to, from, bytes).
@@ -57,7 +57,7 @@ pub struct Sim {
     pub trace: u64,
 }
 
-pub fn keys(k: u8) -> Keyring<0> {
+pub fn keys(k: u8) -> Keyring<2> {
     Keyring::new(&KeyPair::new([k; 32], [k.wrapping_add(100); 32])).unwrap()
 }
 
@@ -84,7 +84,7 @@ impl Sim {
         }
     }
 
-    pub fn add_with(&mut self, config: Config, keyring: Keyring<0>) -> usize {
+    pub fn add_with(&mut self, config: Config, keyring: Keyring<2>) -> usize {
         let i = self.members.len();
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&self.rng.next().to_le_bytes());
@@ -95,7 +95,7 @@ impl Sim {
     }
     /// Member `i` restarts: a new node (new seed, so a new session, and no state) with
     /// `config` and `keyring` at the same address. Its log is kept.
-    pub fn restart(&mut self, i: usize, config: Config, keyring: Keyring<0>) {
+    pub fn restart(&mut self, i: usize, config: Config, keyring: Keyring<2>) {
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&self.rng.next().to_le_bytes());
         self.members[i].node = SimNode::new(config, keyring, seed, self.now, self.unix_now());

@@ -385,8 +385,9 @@ pub fn refusal_hint(r: DropReason, cfg: &HostConfig) -> Option<String> {
         D::ChallengeLimited => "challenges not answered: too many per rate window \
                                 (challenge_limit)"
             .to_string(),
-        D::WrongSender => "a PUBREL from another sender or scope than the message it names"
-            .to_string(),
+        D::WrongSender => {
+            "a PUBREL from another sender or scope than the message it names".to_string()
+        }
         D::RateLimited => format!(
             "the sender exceeds the rate limit of {} packets per {} ms (rate_limit)",
             e.rate_limit,
