@@ -453,6 +453,11 @@ pub async fn replay_and_tamper() -> Outcome {
 async fn replay_and_tamper_on(tap: &tokio::net::UdpSocket, a: &TestNode, b: &TestNode) -> Outcome {
     let pb_real = b.handle.local_addr();
     let mut sub = b.handle.subscribe("vault/#").await.map_err(|e| e.to_string())?;
+    // B accepts nothing from a session that has not answered its challenge: let the
+    // two meet first (B's heartbeat reaches A directly; A's challenge and B's echo too).
+    subscribed(&a.handle, "a", 1, "vault/door", "b", "vault/#").await?;
+    let b_knows_a = || async { Ok(b.handle.peers().await.map_err(|e| e.to_string())?.len() == 1) };
+    wait_until(WAIT, || "b never verified a".into(), b_knows_a).await?;
     a.handle
         .publish("vault/door", "open", PublishOptions::default())
         .await
