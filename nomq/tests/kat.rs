@@ -265,7 +265,7 @@ fn pinned_publish_packet() {
     let keys = KeySet::new(&pinned_pair());
     let cid = keys.channel_id(PINNED_CHANNEL);
     let packet = seal_pinned();
-    let mut plain = vec![0u8; 64];
+    let mut plain = [0u8; 64];
     plain[..4].copy_from_slice(&PINNED_RECIPIENT);
     let plen = 4 + pinned_publish().emit(&mut plain[4..]).unwrap();
     println!("channel id  {}", to_hex(&cid.0));
