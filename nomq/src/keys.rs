@@ -286,30 +286,27 @@ pub trait KeyLookup {
     /// [`crate::envelope::verify`] (scopes in order, current before previous). Only
     /// compares ids: no MAC is computed. Empty when no key set has that id.
     fn find_key(&self, id: KeyId) -> KeyMatches<'_> {
-        let mut found: KeyMatches<'_> = [None; MAX_KEY_MATCHES];
-        let mut n = 0;
-        for i in 0..self.scope_count().min(256) {
+        let sets = (0..self.scope_count().min(256)).flat_map(|i| {
             let idx = ScopeIndex(i as u8);
-            let Some(scope) = self.scope(idx) else { continue };
-            let sets = [
-                (Generation::Current, Some(scope.current)),
-                (Generation::Previous, scope.previous),
-            ];
-            for (generation, ks) in sets {
-                if let Some(ks) = ks
-                    && ks.key_id() == id
-                    && let Some(slot) = found.get_mut(n)
-                {
-                    *slot = Some((idx, generation, ks));
-                    n += 1;
-                }
-            }
-            if n == MAX_KEY_MATCHES {
-                break;
-            }
-        }
-        found
+            self.scope(idx).into_iter().flat_map(move |s| {
+                core::iter::once((idx, Generation::Current, s.current))
+                    .chain(s.previous.map(|p| (idx, Generation::Previous, p)))
+            })
+        });
+        first_matches(id, sets)
     }
+}
+
+/// The first [`MAX_KEY_MATCHES`] of `sets` whose key id is `id`; stops looking then.
+fn first_matches<'a>(
+    id: KeyId,
+    sets: impl Iterator<Item = (ScopeIndex, Generation, &'a KeySet)>,
+) -> KeyMatches<'a> {
+    let mut found: KeyMatches<'a> = [None; MAX_KEY_MATCHES];
+    for (slot, m) in found.iter_mut().zip(sets.filter(|(_, _, ks)| ks.key_id() == id)) {
+        *slot = Some(m);
+    }
+    found
 }
 
 /// Why a keyring refused a change.
@@ -503,6 +500,19 @@ impl<const C: usize> KeyLookup for Keyring<C> {
             }),
         }
     }
+    /// As the default, over the fields directly: [`KeyLookup::scope`] re-validates each
+    /// channel pattern, which would cost more than the comparisons.
+    fn find_key(&self, id: KeyId) -> KeyMatches<'_> {
+        let network = core::iter::once((ScopeIndex::NETWORK, Generation::Current, &self.current))
+            .chain(self.previous.iter().map(|p| (ScopeIndex::NETWORK, Generation::Previous, p)));
+        // A ScopeIndex holds at most 255 channel scopes; `take` keeps the cast exact.
+        let channels = self.channels.iter().take(255).enumerate().flat_map(|(i, c)| {
+            let idx = ScopeIndex(i as u8 + 1);
+            core::iter::once((idx, Generation::Current, &c.current))
+                .chain(c.previous.iter().map(move |p| (idx, Generation::Previous, p)))
+        });
+        first_matches(id, network.chain(channels))
+    }
 }
 
 #[cfg(test)]
@@ -633,6 +643,41 @@ mod tests {
             [
                 Some((ScopeIndex::NETWORK, Generation::Current)),
                 Some((ScopeIndex::NETWORK, Generation::Previous))
+            ]
+        );
+    }
+
+    /// A lookup with only the required methods: `find_key` is the trait's default.
+    struct Plain<'a, const C: usize>(&'a Keyring<C>);
+    impl<const C: usize> KeyLookup for Plain<'_, C> {
+        fn scope_count(&self) -> usize {
+            self.0.scope_count()
+        }
+        fn scope(&self, i: ScopeIndex) -> Option<Scope<'_>> {
+            self.0.scope(i)
+        }
+    }
+
+    #[test]
+    fn default_find_key_agrees_with_the_keyring() {
+        let k = |x: u8| KeyPair::new([x; 32], [x ^ 0xff; 32]);
+        let mut ring: Keyring<3> = Keyring::new(&k(1)).unwrap();
+        ring.set_previous(Some(&k(2))).unwrap();
+        ring.set_channel("a/#", &k(3), Some(&k(4))).unwrap();
+        ring.set_channel("b/#", &k(5), None).unwrap();
+        ring.set_channel("c/#", &k(1), Some(&k(1))).unwrap();
+        let strip = |m: KeyMatches<'_>| m.map(|m| m.map(|(s, g, ks)| (s, g, ks.key_id())));
+        for x in 1..=6 {
+            let id = KeySet::new(&k(x)).key_id();
+            assert_eq!(strip(Plain(&ring).find_key(id)), strip(ring.find_key(id)), "pair {x}");
+        }
+        // The same pair three times: the first two, in scope order.
+        let id = KeySet::new(&k(1)).key_id();
+        assert_eq!(
+            strip(ring.find_key(id)),
+            [
+                Some((ScopeIndex(0), Generation::Current, id)),
+                Some((ScopeIndex(3), Generation::Current, id))
             ]
         );
     }
