@@ -1,6 +1,8 @@
 //! Arbitrary bytes through every path that network bytes reach in the core:
-//! `nomq::open` (structure checks, MAC against every scope and generation, decryption,
-//! unpadding) and every plaintext body parser. Since the fuzzer cannot forge a MAC, the
+//! `nomq::open` (structure checks, MAC under the key sets with the header's key id,
+//! decryption, unpadding) and every plaintext body parser. The datagram is also opened
+//! with its key id replaced by one the keyring holds, so arbitrary bytes reach the MAC
+//! step with a key set to compute it under. Since the fuzzer cannot forge a MAC, the
 //! same bytes are also sealed as a plaintext under the keyring's keys and opened again,
 //! which drives the body parsers through the real decrypt path.
 
@@ -10,7 +12,9 @@ use libfuzzer_sys::fuzz_target;
 use nomq::body::{Ack, Heartbeat, Publish, Subscription};
 use nomq::envelope::{max_plaintext, open, seal_in_place, sealed_len};
 use nomq::wire::HEADER_LEN;
-use nomq::{ChannelId, Flags, Header, KeyPair, KeySet, Keyring, PacketId, PacketType, SessionId};
+use nomq::{
+    ChannelId, Flags, Header, KeyId, KeyPair, KeySet, Keyring, PacketId, PacketType, SessionId,
+};
 use std::sync::LazyLock;
 
 const MAX_PAYLOAD: usize = 1376;
@@ -87,6 +91,17 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(opened) = open(&fx.ring, &mut datagram, MAX_PAYLOAD) {
         parse_body(opened.header.packet_type, opened.plaintext);
     }
+    // 1b. The same with a key id of the ring at bytes 51..55, where the header has one.
+    if let Some(&sel) = data.first() {
+        let mut relabelled = data.to_vec();
+        let id = fx.sets[usize::from(sel & 3)].key_id().0.to_be_bytes();
+        if let Some(field) = relabelled.get_mut(51..55) {
+            field.copy_from_slice(&id);
+            if let Ok(opened) = open(&fx.ring, &mut relabelled, MAX_PAYLOAD) {
+                parse_body(opened.header.packet_type, opened.plaintext);
+            }
+        }
+    }
 
     // 2. As a plaintext body of every type.
     for t in TYPES {
@@ -106,6 +121,7 @@ fuzz_target!(|data: &[u8]| {
         iv: [0; 16],
         timestamp: u32::from(sel) << 8,
         channel_id: ChannelId([sel; 16]),
+        key_id: KeyId(0), // written by seal_in_place
         payload_len: 0,
     };
     let keys = &fx.sets[usize::from(sel >> 6)];
@@ -119,5 +135,6 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(opened.header.packet_type, t);
     assert_eq!(opened.header.flags, header.flags);
     assert_eq!(opened.header.channel_id, header.channel_id);
+    assert_eq!(opened.header.key_id, keys.key_id());
     parse_body(t, opened.plaintext);
 });

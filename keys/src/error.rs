@@ -134,6 +134,13 @@ pub enum Error {
         /// Channel scopes the core keyring holds.
         capacity: usize,
     },
+    /// Two different key pairs of the keyring have the same key id (the 4-byte id packets
+    /// carry, `nomq::KeySet::key_id`), so the core keyring refuses them. About one chance in
+    /// 2³² for any two pairs; new keys for one of them cure it.
+    KeyIdCollision {
+        /// The file the keyring was loaded from, if it was.
+        path: Option<PathBuf>,
+    },
 }
 
 /// Writes `` `field` ``, or "the document" for the root.
@@ -230,6 +237,16 @@ impl fmt::Display for Error {
                 let entries = if *channels == 1 { "entry" } else { "entries" };
                 write!(f, "{channels} channel {entries}, but this keyring holds at most {capacity}")
             }
+            Self::KeyIdCollision { path } => {
+                match path {
+                    Some(p) => write!(f, "keyring file {}: ", p.display())?,
+                    None => f.write_str("keyring: ")?,
+                }
+                f.write_str(
+                    "two different key pairs have the same key id (a one in 2^32 chance); \
+                     generate new keys for one of them",
+                )
+            }
         }
     }
 }
@@ -253,7 +270,7 @@ impl Error {
             | Self::BadPattern { path, .. }
             | Self::DuplicatePattern { path, .. }
             | Self::UnknownVersion { path, .. } => Some(path),
-            Self::TooManyChannels { path, .. } => path.as_deref(),
+            Self::TooManyChannels { path, .. } | Self::KeyIdCollision { path } => path.as_deref(),
         }
     }
 }

@@ -68,7 +68,8 @@ impl ChannelKeys {
 ///
 /// Every key pair in it has distinct encryption and MAC keys, every pattern is a valid
 /// subscription pattern, and no pattern appears twice: the constructors and editors check
-/// this, so [`to_core`](Self::to_core) only fails on capacity. Channel entries keep their
+/// this, so [`to_core`](Self::to_core) only fails on capacity, or in the one-in-2³² case of
+/// two different pairs with the same key id. Channel entries keep their
 /// order, which matters: on overlap the earlier pattern governs a channel.
 ///
 /// `Debug` shows fingerprints, never keys. Keys are zeroized when dropped.
@@ -255,7 +256,8 @@ impl KeyringFile {
     /// The core keyring with these keys, ready for a node, with room for `C` channel scopes.
     ///
     /// # Errors
-    /// [`Error::TooManyChannels`] if the keyring has more than `C` channel entries.
+    /// [`Error::TooManyChannels`] if the keyring has more than `C` channel entries;
+    /// [`Error::KeyIdCollision`] if two different pairs share a key id.
     pub fn to_core<const C: usize>(&self) -> Result<Keyring<C>, Error> {
         let too_many = || Error::TooManyChannels {
             path: self.source.clone(),
@@ -265,10 +267,12 @@ impl KeyringFile {
         if self.channels.len() > C {
             return Err(too_many());
         }
-        // Only `Full` can happen: every pair and pattern was checked when it entered this
-        // keyring (the same checks the core makes), and patterns are unique.
+        // Only `Full` and `KeyIdCollision` can happen: every pair and pattern was checked
+        // when it entered this keyring (the same checks the core makes), and patterns are
+        // unique. Key ids are left to the core, which alone defines them.
         let core_err = |e: KeyringError| match e {
             KeyringError::Full => too_many(),
+            KeyringError::KeyIdCollision => Error::KeyIdCollision { path: self.source.clone() },
             other => unreachable!("keyring invariant broken: {other}"),
         };
         let mut ring = Keyring::new(&self.network).map_err(core_err)?;

@@ -495,6 +495,28 @@ fn error_too_many_channels_for_core() {
     assert!(err.to_string().starts_with("keyring: 1 channel entry, "), "{err}");
 }
 
+/// Two different pairs whose key ids collide (found by search: encryption keys the
+/// big-endian counters 2440 and 2729 then zeros, MAC key `0x55` throughout) load, but the
+/// core keyring refuses them, and `to_core` says why instead of panicking.
+#[test]
+fn error_key_id_collision_for_core() {
+    let enc = |i: u32| {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&i.to_be_bytes());
+        k
+    };
+    let (a, b) = (KeyPair::new(enc(2440), [0x55; 32]), KeyPair::new(enc(2729), [0x55; 32]));
+    assert_eq!(nomq::KeySet::new(&a).key_id(), nomq::KeySet::new(&b).key_id());
+    let mut ring = KeyringFile::new(a).unwrap();
+    ring.set_previous(Some(b)).unwrap();
+    let err = ring.to_core::<0>().unwrap_err();
+    assert!(matches!(err, Error::KeyIdCollision { path: None }), "{err:?}");
+    assert!(
+        err.to_string().starts_with("keyring: two different key pairs have the same key id"),
+        "{err}"
+    );
+}
+
 /// A directory or a FIFO given as keyring fails at once, naming what it is (a FIFO opened
 /// for reading would block until a writer came).
 #[test]

@@ -45,6 +45,12 @@ fn keyring() -> nomq::Keyring<{ nomq_host::HOST_CHANNEL_KEYS }> {
     nomq::Keyring::new(&nomq::KeyPair::new([21; 32], [22; 32])).unwrap()
 }
 
+/// The key id of [`keyring`]'s network keys, which seal every packet of the capture.
+fn network_key_id() -> u32 {
+    use nomq::KeyLookup;
+    keyring().network().current.key_id().0
+}
+
 fn fast() -> nomq::Config {
     let mut c = nomq::Config::default();
     c.heartbeat_interval = nomq::Duration::from_millis(200);
@@ -314,8 +320,8 @@ async fn tshark_decodes_real_traffic() {
     }
 
     // Hand-made datagrams, made from real packets, and the expert info each must carry.
-    // Those to random ports go through the heuristic (magic and version 1 or 2); those to
-    // port 8888 with version 3 can only be decoded by the port registration.
+    // Those to random ports go through the heuristic (magic and version 1, 2 or 3); those
+    // to port 8888 with version 4 can only be decoded by the port registration.
     let mut template = records[0].clone();
     template.time = records[real - 1].time;
     let edit = |f: &dyn Fn(&mut Record)| {
@@ -327,14 +333,15 @@ async fn tshark_decodes_real_traffic() {
     let publish = records.iter().find(|r| r.data[3] == 1).unwrap().data.clone();
     let made: Vec<(Record, &[&str])> = vec![
         (edit(&|r| r.data[2] = 1), &["Unsupported version 1"]),
-        (edit(&|r| r.data.extend_from_slice(&[0xee; 5])), &["Length mismatch: 53 + "]),
-        (edit(&|r| r.data.truncate(r.data.len() - 1)), &["Length mismatch: 53 + "]),
+        (edit(&|r| r.data[2] = 2), &["Unsupported version 2"]),
+        (edit(&|r| r.data.extend_from_slice(&[0xee; 5])), &["Length mismatch: 57 + "]),
+        (edit(&|r| r.data.truncate(r.data.len() - 1)), &["Length mismatch: 57 + "]),
         (
             edit(&|r| {
-                r.data[2] = 3;
+                r.data[2] = 4;
                 r.dst.set_port(8888);
             }),
-            &["Unsupported version 3"],
+            &["Unsupported version 4"],
         ),
         (
             edit(&|r| {
@@ -352,7 +359,7 @@ async fn tshark_decodes_real_traffic() {
         ),
         (
             edit(&|r| {
-                r.data[52] = 17;
+                r.data[56] = 17;
                 r.data.push(0);
             }),
             &["Payload length 17 is not a non-zero multiple of 16"],
@@ -411,6 +418,8 @@ async fn tshark_decodes_real_traffic() {
             "-e",
             "nomq.payload_len",
             "-e",
+            "nomq.key_id",
+            "-e",
             "_ws.col.Info",
         ],
     );
@@ -426,7 +435,7 @@ async fn tshark_decodes_real_traffic() {
         let ctx = format!("frame {}: {line}", i + 1);
         assert_eq!(f[0], (i + 1).to_string(), "{ctx}");
         assert_eq!(f[1], "0x4e4d", "{ctx}");
-        assert_eq!(f[2], "2", "{ctx}");
+        assert_eq!(f[2], "3", "{ctx}");
         assert_eq!(f[3], format!("0x{:02x}", d[3]), "{ctx}");
         assert_eq!(f[4], format!("0x{:02x}", d[4]), "{ctx}");
         assert_eq!(f[5], (d[4] & 3).to_string(), "{ctx}");
@@ -443,11 +452,14 @@ async fn tshark_decodes_real_traffic() {
         let dated = |dates: &[String; 2]| dates.iter().any(|d| f[11].starts_with(d.as_str()));
         assert!(dated(&wireshark_date(ts)) && f[11].ends_with("UTC"), "{ctx}");
         assert!(dated(&today_before) || dated(&today_after), "not today ({today_before:?}): {ctx}");
-        assert_eq!(f[12], be16(d, 51).to_string(), "{ctx}");
-        assert_eq!(usize::from(be16(d, 51)) + 85, d.len(), "{ctx}");
+        assert_eq!(f[12], be16(d, 55).to_string(), "{ctx}");
+        assert_eq!(usize::from(be16(d, 55)) + 89, d.len(), "{ctx}");
+        // Every packet here is sealed under the one network key pair.
+        assert_eq!(f[13], format!("0x{:08x}", network_key_id()), "{ctx}");
+        assert_eq!(be32(d, 51), network_key_id(), "{ctx}");
         let name = TYPE_NAMES[usize::from(d[3] - 1)];
         let info = format!("{name} QoS{} sess=0x{sess:08x} pid={}", d[4] & 3, be32(d, 5));
-        assert!(f[13].starts_with(&info), "Info should start with {info:?}: {ctx}");
+        assert!(f[14].starts_with(&info), "Info should start with {info:?}: {ctx}");
         if d[3] == 1 && d[4] & 3 == 2 {
             qos2_publish = true;
             assert_eq!(f[5], "2", "{ctx}");
@@ -469,11 +481,13 @@ async fn tshark_decodes_real_traffic() {
         "Timestamp: ",
         "Session id: ",
         "Channel id: ",
+        "Key id: 0x",
         "Ciphertext (AES-256-CBC): ",
         "MAC (HMAC-SHA256): ",
         "Unsupported version 1",
-        "Unsupported version 3",
-        "Length mismatch: 53 + ",
+        "Unsupported version 2",
+        "Unsupported version 4",
+        "Length mismatch: 57 + ",
     ] {
         assert!(tree.contains(want), "no {want:?} in tshark -V output:\n{tree}");
     }

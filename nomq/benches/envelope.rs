@@ -4,6 +4,7 @@
 //! cargo bench -p nomq --bench envelope              # table
 //! cargo bench -p nomq --bench envelope -- --json    # JSON (or NOMQ_BENCH_JSON=1)
 //! NOMQ_BENCH_SECS=0.2 cargo bench -p nomq --bench envelope   # shorter runs
+//! cargo bench -p nomq --bench envelope -- forged    # only ops whose name contains "forged"
 //! ```
 //!
 //! Each measurement runs batches of iterations for about `NOMQ_BENCH_SECS` seconds
@@ -17,10 +18,18 @@
 //! - `open`: `open` decrypts in place, so each iteration first copies the sealed packet into
 //!   a scratch buffer. `copy` measures that copy alone, and `open-copy` is the difference:
 //!   the cost of `open` itself.
+//! - `forged-1` / `forged-8p`: `open` of a forged datagram (a genuine 64 B packet with one
+//!   MAC byte flipped, so its key id is real) against a keyring of the network scope only,
+//!   and against one of network current + previous and 8 channel scopes each with current +
+//!   previous keys (18 key sets). What one forged datagram costs a receiver; includes the
+//!   copy. Version 2 tried every key set (18 MACs); version 3 MACs only the key set with
+//!   the header's key id (1 MAC), so the two should cost about the same.
 
 use nomq::envelope::{open, seal_in_place, sealed_len};
 use nomq::wire::HEADER_LEN;
-use nomq::{Flags, Header, KeyPair, KeySet, Keyring, PacketId, PacketType, SessionId};
+use nomq::{
+    Flags, Header, KeyId, KeyLookup, KeyPair, KeySet, Keyring, PacketId, PacketType, SessionId,
+};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -83,18 +92,21 @@ fn header(keys: &KeySet) -> Header {
         iv: [0; 16],
         timestamp: 1_700_000_000,
         channel_id: keys.channel_id("bench/envelope"),
+        key_id: KeyId(0), // written by seal_in_place
         payload_len: 0,
     }
 }
 
-fn run(secs: f64) -> Vec<Row> {
+fn run(secs: f64, filter: &[String]) -> Vec<Row> {
+    let want = |op: &str| filter.is_empty() || filter.iter().any(|f| op.contains(f.as_str()));
     let pair = KeyPair::new([0x11; 32], [0x22; 32]);
     let keys = KeySet::new(&pair);
     let ring: Keyring<0> = Keyring::new(&pair).expect("distinct keys");
     let header = header(&keys);
     let mut rows = Vec::new();
 
-    for &len in &SIZES {
+    let basic = ["seal", "open", "copy", "open-copy"].iter().any(|op| want(op));
+    for &len in SIZES.iter().filter(|_| basic) {
         let plaintext: Vec<u8> = (0..len).map(|i| i as u8).collect();
         let total = sealed_len(len);
         let mut buf = vec![0u8; total];
@@ -133,10 +145,61 @@ fn run(secs: f64) -> Vec<Row> {
         for (op, stats) in
             [("seal", seal), ("open", open_stats), ("copy", copy), ("open-copy", net)]
         {
-            rows.push(Row { op, plaintext: len, packet: total, stats });
+            if want(op) {
+                rows.push(Row { op, plaintext: len, packet: total, stats });
+            }
         }
     }
+    if want("forged-1") || want("forged-8p") {
+        rows.extend(forged(secs, &header).into_iter().filter(|r| want(r.op)));
+    }
     rows
+}
+
+/// A keyring of the network (current + previous) and 8 channel scopes, each with current
+/// and previous keys: 18 key sets, all distinct.
+fn big_ring(network: &KeyPair) -> Keyring<8> {
+    let k = |a: u8, b: u8| KeyPair::new([a; 32], [b; 32]);
+    let mut ring: Keyring<8> = Keyring::new(network).expect("distinct keys");
+    ring.set_previous(Some(&k(0xa0, 0xa1))).expect("distinct keys");
+    for i in 0..8u8 {
+        let pattern = format!("scope{i}/#");
+        ring.set_channel(&pattern, &k(i * 4, i * 4 + 1), Some(&k(i * 4 + 2, i * 4 + 3)))
+            .expect("room for 8");
+    }
+    ring
+}
+
+/// `open` of a forged datagram against a small and a large keyring.
+fn forged(secs: f64, header: &Header) -> Vec<Row> {
+    let pair = KeyPair::new([0x11; 32], [0x22; 32]);
+    let keys = KeySet::new(&pair);
+    let small: Keyring<0> = Keyring::new(&pair).expect("distinct keys");
+    let big = big_ring(&pair);
+    let len = 64;
+    let total = sealed_len(len);
+    let mut sealed = vec![0u8; total];
+    let n = seal_in_place(&keys, header, [7; 16], &mut sealed, len, MAX_PAYLOAD).expect("fits");
+    sealed[n - 1] ^= 1;
+    let one = open_forged(secs, &small, &sealed);
+    let eight = open_forged(secs, &big, &sealed);
+    vec![
+        Row { op: "forged-1", plaintext: len, packet: total, stats: one },
+        Row { op: "forged-8p", plaintext: len, packet: total, stats: eight },
+    ]
+}
+
+fn open_forged<K: KeyLookup>(secs: f64, ring: &K, sealed: &[u8]) -> Stats {
+    let mut scratch = vec![0u8; sealed.len()];
+    measure(secs, || {
+        scratch.copy_from_slice(black_box(sealed));
+        match open(ring, black_box(&mut scratch), MAX_PAYLOAD) {
+            Ok(_) => panic!("forged packet must not open"),
+            Err(e) => {
+                black_box(e);
+            }
+        }
+    })
 }
 
 fn print_table(rows: &[Row], secs: f64) {
@@ -194,7 +257,9 @@ fn main() {
         .and_then(|s| s.parse::<f64>().ok())
         .filter(|s| *s > 0.0)
         .unwrap_or(1.0);
-    let rows = run(secs);
+    // Arguments that are not flags select ops by substring.
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let rows = run(secs, &filter);
     if json {
         print_json(&rows, secs);
     } else {

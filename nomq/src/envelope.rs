@@ -2,12 +2,15 @@
 //! ciphertext (encrypt-then-MAC, RFC 2104 HMAC under a key distinct from the cipher key).
 //!
 //! [`open`] works in the order the design fixes: the cheap structural checks of
-//! [`Packet::check`], then a constant-time MAC verification against each candidate key
-//! set, then decryption in place, then unpadding. Nothing is decrypted before the MAC has
+//! [`Packet::check`] ([`check`]), then a constant-time MAC verification under the key sets
+//! whose key id is the header's, at most [`MAX_KEY_MATCHES`] of them ([`verify_mac`]),
+//! then decryption in place, then unpadding. A forged datagram thus costs a receiver at
+//! most two HMACs, whatever the size of its keyring, and none when no key set carries its
+//! key id. Nothing is decrypted before the MAC has
 //! been verified, so padding errors carry no information to an attacker. No step allocates
 //! and no input makes any step panic.
 
-use crate::keys::{Generation, KeyLookup, KeySet, ScopeIndex};
+use crate::keys::{Generation, KeyLookup, KeySet, MAX_KEY_MATCHES, ScopeIndex};
 use crate::wire::{BLOCK_LEN, HEADER_LEN, Header, MAC_LEN, Packet, WireError};
 use aes::cipher::array::Array;
 use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt};
@@ -21,7 +24,8 @@ use hmac::Mac;
 pub enum OpenError {
     /// A structural check failed.
     Wire(WireError),
-    /// No key set of any scope verifies the MAC: tampered, or sealed under another key.
+    /// No key set with the header's key id verifies the MAC (or none has that key id):
+    /// tampered, or sealed under keys this keyring does not hold.
     BadMac,
     /// The MAC verified but PKCS#7 padding is malformed (a sender bug, never an attacker).
     BadPadding,
@@ -93,7 +97,8 @@ pub const fn sealed_len(len: usize) -> usize {
 
 /// Seals a packet whose plaintext the caller already wrote at
 /// `buf[HEADER_LEN..HEADER_LEN + plaintext_len]`: pads, encrypts in place with `iv`,
-/// writes `header` (its `iv` and `payload_len` are replaced) and appends the MAC.
+/// writes `header` (its `iv`, `key_id` and `payload_len` are replaced by `iv`,
+/// `keys.key_id()` and the ciphertext length) and appends the MAC.
 /// Returns the packet length. This is the zero-copy path the engine uses.
 ///
 /// # Errors
@@ -120,6 +125,7 @@ pub fn seal_in_place(
 
     let mut h = *header;
     h.iv = iv;
+    h.key_id = keys.key_id();
     h.payload_len = n as u16;
     h.emit(&mut Packet::new_unchecked(&mut *buf));
 
@@ -166,14 +172,60 @@ pub struct Opened<'a> {
     pub generation: Generation,
 }
 
+#[cfg(test)]
+std::thread_local! {
+    /// MACs this thread has verified, for tests that bound the work per datagram.
+    static MACS: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// Every MAC verification goes through here (the MAC-count tests rely on it).
 fn mac_ok(keys: &KeySet, authed: &[u8], tag: &[u8]) -> bool {
+    #[cfg(test)]
+    MACS.with(|c| c.set(c.get() + 1));
     let mut mac = keys.mac.clone();
     mac.update(authed);
     mac.verify_slice(tag).is_ok()
 }
 
-/// Runs the structural checks and verifies the MAC against every scope's current and
-/// previous keys (network first). Returns the header and the key set that verified.
+/// The structural checks of [`Packet::check`] (no cryptography), then the parsed header.
+/// The first half of [`verify`]: a caller can look at the header (its sender, its key id)
+/// before paying for a MAC.
+///
+/// # Errors
+/// [`OpenError::Wire`] with the first check that fails.
+pub fn check(datagram: &[u8], max_payload: usize) -> Result<Header, OpenError> {
+    let p = Packet::new_checked(datagram, max_payload)?;
+    Ok(Header::parse(&p)?)
+}
+
+/// Verifies the MAC of `datagram`, whose header [`check`] returned as `header`, under the
+/// key sets of `keys` whose key id is `header.key_id`: those [`KeyLookup::find_key`]
+/// returns, in its order, and never more than [`MAX_KEY_MATCHES`] even if a custom lookup
+/// returns others. No key set with that id means no MAC is computed. Returns the key set
+/// that verified, with its scope and generation.
+///
+/// # Errors
+/// [`OpenError::BadMac`]; [`OpenError::Wire`] with [`WireError::LengthMismatch`] if
+/// `datagram` is not the length `header` gives (it was not the datagram checked).
+pub fn verify_mac<'k, K: KeyLookup + ?Sized>(
+    keys: &'k K,
+    header: &Header,
+    datagram: &[u8],
+) -> Result<(ScopeIndex, Generation, &'k KeySet), OpenError> {
+    if datagram.len() != header.buffer_len() {
+        return Err(OpenError::Wire(WireError::LengthMismatch));
+    }
+    let (authed, tag) = datagram.split_at(HEADER_LEN + usize::from(header.payload_len));
+    keys.find_key(header.key_id)
+        .into_iter()
+        .flatten()
+        .filter(|(_, _, ks)| ks.key_id() == header.key_id)
+        .take(MAX_KEY_MATCHES)
+        .find(|(_, _, ks)| mac_ok(ks, authed, tag))
+        .ok_or(OpenError::BadMac)
+}
+
+/// [`check`], then [`verify_mac`]: the header and the key set that verified the MAC.
 ///
 /// # Errors
 /// [`OpenError::Wire`] or [`OpenError::BadMac`].
@@ -182,23 +234,9 @@ pub fn verify<'k, K: KeyLookup + ?Sized>(
     datagram: &[u8],
     max_payload: usize,
 ) -> Result<(Header, ScopeIndex, Generation, &'k KeySet), OpenError> {
-    let p = Packet::new_checked(datagram, max_payload)?;
-    let header = Header::parse(&p)?;
-    let split = HEADER_LEN + usize::from(header.payload_len);
-    let (authed, tag) = datagram.split_at(split);
-    for i in 0..keys.scope_count().min(256) {
-        let idx = ScopeIndex(i as u8);
-        let Some(scope) = keys.scope(idx) else { continue };
-        if mac_ok(scope.current, authed, tag) {
-            return Ok((header, idx, Generation::Current, scope.current));
-        }
-        if let Some(prev) = scope.previous
-            && mac_ok(prev, authed, tag)
-        {
-            return Ok((header, idx, Generation::Previous, prev));
-        }
-    }
-    Err(OpenError::BadMac)
+    let header = check(datagram, max_payload)?;
+    let (scope, generation, ks) = verify_mac(keys, &header, datagram)?;
+    Ok((header, scope, generation, ks))
 }
 
 /// Checks, authenticates, decrypts and unpads one packet that fills `datagram` exactly.
@@ -290,7 +328,7 @@ fn unpad(data: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::keys::{KeyPair, Keyring};
-    use crate::wire::{PacketId, PacketType, SessionId};
+    use crate::wire::{KeyId, PacketId, PacketType, SessionId};
 
     #[test]
     fn unpad_rules() {
@@ -314,7 +352,7 @@ mod tests {
         assert_eq!(padded_len(16), 32);
         assert_eq!(max_plaintext(1376), 1375);
         assert_eq!(max_plaintext(1380), 1375);
-        assert_eq!(sealed_len(64), 53 + 80 + 32);
+        assert_eq!(sealed_len(64), 57 + 80 + 32);
     }
 
     #[test]
@@ -327,19 +365,179 @@ mod tests {
             session_id: SessionId(1),
             ..Header::new(PacketType::Publish)
         };
-        let mut buf = [0u8; 101];
+        let mut buf = [0u8; 105];
         // 15 bytes of plaintext get 1 byte of padding; then overwrite that byte with 0
         // by sealing 16 bytes and truncating is not possible, so build it by hand:
         let n = seal_in_place(ks, &h, [5; 16], &mut buf, 15, 1024).unwrap();
-        assert_eq!(n, 101);
+        assert_eq!(n, 105);
         // Decrypt, corrupt the pad byte, re-encrypt and re-MAC as a buggy sender would.
-        cbc_decrypt(&ks.dec, &[5; 16], &mut buf[53..69]);
-        buf[68] = 0;
-        cbc_encrypt(&ks.enc, &[5; 16], &mut buf[53..69]);
+        cbc_decrypt(&ks.dec, &[5; 16], &mut buf[57..73]);
+        buf[72] = 0;
+        cbc_encrypt(&ks.enc, &[5; 16], &mut buf[57..73]);
         let mut mac = ks.mac.clone();
-        mac.update(&buf[..69]);
+        mac.update(&buf[..73]);
         let tag = mac.finalize().into_bytes();
-        buf[69..].copy_from_slice(&tag);
+        buf[73..].copy_from_slice(&tag);
         assert_eq!(open(&ring, &mut buf, 1024).unwrap_err(), OpenError::BadPadding);
+    }
+
+    /// MACs `f` verifies on this thread.
+    fn macs(f: impl FnOnce()) -> usize {
+        let before = MACS.with(|c| c.get());
+        f();
+        MACS.with(|c| c.get()) - before
+    }
+
+    fn pair(x: u8) -> KeyPair {
+        KeyPair::new([x; 32], [x ^ 0xff; 32])
+    }
+
+    /// Network current + previous and 8 channel scopes each with current + previous keys:
+    /// 18 key sets, which the version 2 receiver tried one after the other.
+    fn big_ring() -> Keyring<8> {
+        let mut ring: Keyring<8> = Keyring::new(&pair(1)).unwrap();
+        ring.set_previous(Some(&pair(2))).unwrap();
+        for i in 0..8u8 {
+            let mut pattern: heapless::String<8> = heapless::String::new();
+            core::fmt::write(&mut pattern, format_args!("s{i}/#")).unwrap();
+            ring.set_channel(&pattern, &pair(10 + 2 * i), Some(&pair(11 + 2 * i))).unwrap();
+        }
+        ring
+    }
+
+    /// Every key set of `ring` with its scope and generation, in scope order.
+    fn every_key_set(ring: &Keyring<8>) -> heapless::Vec<(ScopeIndex, Generation, &KeySet), 18> {
+        let mut all = heapless::Vec::new();
+        for i in 0..ring.scope_count() {
+            let s = ring.scope(ScopeIndex(i as u8)).unwrap();
+            all.push((ScopeIndex(i as u8), Generation::Current, s.current)).unwrap();
+            all.push((ScopeIndex(i as u8), Generation::Previous, s.previous.unwrap())).unwrap();
+        }
+        all
+    }
+
+    fn sealed(ks: &KeySet) -> [u8; 121] {
+        let h = Header {
+            packet_id: PacketId(7),
+            session_id: SessionId(9),
+            ..Header::new(PacketType::Publish)
+        };
+        let mut buf = [0u8; 121];
+        buf[HEADER_LEN..HEADER_LEN + 20].fill(0xab);
+        assert_eq!(seal_in_place(ks, &h, [3; 16], &mut buf, 20, 1024), Ok(121));
+        buf
+    }
+
+    #[test]
+    fn forged_datagram_costs_at_most_two_macs() {
+        let ring = big_ring();
+        let all = every_key_set(&ring);
+        assert_eq!(all.len(), 18);
+        for &(scope, generation, ks) in &all {
+            // Genuine: exactly one MAC, under the right key set, even for the last of 18.
+            let mut good = sealed(ks);
+            assert_eq!(&good[51..55], &ks.key_id().0.to_be_bytes());
+            let n = macs(|| {
+                let (_, s, g, k) = verify(&ring, &good, 1024).unwrap();
+                assert_eq!((s, g, k.key_id()), (scope, generation, ks.key_id()));
+            });
+            assert_eq!(n, 1, "genuine packet under {scope:?} {generation:?}");
+            assert!(open(&ring, &mut good, 1024).is_ok());
+
+            // Forged: a real key id copied from a genuine packet, a wrong MAC.
+            let mut forged = sealed(ks);
+            forged[120] ^= 1;
+            let n =
+                macs(|| assert_eq!(verify(&ring, &forged, 1024).unwrap_err(), OpenError::BadMac));
+            assert!(n <= MAX_KEY_MATCHES, "{n} MACs for one forged datagram");
+            assert_eq!(n, 1);
+            // Forged: valid structure, a body changed without the keys.
+            let mut forged = sealed(ks);
+            forged[HEADER_LEN] ^= 1;
+            let n =
+                macs(|| assert_eq!(open(&ring, &mut forged, 1024).unwrap_err(), OpenError::BadMac));
+            assert!(n <= MAX_KEY_MATCHES, "{n} MACs for one forged datagram");
+        }
+        // Forged: a key id no key set has costs no MAC at all.
+        let mut forged = sealed(all[17].2);
+        forged[51..55].copy_from_slice(&[0x5a; 4]);
+        assert!(all.iter().all(|(_, _, ks)| ks.key_id() != KeyId(0x5a5a_5a5a)));
+        let n = macs(|| assert_eq!(verify(&ring, &forged, 1024).unwrap_err(), OpenError::BadMac));
+        assert_eq!(n, 0);
+        // The structural checks compute none either.
+        forged[2] = 0x02;
+        let n = macs(|| {
+            assert_eq!(
+                verify(&ring, &forged, 1024).unwrap_err(),
+                OpenError::Wire(WireError::UnsupportedVersion(2))
+            );
+        });
+        assert_eq!(n, 0);
+    }
+
+    /// A lookup whose `find_key` ignores the id and hands out every network key set.
+    struct Careless<'a>(&'a Keyring<8>);
+    impl KeyLookup for Careless<'_> {
+        fn scope_count(&self) -> usize {
+            self.0.scope_count()
+        }
+        fn scope(&self, i: ScopeIndex) -> Option<crate::keys::Scope<'_>> {
+            self.0.scope(i)
+        }
+        fn find_key(&self, _: KeyId) -> crate::keys::KeyMatches<'_> {
+            let n = self.0.network();
+            [
+                Some((ScopeIndex::NETWORK, Generation::Current, n.current)),
+                n.previous.map(|p| (ScopeIndex::NETWORK, Generation::Previous, p)),
+            ]
+        }
+    }
+
+    #[test]
+    fn verify_mac_only_macs_key_sets_with_the_header_key_id() {
+        let ring = big_ring();
+        let careless = Careless(&ring);
+        // Sealed under scope 3's keys: the careless lookup offers only network keys, whose
+        // ids differ, so nothing is MACed.
+        let ks = ring.scope(ScopeIndex(3)).unwrap().current;
+        let good = sealed(ks);
+        let header = check(&good, 1024).unwrap();
+        assert_eq!(header.key_id, ks.key_id());
+        let n = macs(|| {
+            assert_eq!(verify_mac(&careless, &header, &good).unwrap_err(), OpenError::BadMac);
+        });
+        assert_eq!(n, 0);
+        // Under the network's previous keys it finds them, with one MAC.
+        let prev = ring.network().previous.unwrap();
+        let good = sealed(prev);
+        let header = check(&good, 1024).unwrap();
+        let n = macs(|| {
+            let (s, g, _) = verify_mac(&careless, &header, &good).unwrap();
+            assert_eq!((s, g), (ScopeIndex::NETWORK, Generation::Previous));
+        });
+        assert_eq!(n, 1);
+        // A header that is not this datagram's.
+        assert_eq!(
+            verify_mac(&ring, &header, &good[..120]).unwrap_err(),
+            OpenError::Wire(WireError::LengthMismatch)
+        );
+    }
+
+    #[test]
+    fn check_is_the_structural_half() {
+        let ring = big_ring();
+        let ks = ring.network().current;
+        let good = sealed(ks);
+        let n = macs(|| {
+            let h = check(&good, 1024).unwrap();
+            assert_eq!(h.key_id, ks.key_id());
+            assert_eq!(h.payload_len, 32);
+            assert_eq!(
+                check(&good[..120], 1024).unwrap_err(),
+                OpenError::Wire(WireError::LengthMismatch)
+            );
+            assert_eq!(check(&good, 16).unwrap_err(), OpenError::Wire(WireError::TooLarge));
+        });
+        assert_eq!(n, 0);
     }
 }

@@ -15,9 +15,14 @@
 //! - channel-id key = `HMAC(mac_key, "nomq/v2/channel-id")`, taken from the network key
 //!   pair (channel ids must be computable by every member, whatever its channel keys);
 //! - fingerprint = first 8 bytes of `HMAC(mac_key, "nomq/v2/fingerprint" ‖ enc_key)`;
-//!   safe to show, since it reveals nothing usable about either key.
+//!   safe to show, since it reveals nothing usable about either key;
+//! - key id = first 4 bytes of `HMAC(mac_key, "nomq/v3/key-id" ‖ enc_key)`, carried in
+//!   every packet's header so a receiver MACs only the key set that sealed it. A
+//!   [`Keyring`] refuses two different pairs with one key id
+//!   ([`KeyringError::KeyIdCollision`]), so a genuine packet always finds its keys.
 
 use crate::channel::{CHANNEL_ID_CONTEXT, ChannelId, ChannelName, MAX_NAME_LEN, Pattern};
+use crate::wire::KeyId;
 use aes::{Aes256Dec, Aes256Enc};
 use core::fmt;
 use hmac::{Hmac, KeyInit, Mac};
@@ -138,7 +143,11 @@ pub struct KeySet {
     pub(crate) mac: HmacSha256,
     id: HmacSha256,
     fingerprint: [u8; 8],
+    key_id: KeyId,
 }
+
+/// Label of the key id derivation.
+const KEY_ID_LABEL: &[u8] = b"nomq/v3/key-id";
 
 impl KeySet {
     /// Prepares a key pair.
@@ -149,17 +158,35 @@ impl KeySet {
         let mut idk: [u8; 32] = id_key.finalize().into_bytes().into();
         let id = mac_for(&idk);
         idk.zeroize();
+        let mac = mac_for(pair.mac.expose());
+        let mut kid = mac.clone();
+        kid.update(KEY_ID_LABEL);
+        kid.update(k);
+        let full = kid.finalize().into_bytes();
+        let key_id = KeyId(u32::from_be_bytes([full[0], full[1], full[2], full[3]]));
         Self {
             enc: Aes256Enc::new(k.into()),
             dec: Aes256Dec::new(k.into()),
-            mac: mac_for(pair.mac.expose()),
+            mac,
             id,
             fingerprint: pair.fingerprint(),
+            key_id,
         }
     }
     /// The fingerprint of the pair this was prepared from.
     pub fn fingerprint(&self) -> [u8; 8] {
         self.fingerprint
+    }
+    /// The key id of the pair this was prepared from: what [`crate::envelope::seal_in_place`]
+    /// writes into header bytes 51–54 (see the module docs for its definition).
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+    /// Whether `other` was prepared from a different pair that has the same key id, which
+    /// would make the key id ambiguous. Fingerprints tell pairs apart (a different
+    /// derivation, 64 bits).
+    fn clashes_with(&self, other: &KeySet) -> bool {
+        self.key_id == other.key_id && self.fingerprint != other.fingerprint
     }
     /// The keyed id of a channel name or pattern string under this key set.
     pub fn channel_id(&self, name: &str) -> ChannelId {
@@ -198,6 +225,14 @@ pub struct Scope<'a> {
     /// Keys also accepted during rotation.
     pub previous: Option<&'a KeySet>,
 }
+
+/// The most key sets [`KeyLookup::find_key`] returns, and so the most MACs a receiver
+/// computes for one datagram.
+pub const MAX_KEY_MATCHES: usize = 2;
+
+/// Key sets that carry one key id, from [`KeyLookup::find_key`]: at most
+/// [`MAX_KEY_MATCHES`], in scope order, each with the scope and generation it belongs to.
+pub type KeyMatches<'a> = [Option<(ScopeIndex, Generation, &'a KeySet)>; MAX_KEY_MATCHES];
 
 /// Index of a scope in a [`KeyLookup`]: 0 is the network, `1..` are channel scopes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -262,6 +297,32 @@ pub trait KeyLookup {
     fn channel_id(&self, name: &str) -> ChannelId {
         self.network().current.channel_id(name)
     }
+
+    /// The first [`MAX_KEY_MATCHES`] key sets whose key id is `id`, in the order of
+    /// [`crate::envelope::verify`] (scopes in order, current before previous). Only
+    /// compares ids: no MAC is computed. Empty when no key set has that id.
+    fn find_key(&self, id: KeyId) -> KeyMatches<'_> {
+        let sets = (0..self.scope_count().min(256)).flat_map(|i| {
+            let idx = ScopeIndex(i as u8);
+            self.scope(idx).into_iter().flat_map(move |s| {
+                core::iter::once((idx, Generation::Current, s.current))
+                    .chain(s.previous.map(|p| (idx, Generation::Previous, p)))
+            })
+        });
+        first_matches(id, sets)
+    }
+}
+
+/// The first [`MAX_KEY_MATCHES`] of `sets` whose key id is `id`; stops looking then.
+fn first_matches<'a>(
+    id: KeyId,
+    sets: impl Iterator<Item = (ScopeIndex, Generation, &'a KeySet)>,
+) -> KeyMatches<'a> {
+    let mut found: KeyMatches<'a> = [None; MAX_KEY_MATCHES];
+    for (slot, m) in found.iter_mut().zip(sets.filter(|(_, _, ks)| ks.key_id() == id)) {
+        *slot = Some(m);
+    }
+    found
 }
 
 /// Why a keyring refused a change.
@@ -275,6 +336,10 @@ pub enum KeyringError {
     BadPattern(crate::channel::ChannelError),
     /// Encryption and MAC keys are equal.
     SameKeys,
+    /// The pair's key id equals that of a different pair the keyring holds (any scope,
+    /// current or previous): a receiver could not tell them apart by the header. About one
+    /// chance in 2³² per pair of pairs; generate a new pair.
+    KeyIdCollision,
 }
 impl fmt::Display for KeyringError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -282,6 +347,9 @@ impl fmt::Display for KeyringError {
             Self::Full => f.write_str("keyring has no room for another channel key"),
             Self::BadPattern(e) => write!(f, "channel key pattern: {e}"),
             Self::SameKeys => f.write_str("encryption and MAC keys must differ"),
+            Self::KeyIdCollision => f.write_str(
+                "key id collides with another key pair in the keyring; generate a new pair",
+            ),
         }
     }
 }
@@ -330,10 +398,14 @@ impl<const C: usize> Keyring<C> {
     /// Makes `next` the network's current keys and keeps the old current as previous.
     ///
     /// # Errors
-    /// [`KeyringError::SameKeys`].
+    /// [`KeyringError::SameKeys`], [`KeyringError::KeyIdCollision`]; the keyring is then
+    /// unchanged.
     pub fn rotate(&mut self, next: &KeyPair) -> Result<(), KeyringError> {
         check_pair(next)?;
-        let old = core::mem::replace(&mut self.current, KeySet::new(next));
+        let next = KeySet::new(next);
+        // The old previous keys go; everything else stays.
+        self.check_unique(&next, false, None)?;
+        let old = core::mem::replace(&mut self.current, next);
         self.previous = Some(old);
         Ok(())
     }
@@ -341,12 +413,41 @@ impl<const C: usize> Keyring<C> {
     /// Sets the network's previous keys explicitly (loaded from a file, say).
     ///
     /// # Errors
-    /// [`KeyringError::SameKeys`].
+    /// [`KeyringError::SameKeys`], [`KeyringError::KeyIdCollision`]; the keyring is then
+    /// unchanged.
     pub fn set_previous(&mut self, prev: Option<&KeyPair>) -> Result<(), KeyringError> {
-        if let Some(p) = prev {
-            check_pair(p)?;
+        let prev = match prev {
+            Some(p) => {
+                check_pair(p)?;
+                let ks = KeySet::new(p);
+                self.check_unique(&ks, false, None)?;
+                Some(ks)
+            }
+            None => None,
+        };
+        self.previous = prev;
+        Ok(())
+    }
+
+    /// Refuses `new` if its key id is that of a different pair held here, leaving out the
+    /// network's previous keys unless `network_previous`, and the channel scope of
+    /// `replacing`: the key sets the change at hand replaces.
+    fn check_unique(
+        &self,
+        new: &KeySet,
+        network_previous: bool,
+        replacing: Option<&str>,
+    ) -> Result<(), KeyringError> {
+        let network = core::iter::once(&self.current)
+            .chain(self.previous.iter().filter(|_| network_previous));
+        let channels = self
+            .channels
+            .iter()
+            .filter(|c| Some(c.pattern.as_str()) != replacing)
+            .flat_map(|c| core::iter::once(&c.current).chain(c.previous.iter()));
+        if network.chain(channels).any(|held| held.clashes_with(new)) {
+            return Err(KeyringError::KeyIdCollision);
         }
-        self.previous = prev.map(KeySet::new);
         Ok(())
     }
 
@@ -361,7 +462,9 @@ impl<const C: usize> Keyring<C> {
     /// Adds (or replaces) the keys of a channel pattern. Earlier patterns win on overlap.
     ///
     /// # Errors
-    /// [`KeyringError::BadPattern`], [`KeyringError::SameKeys`], [`KeyringError::Full`].
+    /// [`KeyringError::BadPattern`], [`KeyringError::SameKeys`],
+    /// [`KeyringError::KeyIdCollision`] (between `current` and `previous`, or with any key
+    /// set of another scope), [`KeyringError::Full`]; the keyring is then unchanged.
     pub fn set_channel(
         &mut self,
         pattern: &str,
@@ -378,6 +481,14 @@ impl<const C: usize> Keyring<C> {
             current: KeySet::new(current),
             previous: previous.map(KeySet::new),
         };
+        if let Some(prev) = &entry.previous
+            && prev.clashes_with(&entry.current)
+        {
+            return Err(KeyringError::KeyIdCollision);
+        }
+        for ks in core::iter::once(&entry.current).chain(entry.previous.iter()) {
+            self.check_unique(ks, true, Some(pattern))?;
+        }
         if let Some(slot) = self.channels.iter_mut().find(|c| c.pattern == pattern) {
             *slot = entry;
             return Ok(());
@@ -404,6 +515,19 @@ impl<const C: usize> KeyLookup for Keyring<C> {
                 previous: c.previous.as_ref(),
             }),
         }
+    }
+    /// As the default, over the fields directly: [`KeyLookup::scope`] re-validates each
+    /// channel pattern, which would cost more than the comparisons.
+    fn find_key(&self, id: KeyId) -> KeyMatches<'_> {
+        let network = core::iter::once((ScopeIndex::NETWORK, Generation::Current, &self.current))
+            .chain(self.previous.iter().map(|p| (ScopeIndex::NETWORK, Generation::Previous, p)));
+        // A ScopeIndex holds at most 255 channel scopes; `take` keeps the cast exact.
+        let channels = self.channels.iter().take(255).enumerate().flat_map(|(i, c)| {
+            let idx = ScopeIndex(i as u8 + 1);
+            core::iter::once((idx, Generation::Current, &c.current))
+                .chain(c.previous.iter().map(move |p| (idx, Generation::Previous, p)))
+        });
+        first_matches(id, network.chain(channels))
     }
 }
 
@@ -456,5 +580,137 @@ mod tests {
         assert!(ring.network().previous.is_some());
         ring.drop_previous();
         assert!(ring.network().previous.is_none());
+    }
+
+    /// Two different pairs with one key id, found by search: encryption keys are a
+    /// big-endian counter (2440 and 2729) then zeros, the MAC key `0x55` throughout.
+    fn colliding() -> (KeyPair, KeyPair) {
+        let enc = |i: u32| {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            k
+        };
+        (KeyPair::new(enc(2440), [0x55; 32]), KeyPair::new(enc(2729), [0x55; 32]))
+    }
+
+    #[test]
+    fn key_id_follows_its_definition() {
+        let pair = KeyPair::new([1; 32], [2; 32]);
+        let full = hmac_sha256(&[2; 32], &[b"nomq/v3/key-id", &[1; 32]]);
+        let ks = KeySet::new(&pair);
+        assert_eq!(ks.key_id(), KeyId(u32::from_be_bytes([full[0], full[1], full[2], full[3]])));
+        assert_ne!(ks.key_id(), KeySet::new(&KeyPair::new([1; 32], [3; 32])).key_id());
+        let (a, b) = colliding();
+        assert_ne!(a, b);
+        assert_eq!(KeySet::new(&a).key_id(), KeyId(0x1621_27f1));
+        assert_eq!(KeySet::new(&b).key_id(), KeyId(0x1621_27f1));
+    }
+
+    #[test]
+    fn keyring_refuses_key_id_collisions() {
+        let (a, b) = colliding();
+        let other = |x: u8| KeyPair::new([x; 32], [x ^ 0xff; 32]);
+        let mut ring: Keyring<2> = Keyring::new(&a).unwrap();
+        assert_eq!(ring.rotate(&b), Err(KeyringError::KeyIdCollision));
+        assert_eq!(ring.set_previous(Some(&b)), Err(KeyringError::KeyIdCollision));
+        assert_eq!(ring.set_channel("c/#", &b, None), Err(KeyringError::KeyIdCollision));
+        assert_eq!(ring.set_channel("c/#", &other(1), Some(&b)), Err(KeyringError::KeyIdCollision));
+        // Refusals leave the keyring as it was.
+        assert_eq!(ring.scope_count(), 1);
+        assert!(ring.network().previous.is_none());
+        assert_eq!(ring.network().current.key_id(), KeySet::new(&a).key_id());
+
+        // Within one channel scope, and across channel scopes.
+        let mut ring: Keyring<2> = Keyring::new(&other(1)).unwrap();
+        assert_eq!(ring.set_channel("c/#", &a, Some(&b)), Err(KeyringError::KeyIdCollision));
+        ring.set_channel("c/#", &a, None).unwrap();
+        assert_eq!(ring.set_channel("d/#", &b, None), Err(KeyringError::KeyIdCollision));
+        assert_eq!(ring.rotate(&b), Err(KeyringError::KeyIdCollision));
+        // Replacing a scope's keys does not collide with the keys it replaces.
+        ring.set_channel("c/#", &b, Some(&other(2))).unwrap();
+        assert_eq!(ring.set_channel("d/#", &a, None), Err(KeyringError::KeyIdCollision));
+
+        // The network's previous keys are dropped by a rotation, so they do not collide.
+        let mut ring: Keyring<0> = Keyring::new(&other(3)).unwrap();
+        ring.set_previous(Some(&a)).unwrap();
+        assert_eq!(ring.set_previous(Some(&b)), Ok(()));
+        ring.set_previous(Some(&a)).unwrap();
+        ring.rotate(&b).unwrap();
+        assert_eq!(
+            ring.network().previous.map(KeySet::key_id),
+            Some(KeySet::new(&other(3)).key_id())
+        );
+    }
+
+    #[test]
+    fn the_same_pair_again_is_no_collision() {
+        let a = KeyPair::new([1; 32], [2; 32]);
+        let mut ring: Keyring<2> = Keyring::new(&a).unwrap();
+        ring.rotate(&a).unwrap();
+        ring.set_previous(Some(&a)).unwrap();
+        ring.set_channel("c/#", &a, Some(&a)).unwrap();
+        ring.set_channel("c/#", &a, None).unwrap();
+        // Four key sets share the id; find_key stops at two, in scope order.
+        let id = KeySet::new(&a).key_id();
+        ring.set_channel("c/#", &a, Some(&a)).unwrap();
+        let found = ring.find_key(id);
+        assert_eq!(
+            found.map(|m| m.map(|(s, g, _)| (s, g))),
+            [
+                Some((ScopeIndex::NETWORK, Generation::Current)),
+                Some((ScopeIndex::NETWORK, Generation::Previous))
+            ]
+        );
+    }
+
+    /// A lookup with only the required methods: `find_key` is the trait's default.
+    struct Plain<'a, const C: usize>(&'a Keyring<C>);
+    impl<const C: usize> KeyLookup for Plain<'_, C> {
+        fn scope_count(&self) -> usize {
+            self.0.scope_count()
+        }
+        fn scope(&self, i: ScopeIndex) -> Option<Scope<'_>> {
+            self.0.scope(i)
+        }
+    }
+
+    #[test]
+    fn default_find_key_agrees_with_the_keyring() {
+        let k = |x: u8| KeyPair::new([x; 32], [x ^ 0xff; 32]);
+        let mut ring: Keyring<3> = Keyring::new(&k(1)).unwrap();
+        ring.set_previous(Some(&k(2))).unwrap();
+        ring.set_channel("a/#", &k(3), Some(&k(4))).unwrap();
+        ring.set_channel("b/#", &k(5), None).unwrap();
+        ring.set_channel("c/#", &k(1), Some(&k(1))).unwrap();
+        let strip = |m: KeyMatches<'_>| m.map(|m| m.map(|(s, g, ks)| (s, g, ks.key_id())));
+        for x in 1..=6 {
+            let id = KeySet::new(&k(x)).key_id();
+            assert_eq!(strip(Plain(&ring).find_key(id)), strip(ring.find_key(id)), "pair {x}");
+        }
+        // The same pair three times: the first two, in scope order.
+        let id = KeySet::new(&k(1)).key_id();
+        assert_eq!(
+            strip(ring.find_key(id)),
+            [
+                Some((ScopeIndex(0), Generation::Current, id)),
+                Some((ScopeIndex(3), Generation::Current, id))
+            ]
+        );
+    }
+
+    #[test]
+    fn find_key_compares_ids_in_scope_order() {
+        let k = |x: u8| KeyPair::new([x; 32], [x ^ 0xff; 32]);
+        let mut ring: Keyring<3> = Keyring::new(&k(1)).unwrap();
+        ring.set_previous(Some(&k(2))).unwrap();
+        ring.set_channel("a/#", &k(3), Some(&k(4))).unwrap();
+        ring.set_channel("b/#", &k(5), None).unwrap();
+        let id = |x: u8| KeySet::new(&k(x)).key_id();
+        let only = |x: u8| ring.find_key(id(x)).map(|m| m.map(|(s, g, ks)| (s, g, ks.key_id())));
+        assert_eq!(only(1), [Some((ScopeIndex(0), Generation::Current, id(1))), None]);
+        assert_eq!(only(2), [Some((ScopeIndex(0), Generation::Previous, id(2))), None]);
+        assert_eq!(only(4), [Some((ScopeIndex(1), Generation::Previous, id(4))), None]);
+        assert_eq!(only(5), [Some((ScopeIndex(2), Generation::Current, id(5))), None]);
+        assert_eq!(only(6), [None, None]);
     }
 }

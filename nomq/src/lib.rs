@@ -22,4 +22,4 @@ pub use envelope::{OpenError, Opened, SealError, open, seal, seal_in_place};
 pub use keys::{KeyLookup, KeyPair, KeySet, Keyring, SecretKey};
 pub use node::{Config, Event, Message, Node, PublishOptions, Transmit};
 pub use time::{Duration, Instant};
-pub use wire::{Flags, Header, Packet, PacketId, PacketType, Qos, SessionId, WireError};
+pub use wire::{Flags, Header, KeyId, Packet, PacketId, PacketType, Qos, SessionId, WireError};

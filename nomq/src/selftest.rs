@@ -3,7 +3,7 @@
 
 use crate::envelope::{open, seal_in_place};
 use crate::keys::{KeyLookup, KeyPair, Keyring, hmac_sha256};
-use crate::wire::{Header, PacketId, PacketType, SessionId};
+use crate::wire::{HEADER_LEN, Header, MAC_LEN, PacketId, PacketType, SessionId};
 
 /// Which check failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,11 +61,11 @@ pub fn run() -> Result<(), SelfTestError> {
         ..Header::new(PacketType::Publish)
     };
     let iv: [u8; 16] = core::array::from_fn(|i| i as u8);
-    let mut buf = [0u8; 53 + 32 + 32];
-    buf[53..69].copy_from_slice(&NIST_PT);
+    let mut buf = [0u8; HEADER_LEN + 32 + MAC_LEN];
+    buf[HEADER_LEN..HEADER_LEN + 16].copy_from_slice(&NIST_PT);
     let n = seal_in_place(ring.network().current, &header, iv, &mut buf, 16, 1376)
         .map_err(|_| SelfTestError::RoundTrip)?;
-    if buf[53..69] != NIST_CT {
+    if buf[HEADER_LEN..HEADER_LEN + 16] != NIST_CT {
         return Err(SelfTestError::Aes);
     }
     match open(&ring, &mut buf[..n], 1376) {

@@ -1,14 +1,18 @@
-//! Wire format version 2: the 53-byte header, zero-copy.
+//! Wire format version 3: the 57-byte header, zero-copy.
 //!
 //! ```text
 //!  0       2   3   4   5               9              13      15
 //! +-------+---+---+---+---------------+---------------+-------+----------------//----+
 //! | magic |ver|typ|flg|   packet id   |  session id   |  TTL  |  IV (16 bytes)        |
 //! +-------+---+---+---+---------------+---------------+-------+----------------//----+
-//! 31              35                                  51      53
-//! +---------------+-------------------//--------------+-------+------//------+---//---+
-//! |  timestamp    |   channel id (16 bytes)           |   n   | ciphertext n  | MAC 32 |
-//! +---------------+-------------------//--------------+-------+------//------+---//---+
+//! 31              35                                  51              55      57
+//! +---------------+-------------------//--------------+---------------+-------+---//---+
+//! |  timestamp    |   channel id (16 bytes)           |    key id     |   n   | ct n   |
+//! +---------------+-------------------//--------------+---------------+-------+---//---+
+//! 57 + n
+//! +------//------+
+//! |    MAC 32    |   HMAC(mac_key, packet[0 .. 57 + n])
+//! +------//------+
 //!
 //! flags:  7   6   5   4   3   2   1   0
 //!       +---------------+---+---+-------+
@@ -24,8 +28,8 @@ use core::fmt;
 
 /// `"NM"`.
 pub const MAGIC: u16 = 0x4E4D;
-/// The version this crate speaks.
-pub const VERSION: u8 = 0x02;
+/// The version this crate speaks. Versions 2 (no key id) and 1 are refused.
+pub const VERSION: u8 = 0x03;
 /// Version of the reference MicroPython NoMQ, reserved for a legacy profile.
 pub const VERSION_LEGACY: u8 = 0x01;
 /// Bytes before the ciphertext.
@@ -49,11 +53,12 @@ pub(crate) mod field {
     pub const IV: Range<usize> = 15..31;
     pub const TIMESTAMP: Range<usize> = 31..35;
     pub const CHANNEL_ID: Range<usize> = 35..51;
-    pub const PAYLOAD_LEN: Range<usize> = 51..53;
-    pub const PAYLOAD_START: usize = 53;
+    pub const KEY_ID: Range<usize> = 51..55;
+    pub const PAYLOAD_LEN: Range<usize> = 55..57;
+    pub const PAYLOAD_START: usize = 57;
 }
 
-/// Why a buffer is not a well-formed v2 packet header. Checked in this order.
+/// Why a buffer is not a well-formed v3 packet header. Checked in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
@@ -62,7 +67,7 @@ pub enum WireError {
     TooShort,
     /// The first two bytes are not `NM`.
     BadMagic,
-    /// A version other than 2.
+    /// A version other than 3.
     UnsupportedVersion(u8),
     /// A packet type this version does not define.
     UnknownType(u8),
@@ -70,7 +75,7 @@ pub enum WireError {
     InvalidQos,
     /// The payload length is zero or not a multiple of 16.
     PayloadNotBlockMultiple,
-    /// `53 + n + 32` is not the length of the datagram.
+    /// `57 + n + 32` is not the length of the datagram.
     LengthMismatch,
     /// `n` is above the configured maximum.
     TooLarge,
@@ -121,6 +126,13 @@ newtype_u32!(
 newtype_u32!(
     /// A sender's random, non-zero session identifier, new at every start.
     SessionId
+);
+newtype_u32!(
+    /// Which key set sealed a packet: the first 4 bytes of
+    /// `HMAC(mac_key, "nomq/v3/key-id" ‖ enc_key)`, read big-endian (see
+    /// [`crate::keys::KeySet::key_id`]). Public: it lets a receiver pick the key set to
+    /// verify with instead of trying each.
+    KeyId
 );
 
 /// Packet types.
@@ -236,7 +248,7 @@ impl Flags {
     }
 }
 
-/// A read/write view of a v2 packet in a buffer.
+/// A read/write view of a v3 packet in a buffer.
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
@@ -271,7 +283,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The cheap checks, in this order: length, magic, version, type, QoS bits, `n` a
-    /// non-zero multiple of 16, `53 + n + 32` equal to the buffer length, `n ≤ max_payload`.
+    /// non-zero multiple of 16, `57 + n + 32` equal to the buffer length, `n ≤ max_payload`.
     ///
     /// # Errors
     /// The first check that fails.
@@ -349,6 +361,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
         id.copy_from_slice(&self.buffer.as_ref()[field::CHANNEL_ID]);
         ChannelId(id)
     }
+    /// Key id field: which key set sealed this packet.
+    pub fn key_id(&self) -> KeyId {
+        KeyId(be32(&self.buffer.as_ref()[field::KEY_ID]))
+    }
     /// Payload (ciphertext) length field.
     pub fn payload_len(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::PAYLOAD_LEN])
@@ -414,6 +430,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_channel_id(&mut self, v: &ChannelId) {
         self.buf()[field::CHANNEL_ID].copy_from_slice(&v.0);
     }
+    /// Sets the key id.
+    pub fn set_key_id(&mut self, v: KeyId) {
+        self.buf()[field::KEY_ID].copy_from_slice(&v.0.to_be_bytes());
+    }
     /// Sets the payload length.
     pub fn set_payload_len(&mut self, v: u16) {
         self.buf()[field::PAYLOAD_LEN].copy_from_slice(&v.to_be_bytes());
@@ -440,6 +460,8 @@ pub struct Header {
     pub timestamp: u32,
     /// Keyed channel id.
     pub channel_id: ChannelId,
+    /// Id of the key set that sealed the packet (written by the seal functions).
+    pub key_id: KeyId,
     /// Ciphertext length.
     pub payload_len: u16,
 }
@@ -457,6 +479,7 @@ impl Header {
             iv: [0; 16],
             timestamp: 0,
             channel_id: ChannelId([0; 16]),
+            key_id: KeyId(0),
             payload_len: 0,
         }
     }
@@ -475,6 +498,7 @@ impl Header {
             iv: p.iv(),
             timestamp: p.timestamp(),
             channel_id: p.channel_id(),
+            key_id: p.key_id(),
             payload_len: p.payload_len(),
         })
     }
@@ -499,6 +523,7 @@ impl Header {
         p.set_iv(&self.iv);
         p.set_timestamp(self.timestamp);
         p.set_channel_id(&self.channel_id);
+        p.set_key_id(self.key_id);
         p.set_payload_len(self.payload_len);
     }
 }
@@ -508,21 +533,22 @@ mod tests {
     use super::*;
 
     /// A PUBACK-sized packet (one block) with every field distinct, in hex.
-    const FIXTURE: &str = "4e4d0203c6\
+    const FIXTURE: &str = "4e4d0303c6\
         01020304\
         a1b2c3d4\
         0e10\
         000102030405060708090a0b0c0d0e0f\
         65f1e2d3\
         f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff\
+        5eed1d07\
         0010\
         11111111111111111111111111111111\
         2222222222222222222222222222222222222222222222222222222222222222";
 
-    fn hex(s: &str) -> [u8; 101] {
-        let mut out = [0u8; 101];
+    fn hex(s: &str) -> [u8; 105] {
+        let mut out = [0u8; 105];
         let s = s.as_bytes();
-        assert_eq!(s.len(), 202);
+        assert_eq!(s.len(), 210);
         for (i, o) in out.iter_mut().enumerate() {
             let d = |c: u8| (c as char).to_digit(16).unwrap() as u8;
             *o = d(s[2 * i]) << 4 | d(s[2 * i + 1]);
@@ -543,6 +569,7 @@ mod tests {
                 0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd,
                 0xfe, 0xff,
             ]),
+            key_id: KeyId(0x5eed_1d07),
             payload_len: 16,
         }
     }
@@ -552,7 +579,7 @@ mod tests {
         let bytes = hex(FIXTURE);
         let p = Packet::new_checked(&bytes[..], 1024).unwrap();
         assert_eq!(p.magic(), MAGIC);
-        assert_eq!(p.version(), 2);
+        assert_eq!(p.version(), 3);
         assert_eq!(p.type_byte(), 0x03);
         assert_eq!(p.flags_byte(), 0xc6);
         assert_eq!(p.packet_id(), PacketId(0x0102_0304));
@@ -561,28 +588,30 @@ mod tests {
         assert_eq!(p.iv()[15], 15);
         assert_eq!(p.timestamp(), 0x65f1_e2d3);
         assert_eq!(p.channel_id().0[0], 0xf0);
+        assert_eq!(p.key_id(), KeyId(0x5eed_1d07));
         assert_eq!(p.payload_len(), 16);
         assert_eq!(p.payload(), &[0x11; 16]);
         assert_eq!(p.mac(), &[0x22; 32]);
-        assert_eq!(p.total_len(), 101);
+        assert_eq!(p.total_len(), 105);
         assert_eq!(Header::parse(&p).unwrap(), header());
     }
 
     #[test]
     fn emit_fixture() {
         let expect = hex(FIXTURE);
-        let mut buf = [0u8; 101];
-        buf[53..69].fill(0x11);
-        buf[69..].fill(0x22);
+        let mut buf = [0u8; 105];
+        buf[57..73].fill(0x11);
+        buf[73..].fill(0x22);
         let mut p = Packet::new_unchecked(&mut buf[..]);
         header().emit(&mut p);
         assert_eq!(buf, expect);
-        assert_eq!(header().buffer_len(), 101);
+        assert_eq!(header().buffer_len(), 105);
+        assert_eq!((HEADER_LEN, OVERHEAD), (57, 89));
     }
 
     #[test]
     fn every_setter_round_trips() {
-        let mut buf = [0u8; 101];
+        let mut buf = [0u8; 105];
         let mut p = Packet::new_unchecked(&mut buf[..]);
         p.set_magic(0x1234);
         assert_eq!(p.magic(), 0x1234);
@@ -605,9 +634,13 @@ mod tests {
         assert_eq!(p.timestamp(), 42);
         p.set_channel_id(&ChannelId([3; 16]));
         assert_eq!(p.channel_id(), ChannelId([3; 16]));
+        p.set_key_id(KeyId(0xdead_beef));
+        assert_eq!(p.key_id(), KeyId(0xdead_beef));
+        assert_eq!(&buf[51..55], &[0xde, 0xad, 0xbe, 0xef]);
+        let mut p = Packet::new_unchecked(&mut buf[..]);
         p.set_payload_len(32);
         assert_eq!(p.payload_len(), 32);
-        assert_eq!(p.total_len(), 117);
+        assert_eq!(p.total_len(), 121);
     }
 
     #[test]
@@ -623,20 +656,26 @@ mod tests {
     #[test]
     fn checks_in_order() {
         let good = hex(FIXTURE);
-        let mut longer = [0u8; 102];
-        longer[..101].copy_from_slice(&good);
+        let mut longer = [0u8; 106];
+        longer[..105].copy_from_slice(&good);
         assert_eq!(Packet::new_checked(&longer[..], 1024).unwrap_err(), WireError::LengthMismatch);
-        assert_eq!(Packet::new_checked(&good[..100], 1024).unwrap_err(), WireError::TooShort);
+        assert_eq!(Packet::new_checked(&good[..104], 1024).unwrap_err(), WireError::TooShort);
         assert_eq!(Packet::new_checked(&good[..60], 1024).unwrap_err(), WireError::TooShort);
         let mut b = good;
         b[0] = 0;
         assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::BadMagic);
+        for v in [0, 1, 2, 4, 0xff] {
+            let mut b = good;
+            b[2] = v;
+            assert_eq!(
+                Packet::new_checked(&b[..], 1024).unwrap_err(),
+                WireError::UnsupportedVersion(v)
+            );
+        }
+        // The key id is opaque to the structural checks.
         let mut b = good;
-        b[2] = 1;
-        assert_eq!(
-            Packet::new_checked(&b[..], 1024).unwrap_err(),
-            WireError::UnsupportedVersion(1)
-        );
+        b[51..55].fill(0);
+        assert!(Packet::new_checked(&b[..], 1024).is_ok());
         let mut b = good;
         b[3] = 10;
         assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::UnknownType(10));
@@ -647,19 +686,19 @@ mod tests {
         b[4] = 0x03;
         assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::InvalidQos);
         let mut b = good;
-        b[52] = 17;
+        b[56] = 17;
         assert_eq!(
             Packet::new_checked(&b[..], 1024).unwrap_err(),
             WireError::PayloadNotBlockMultiple
         );
         let mut b = good;
-        b[52] = 0;
+        b[56] = 0;
         assert_eq!(
             Packet::new_checked(&b[..], 1024).unwrap_err(),
             WireError::PayloadNotBlockMultiple
         );
         let mut b = good;
-        b[52] = 32;
+        b[56] = 32;
         assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::LengthMismatch);
         assert_eq!(Packet::new_checked(&good[..], 15).unwrap_err(), WireError::TooLarge);
         for t in 1..=8u8 {

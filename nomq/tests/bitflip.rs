@@ -2,7 +2,7 @@
 
 use nomq::envelope::{OpenError, open, seal_in_place, sealed_len};
 use nomq::keys::KeySet;
-use nomq::wire::HEADER_LEN;
+use nomq::wire::{HEADER_LEN, KeyId};
 use nomq::{ChannelId, Flags, Header, KeyPair, Keyring, PacketId, PacketType, Qos, SessionId};
 
 const MAX_PAYLOAD: usize = 1376;
@@ -17,7 +17,7 @@ use common::Rng;
 fn single_bit_flips_are_never_accepted() {
     let pair = KeyPair::new([0x11; 32], [0x22; 32]);
     let mut ring: Keyring<1> = Keyring::new(&pair).unwrap();
-    // More candidate keys means more chances for a forgery to slip through; try them all.
+    // Several key sets: a flip in the key id field must not make another one accept.
     ring.set_previous(Some(&KeyPair::new([0x33; 32], [0x44; 32]))).unwrap();
     ring.set_channel("a/#", &KeyPair::new([0x55; 32], [0x66; 32]), None).unwrap();
     let keys = KeySet::new(&pair);
@@ -27,6 +27,7 @@ fn single_bit_flips_are_never_accepted() {
     let mut accepted = 0usize;
     let mut wire_rejects = 0usize;
     let mut mac_rejects = 0usize;
+    let mut key_id_rejects = 0usize;
     let mut tested_sizes = [0usize; SIZES.len()];
     let mut packet = vec![0u8; sealed_len(SIZES[SIZES.len() - 1])];
     let mut pristine = packet.clone();
@@ -48,6 +49,7 @@ fn single_bit_flips_are_never_accepted() {
             iv: [0; 16],
             timestamp: rng.next() as u32,
             channel_id: ChannelId(rng.next().to_le_bytes().repeat(2).try_into().unwrap()),
+            key_id: KeyId(rng.next() as u32), // overwritten by seal_in_place
             payload_len: 0,
         };
         let iv: [u8; 16] = core::array::from_fn(|_| rng.next() as u8);
@@ -70,10 +72,14 @@ fn single_bit_flips_are_never_accepted() {
                 // Only the structural fields can fail a cheap check: magic, version,
                 // type, flags (QoS 3) and the payload length.
                 let byte = bit / 8;
-                assert!(byte < 5 || (51..53).contains(&byte), "wire error at byte {byte}");
+                assert!(byte < 5 || (55..57).contains(&byte), "wire error at byte {byte}");
                 wire_rejects += 1;
             }
-            Err(OpenError::BadMac) => mac_rejects += 1,
+            Err(OpenError::BadMac) => {
+                // A flipped key id names no key set of the ring: refused before any MAC.
+                key_id_rejects += usize::from((51..55).contains(&(bit / 8)));
+                mac_rejects += 1;
+            }
             // Padding is only looked at after the MAC verified: a tampered packet that got
             // that far would be a forgery.
             Err(e) => panic!("trial {trial}: bit {bit} of {total}: unexpected {e:?}"),
@@ -84,5 +90,6 @@ fn single_bit_flips_are_never_accepted() {
     assert_eq!(accepted, 0, "{accepted} tampered packets accepted");
     assert_eq!(wire_rejects + mac_rejects, TRIALS);
     assert!(mac_rejects > TRIALS / 2, "most flips reach the MAC check: {mac_rejects}");
+    assert!(key_id_rejects > 0, "some flips hit the key id");
     assert!(tested_sizes.iter().all(|&n| n >= TRIALS / SIZES.len()), "{tested_sizes:?}");
 }

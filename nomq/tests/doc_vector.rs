@@ -7,7 +7,7 @@
 use nomq::body::{MessageId, Publish};
 use nomq::envelope::{open, seal_in_place, sealed_len};
 use nomq::keys::hmac_sha256;
-use nomq::wire::HEADER_LEN;
+use nomq::wire::{HEADER_LEN, KeyId};
 use nomq::{
     ChannelName, Flags, Header, KeyPair, KeySet, Keyring, PacketId, PacketType, Qos, SessionId,
 };
@@ -83,6 +83,7 @@ struct Inputs {
     iv: [u8; 16],
     timestamp: u32,
     channel: String,
+    recipient: u32,
     low_water: u32,
     body: Vec<u8>,
 }
@@ -100,6 +101,8 @@ fn inputs(sec: &str) -> Inputs {
         iv: unhex(&code(row(sec, "IV"))).try_into().unwrap(),
         timestamp: u32::try_from(number(row(sec, "timestamp"))).unwrap(),
         channel: code(row(sec, "channel name")),
+        recipient: u32::from_str_radix(code(row(sec, "recipient")).trim_start_matches("0x"), 16)
+            .unwrap(),
         low_water: u32::try_from(number(row(sec, "low-water mark"))).unwrap(),
         body: code(body_cell).into_bytes(),
     }
@@ -122,6 +125,7 @@ fn section_6_inputs_seal_to_its_packet() {
         iv: [0; 16],
         timestamp: i.timestamp,
         channel_id: keys.channel_id(&i.channel),
+        key_id: KeyId(0), // written by seal_in_place
         payload_len: 0,
     };
     let publish = Publish {
@@ -130,8 +134,12 @@ fn section_6_inputs_seal_to_its_packet() {
         name: ChannelName::new(&i.channel).unwrap(),
         body: &i.body,
     };
-    let mut buf = vec![0u8; sealed_len(publish.buffer_len())];
-    let len = publish.emit(&mut buf[HEADER_LEN..]).unwrap();
+    // Every version 3 plaintext begins with the recipient session id, then the body.
+    let recipient = i.recipient.to_be_bytes();
+    assert_eq!(i.recipient, 0, "§6 addresses every member");
+    let mut buf = vec![0u8; sealed_len(recipient.len() + publish.buffer_len())];
+    buf[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&recipient);
+    let len = 4 + publish.emit(&mut buf[HEADER_LEN + 4..]).unwrap();
     let plaintext = buf[HEADER_LEN..HEADER_LEN + len].to_vec();
     let n = seal_in_place(&keys, &header, i.iv, &mut buf, len, 1376).unwrap();
     buf.truncate(n);
@@ -144,10 +152,34 @@ fn section_6_inputs_seal_to_its_packet() {
         code(row(sec, "channel id of `factory/line1`"))
     );
     assert_eq!(hex(&i.pair.fingerprint()), code(row(sec, "key pair fingerprint")));
-    assert_eq!(hex(&plaintext), code(row(sec, "plaintext (30 bytes)")));
-    assert_eq!(plaintext.len(), 30);
+    let kid = hmac_sha256(i.pair.mac.expose(), &[b"nomq/v3/key-id", i.pair.encryption.expose()]);
+    assert_eq!(keys.key_id().0.to_be_bytes(), kid[..4]);
+    assert_eq!(hex(&kid[..4]), code(row(sec, "key id of the network key pair")));
+    assert_eq!(hex(&plaintext), code(row(sec, "plaintext (34 bytes)")));
+    assert_eq!(plaintext.len(), 34);
     let pad = 16 - plaintext.len() % 16;
-    assert_eq!(code(row(sec, "padded plaintext (32 bytes)")), hex(&vec![pad as u8; pad]));
+    assert_eq!(code(row(sec, "padded plaintext (48 bytes)")), hex(&vec![pad as u8; pad]));
+
+    // The plaintext field by field, at the offsets the table gives.
+    let t = sec.find("| plaintext field |").expect("plaintext field table");
+    let t = &sec[t..sec[t..].find("\n\n").map_or(sec.len(), |e| t + e)];
+    let mut at = 0;
+    for (label, want) in [
+        ("recipient session id", hex(&recipient)),
+        ("message id", format!("{:08x}{:08x}", i.session, i.packet_id)),
+        ("low-water mark", format!("{:08x}", i.low_water)),
+        ("name length", format!("{:02x}", i.channel.len())),
+        ("name", hex(i.channel.as_bytes())),
+        ("application body", hex(&i.body)),
+    ] {
+        let line = t.lines().find(|l| l.starts_with(&format!("| {label} |"))).unwrap();
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells[1].parse::<usize>().unwrap(), at, "offset of {label}");
+        assert_eq!(code(cells[2]), want, "{label}");
+        assert_eq!(hex(&plaintext[at..at + want.len() / 2]), want, "{label} in the plaintext");
+        at += want.len() / 2;
+    }
+    assert_eq!(at, plaintext.len(), "the field table covers the plaintext");
 
     // The packet: as one string, and field by field.
     let packet = one_string(sec);
@@ -160,22 +192,26 @@ fn section_6_inputs_seal_to_its_packet() {
         "IV",
         "timestamp",
         "channel id",
+        "key id",
         "payload length",
         "ciphertext",
         "MAC",
     ];
     let table: String = {
-        let t = sec.find("The packet, 117 bytes").expect("packet table");
+        let t = sec.find("The packet, 137 bytes").expect("packet table");
         let t = &sec[t..];
         fields.iter().map(|f| code(row(t, f))).collect()
     };
     assert_eq!(table, packet, "§6 field table disagrees with the string");
-    assert_eq!(buf.len(), 117);
+    assert_eq!(buf.len(), 137);
+    assert_eq!(code(row(sec, "key id")), hex(&kid[..4]), "key id field");
 
     // And it opens to its inputs.
     let ring: Keyring<0> = Keyring::new(&i.pair).unwrap();
     let opened = open(&ring, &mut buf, 1376).unwrap();
-    assert_eq!(Publish::parse(opened.plaintext).unwrap(), publish);
+    assert_eq!(opened.header.key_id, keys.key_id());
+    assert_eq!(opened.plaintext[..4], recipient);
+    assert_eq!(Publish::parse(&opened.plaintext[4..]).unwrap(), publish);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use nomq::keys::hmac_sha256;
 use nomq::wire::{HEADER_LEN, MAC_LEN};
 use nomq::{
     ChannelName, Flags, Header, KeyLookup, KeyPair, KeySet, Keyring, PacketId, PacketType, Qos,
-    SessionId,
+    SessionId, wire::KeyId,
 };
 
 /// Decodes hex, ignoring whitespace; panics on anything else (test fixtures only).
@@ -58,7 +58,7 @@ fn aes256_cbc_nist_sp800_38a_f25() {
     let ct = hex(NIST_CIPHERTEXT);
     assert_eq!(pt.len(), 64);
 
-    let mut buf = [0u8; 53 + 80 + 32];
+    let mut buf = [0u8; HEADER_LEN + 80 + MAC_LEN];
     buf[HEADER_LEN..HEADER_LEN + 64].copy_from_slice(&pt);
     let n = seal_in_place(&keys, &any_header(), iv, &mut buf, 64, MAX_PAYLOAD).unwrap();
     // 64 bytes of plaintext get a whole block of padding (16 × 0x10).
@@ -191,6 +191,9 @@ fn derivations_follow_their_definition() {
     assert_eq!(pair.fingerprint(), fp[..8]);
     assert_eq!(keys.fingerprint(), fp[..8]);
     assert_eq!(to_hex(&pair.fingerprint()), PINNED_FINGERPRINT);
+    let kid = hmac_sha256(mac_key, &[b"nomq/v3/key-id", pair.encryption.expose()]);
+    assert_eq!(keys.key_id().0.to_be_bytes(), kid[..4]);
+    assert_eq!(keys.key_id(), KeyId(PINNED_KEY_ID));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -205,13 +208,20 @@ const PINNED_IV: [u8; 16] = [
 ];
 const PINNED_CHANNEL_ID: &str = "1435f1c102176a2c6309797cbeaad2b6";
 const PINNED_FINGERPRINT: &str = "6057982be6a6e666";
-/// message id (c0ffee01 00000001) | name length 0x0d | "factory/line1" | "21.5"
-const PINNED_PLAINTEXT: &str = "c0ffee0100000001000000010d666163746f72792f6c696e653132312e35";
-/// One field per line, in wire order (see docs/PROTOCOL.md for the table).
+const PINNED_KEY_ID: u32 = 0x1bd4_714b;
+/// Version 3 plaintexts begin with the recipient session id, 0 for every member
+/// (docs/PROTOCOL.md §4); it is written by hand here, ahead of the body codec.
+const PINNED_RECIPIENT: [u8; 4] = [0; 4];
+/// recipient (00000000) | message id (c0ffee01 00000001) | low-water mark (00000001) |
+/// name length 0x0d | "factory/line1" | "21.5"
+const PINNED_PLAINTEXT: &str =
+    "00000000c0ffee0100000001000000010d666163746f72792f6c696e653132312e35";
+/// The 137 bytes of the packet, in wire order (see docs/PROTOCOL.md for the table).
 const PINNED_PACKET: &str = "
-4e4d02015100000001c0ffee01003c404142434445464748494a4b4c4d4e4f6553f1001435f1c102
-176a2c6309797cbeaad2b60020d96b3ad7ce6c3d10133c075a2a6a19b1fa3b3ed801dd4637d47343
-5143ba53d001fc1f08a6d5607996ad3ca781052730e45567d1f3fe98f3101bbedfb30b7bb9";
+4e4d03015100000001c0ffee01003c404142434445464748494a4b4c4d4e4f6553f1001435f1c102
+176a2c6309797cbeaad2b61bd4714b003065fb34fb1882201d7d01c6920c403cbdd1ad768a9b5876
+dc553e4ae8405e9320bc82996c037c3714727fe6e276a929f548902d1d7a3fa8b17e813ffd3f43a8
+5069fd9527584fb408f9fbf6e677c88517";
 
 fn pinned_header(keys: &KeySet) -> Header {
     Header {
@@ -223,7 +233,8 @@ fn pinned_header(keys: &KeySet) -> Header {
         iv: [0; 16], // replaced by seal_in_place
         timestamp: 1_700_000_000,
         channel_id: keys.channel_id(PINNED_CHANNEL),
-        payload_len: 0, // replaced by seal_in_place
+        key_id: KeyId(0), // replaced by seal_in_place
+        payload_len: 0,   // replaced by seal_in_place
     }
 }
 
@@ -239,8 +250,10 @@ fn pinned_publish() -> Publish<'static> {
 fn seal_pinned() -> Vec<u8> {
     let keys = KeySet::new(&pinned_pair());
     let p = pinned_publish();
-    let mut buf = vec![0u8; sealed_len(p.buffer_len())];
-    let len = p.emit(&mut buf[HEADER_LEN..]).unwrap();
+    let r = PINNED_RECIPIENT.len();
+    let mut buf = vec![0u8; sealed_len(r + p.buffer_len())];
+    buf[HEADER_LEN..HEADER_LEN + r].copy_from_slice(&PINNED_RECIPIENT);
+    let len = r + p.emit(&mut buf[HEADER_LEN + r..]).unwrap();
     let n =
         seal_in_place(&keys, &pinned_header(&keys), PINNED_IV, &mut buf, len, MAX_PAYLOAD).unwrap();
     assert_eq!(n, buf.len());
@@ -252,8 +265,9 @@ fn pinned_publish_packet() {
     let keys = KeySet::new(&pinned_pair());
     let cid = keys.channel_id(PINNED_CHANNEL);
     let packet = seal_pinned();
-    let mut plain = vec![0u8; 64];
-    let plen = pinned_publish().emit(&mut plain).unwrap();
+    let mut plain = [0u8; 64];
+    plain[..4].copy_from_slice(&PINNED_RECIPIENT);
+    let plen = 4 + pinned_publish().emit(&mut plain[4..]).unwrap();
     println!("channel id  {}", to_hex(&cid.0));
     println!("fingerprint {}", to_hex(&keys.fingerprint()));
     println!("plaintext   {}", to_hex(&plain[..plen]));
@@ -262,8 +276,10 @@ fn pinned_publish_packet() {
     assert_eq!(to_hex(&cid.0), PINNED_CHANNEL_ID);
     assert_eq!(to_hex(&plain[..plen]), PINNED_PLAINTEXT);
     assert_eq!(to_hex(&packet), to_hex(&hex(PINNED_PACKET)));
-    assert_eq!(packet.len(), 117);
+    assert_eq!(packet.len(), 137);
     assert_eq!(&packet[35..51], &cid.0, "channel id sits at offset 35");
+    assert_eq!(&packet[51..55], &PINNED_KEY_ID.to_be_bytes(), "key id sits at offset 51");
+    assert_eq!(&packet[55..57], &[0, 48], "payload length sits at offset 55");
 }
 
 #[test]
@@ -274,9 +290,11 @@ fn pinned_packet_opens_to_its_inputs() {
     let opened = open(&ring, &mut packet, MAX_PAYLOAD).unwrap();
     let mut expect = pinned_header(&KeySet::new(&pair));
     expect.iv = PINNED_IV;
-    expect.payload_len = 32;
+    expect.key_id = KeyId(PINNED_KEY_ID);
+    expect.payload_len = 48;
     assert_eq!(opened.header, expect);
-    let body = Publish::parse(opened.plaintext).unwrap();
+    assert_eq!(opened.plaintext[..4], PINNED_RECIPIENT);
+    let body = Publish::parse(&opened.plaintext[4..]).unwrap();
     assert_eq!(body, pinned_publish());
     assert_eq!(ring.channel_id(body.name.as_str()), opened.header.channel_id);
 }

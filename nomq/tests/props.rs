@@ -7,7 +7,7 @@ use nomq::body::{Ack, Heartbeat, MessageId, Publish, SUB_WANTS_RETAINED, Subscri
 use nomq::channel::MAX_NAME_LEN;
 use nomq::envelope::{OpenError, SealError, max_plaintext, open, seal_in_place, sealed_len};
 use nomq::keys::{Generation, ScopeIndex};
-use nomq::wire::{HEADER_LEN, MAC_LEN, WireError};
+use nomq::wire::{HEADER_LEN, KeyId, MAC_LEN, WireError};
 use nomq::{
     ChannelId, ChannelName, Flags, Header, KeyLookup, KeyPair, Keyring, PacketId, PacketType,
     Pattern, Qos, SessionId,
@@ -58,6 +58,7 @@ prop_compose! {
         timestamp in any::<u32>(),
         channel_id in any::<[u8; 16]>(),
         junk_iv in any::<[u8; 16]>(),
+        junk_key_id in any::<u32>(),
         junk_len in any::<u16>(),
     ) -> Header {
         Header {
@@ -66,10 +67,11 @@ prop_compose! {
             packet_id: PacketId(packet_id),
             session_id: SessionId(session_id),
             ttl,
-            // Both are overwritten by seal_in_place; random values prove it.
+            // These three are overwritten by seal_in_place; random values prove it.
             iv: junk_iv,
             timestamp,
             channel_id: ChannelId(channel_id),
+            key_id: KeyId(junk_key_id),
             payload_len: junk_len,
         }
     }
@@ -147,6 +149,7 @@ proptest! {
         let opened = open(&ring, &mut packet, MAX_PAYLOAD).unwrap();
         let mut expect = h;
         expect.iv = iv;
+        expect.key_id = nomq::KeySet::new(pair).key_id();
         expect.payload_len = (sealed_len(plaintext.len()) - HEADER_LEN - MAC_LEN) as u16;
         prop_assert_eq!(opened.header, expect);
         prop_assert_eq!(opened.plaintext, &plaintext[..]);
@@ -223,11 +226,16 @@ proptest! {
         h in header(),
         blocks in 1usize..=MAX_PAYLOAD / 16,
         fill in any::<u64>(),
+        real_key_id in prop::option::of(0usize..4),
     ) {
-        // Passes every cheap check, so reaches the MAC: must stop there.
+        // Passes every cheap check, so reaches the MAC: must stop there. Whether or not
+        // its key id is one the ring holds.
         let n = blocks * 16;
         let mut h = h;
         h.payload_len = n as u16;
+        if let Some(i) = real_key_id {
+            h.key_id = nomq::KeySet::new(&ring_pairs()[i].0).key_id();
+        }
         let mut packet = vec![0u8; HEADER_LEN + n + MAC_LEN];
         let mut x = fill | 1;
         for b in &mut packet[HEADER_LEN..] {
@@ -307,6 +315,7 @@ fn every_plaintext_length_round_trips() {
         iv: [0; 16],
         timestamp: 9,
         channel_id: ChannelId([9; 16]),
+        key_id: KeyId(0),
         payload_len: 0,
     };
     let max = max_plaintext(MAX_PAYLOAD);
@@ -355,11 +364,19 @@ fn keys_outside_the_ring_are_refused() {
         iv: [0; 16],
         timestamp: 0,
         channel_id: ChannelId::default(),
+        key_id: KeyId(0),
         payload_len: 0,
     };
     // Entirely foreign keys; and the network's encryption key with a foreign MAC key.
     for pair in [KeyPair::new([0x09; 32], [0x0a; 32]), KeyPair::new([0x03; 32], [0x09; 32])] {
         let mut packet = seal_with(&pair, &h, [1; 16], b"hello").unwrap();
         assert_eq!(open(&ring(), &mut packet, MAX_PAYLOAD).unwrap_err(), OpenError::BadMac);
+        // Relabelled with the key id of every key set of the ring: still refused.
+        for (p, _, _) in ring_pairs() {
+            let mut relabelled = packet.clone();
+            let id = nomq::KeySet::new(&p).key_id();
+            nomq::Packet::new_unchecked(&mut relabelled[..]).set_key_id(id);
+            assert_eq!(open(&ring(), &mut relabelled, MAX_PAYLOAD).unwrap_err(), OpenError::BadMac);
+        }
     }
 }

@@ -1,10 +1,11 @@
--- Wireshark dissector for the NoMQ wire protocol, version 2 (docs/PROTOCOL.md §1).
+-- Wireshark dissector for the NoMQ wire protocol, version 3 (docs/PROTOCOL.md §1).
 --
 --   tshark -X lua_script:tools/wireshark/nomq.lua -r capture.pcap -Y nomq -V
 --
 -- or copy this file to ~/.local/lib/wireshark/plugins/ (see tools/wireshark/README.md).
 -- Registered on UDP port 8888 and as a heuristic UDP dissector (magic 0x4E4D followed by
--- version 0x01 or 0x02), so traffic on any port decodes. Requires Wireshark >= 3.6 (Lua 5.2
+-- version 0x01, 0x02 or 0x03), so traffic on any port decodes. Versions 1 and 2 are shown
+-- as unsupported, as NoMQ refuses them. Requires Wireshark >= 3.6 (Lua 5.2
 -- to 5.4).
 --
 -- The header is decoded field by field; the ciphertext and MAC are shown as bytes. There
@@ -12,11 +13,11 @@
 
 local nomq = Proto("nomq", "NoMQ")
 
-local HEADER_LEN = 53
+local HEADER_LEN = 57
 local MAC_LEN = 32
 local OVERHEAD = HEADER_LEN + MAC_LEN
 local MAGIC = 0x4E4D
-local VERSION = 2
+local VERSION = 3
 local DEFAULT_PORT = 8888
 
 local type_names = {
@@ -32,7 +33,8 @@ local type_names = {
 
 local version_names = {
     [0x01] = "Legacy: reference MicroPython NoMQ, refused",
-    [0x02] = "NoMQ v2",
+    [0x02] = "NoMQ v2 (no key id), refused",
+    [0x03] = "NoMQ v3",
 }
 
 local qos_names = {
@@ -57,6 +59,7 @@ local f = {
     iv = ProtoField.bytes("nomq.iv", "IV"),
     timestamp = ProtoField.absolute_time("nomq.timestamp", "Timestamp", base.UTC),
     channel_id = ProtoField.bytes("nomq.channel_id", "Channel id"),
+    key_id = ProtoField.uint32("nomq.key_id", "Key id", base.HEX),
     payload_len = ProtoField.uint16("nomq.payload_len", "Payload length", base.DEC),
     ciphertext = ProtoField.bytes("nomq.ciphertext", "Ciphertext (AES-256-CBC)"),
     mac = ProtoField.bytes("nomq.mac", "MAC (HMAC-SHA256)"),
@@ -64,7 +67,7 @@ local f = {
 }
 nomq.fields = {
     f.magic, f.version, f.type, f.flags, f.qos, f.retain, f.dup, f.priority, f.packet_id,
-    f.session_id, f.ttl, f.iv, f.timestamp, f.channel_id, f.payload_len, f.ciphertext,
+    f.session_id, f.ttl, f.iv, f.timestamp, f.channel_id, f.key_id, f.payload_len, f.ciphertext,
     f.mac, f.packet_len,
 }
 
@@ -120,7 +123,7 @@ local function dissect_one(tvb, pinfo, root, offset, index)
     local flags = tvb(offset + 4, 1):uint()
     local pid = tvb(offset + 5, 4):uint()
     local sess = tvb(offset + 9, 4):uint()
-    local n = tvb(offset + 51, 2):uint()
+    local n = tvb(offset + 55, 2):uint()
     -- Plain arithmetic, not bit32: Wireshark 4.4+ runs Lua 5.4, which has no bit32.
     local qos = flags % 4
     local retain = math.floor(flags / 4) % 2 == 1
@@ -141,7 +144,7 @@ local function dissect_one(tvb, pinfo, root, offset, index)
     tree:append_text(", " .. summary)
     if index > 1 then
         tree:add_proto_expert_info(e.several, string.format(
-            "Packet %d of this datagram: version 2 receivers require one packet per datagram",
+            "Packet %d of this datagram: version 3 receivers require one packet per datagram",
             index))
     end
 
@@ -177,7 +180,8 @@ local function dissect_one(tvb, pinfo, root, offset, index)
     tree:add(f.iv, tvb(offset + 15, 16))
     tree:add(f.timestamp, tvb(offset + 31, 4), NSTime.new(tvb(offset + 31, 4):uint(), 0))
     tree:add(f.channel_id, tvb(offset + 35, 16))
-    it = tree:add(f.payload_len, tvb(offset + 51, 2))
+    tree:add(f.key_id, tvb(offset + 51, 4))
+    it = tree:add(f.payload_len, tvb(offset + 55, 2))
     if n == 0 or n % 16 ~= 0 then
         it:add_proto_expert_info(e.bad_payload_len, string.format(
             "Payload length %d is not a non-zero multiple of 16", n))
@@ -196,7 +200,7 @@ local function dissect_one(tvb, pinfo, root, offset, index)
 
     if total > remaining then
         tree:add_proto_expert_info(e.length_mismatch, string.format(
-            "Length mismatch: 53 + %d + 32 = %d, but the datagram has %d bytes%s",
+            "Length mismatch: 57 + %d + 32 = %d, but the datagram has %d bytes%s",
             n, total, remaining, offset > 0 and " left" or ""))
     elseif total < remaining then
         -- Either another packet follows (a later version may do that), or trailing junk.
@@ -204,7 +208,7 @@ local function dissect_one(tvb, pinfo, root, offset, index)
         local next_ok = rest >= 3 and tvb(offset + total, 2):uint() == MAGIC
         if not next_ok then
             tree:add_proto_expert_info(e.length_mismatch, string.format(
-                "Length mismatch: 53 + %d + 32 = %d, but the datagram has %d bytes%s",
+                "Length mismatch: 57 + %d + 32 = %d, but the datagram has %d bytes%s",
                 n, total, remaining, offset > 0 and " left" or ""))
             -- Take the whole remainder: it is not a packet.
             return remaining, summary
@@ -241,7 +245,7 @@ local function heuristic(tvb, pinfo, root)
         return false
     end
     local v = tvb(2, 1):uint()
-    if v ~= 1 and v ~= 2 then
+    if v < 1 or v > 3 then
         return false
     end
     nomq.dissector(tvb, pinfo, root)

@@ -9,7 +9,7 @@ use crate::channel::ChannelId;
 use crate::envelope;
 use crate::keys::{KeyLookup, ScopeIndex};
 use crate::time::Instant;
-use crate::wire::{Flags, HEADER_LEN, Header, MAC_LEN, PacketId, PacketType, SessionId};
+use crate::wire::{Flags, HEADER_LEN, Header, KeyId, MAC_LEN, PacketId, PacketType, SessionId};
 use heapless::Deque;
 
 /// Own past sessions remembered (to drop looped-back packets).
@@ -149,6 +149,7 @@ impl Tx {
             iv: [0; 16],
             timestamp: self.unix_now(now),
             channel_id: spec.channel_id,
+            key_id: KeyId(0), // written by seal_in_place
             payload_len: 0,
         }
     }

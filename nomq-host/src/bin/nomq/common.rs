@@ -346,7 +346,7 @@ pub fn refusal_hint(r: DropReason, cfg: &HostConfig) -> Option<String> {
             "not a NoMQ packet (another program sends to this port?)".to_string()
         }
         D::UnsupportedVersion => {
-            "a NoMQ packet of another protocol version: update the sender (we speak version 2)"
+            "a NoMQ packet of another protocol version: update the sender (we speak version 3)"
                 .to_string()
         }
         D::TooLarge => format!(
