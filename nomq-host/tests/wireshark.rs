@@ -20,8 +20,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Generous: CI machines are busy.
 const WAIT: Duration = Duration::from_secs(5);
 
-const TYPE_NAMES: [&str; 8] =
-    ["PUBLISH", "SUBSCRIBE", "PUBACK", "UNSUBSCRIBE", "HEARTBEAT", "PUBREC", "PUBREL", "PUBCOMP"];
+const TYPE_NAMES: [&str; 9] = [
+    "PUBLISH",
+    "SUBSCRIBE",
+    "PUBACK",
+    "UNSUBSCRIBE",
+    "HEARTBEAT",
+    "PUBREC",
+    "PUBREL",
+    "PUBCOMP",
+    "CHALLENGE",
+];
 
 /// One datagram the relay forwarded: when, from which node to which, and its bytes.
 #[derive(Clone)]
@@ -311,7 +320,7 @@ async fn tshark_decodes_real_traffic() {
     let today_after =
         wireshark_date(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs());
     let real = records.len();
-    for t in 1..=8u8 {
+    for t in 1..=9u8 {
         assert!(
             records.iter().any(|r| r.data[3] == t),
             "no {} in the capture",
@@ -352,10 +361,10 @@ async fn tshark_decodes_real_traffic() {
         ),
         (
             edit(&|r| {
-                r.data[3] = 9;
+                r.data[3] = 10;
                 r.data[4] |= 3;
             }),
-            &["Unknown packet type 0x09", "Reserved QoS 3"],
+            &["Unknown packet type 0x0a", "Reserved QoS 3"],
         ),
         (
             edit(&|r| {

@@ -301,6 +301,7 @@ fn pubrel_is_bound_to_the_sender_of_its_message() {
         iv: [0; 16],
         timestamp: s.unix_now(),
         channel_id: keyring.channel_id("sensors/temp"),
+        key_id: nomq::KeyId(0),
         payload_len: 0,
     };
     let mut buf = vec![0u8; 256];

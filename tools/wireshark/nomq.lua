@@ -29,6 +29,7 @@ local type_names = {
     [0x06] = "PUBREC",
     [0x07] = "PUBREL",
     [0x08] = "PUBCOMP",
+    [0x09] = "CHALLENGE",
 }
 
 local version_names = {

@@ -320,15 +320,14 @@ where
         self.last_delivery = None;
         self.apply_key_change(now);
         self.stats.rx_datagrams += 1;
-        let (_, known) = self.screen(now, from, buf)?;
-        let (header, scope, generation) =
-            match envelope::verify(&self.keys, buf, self.config.max_payload) {
-                Ok((h, s, g, _)) => (h, s, g),
-                Err(e) => {
-                    self.on_unverified(now, from, e, known);
-                    return None;
-                }
-            };
+        let (header, known) = self.screen(now, from, buf)?;
+        let (scope, generation) = match envelope::verify_mac(&self.keys, &header, buf) {
+            Ok((s, g, _)) => (s, g),
+            Err(e) => {
+                self.on_unverified(now, from, e, known);
+                return None;
+            }
+        };
         if !self.fresh(now, &header) {
             return None;
         }

@@ -61,12 +61,10 @@ where
         from: Addr,
         buf: &[u8],
     ) -> Option<(Header, bool)> {
-        let parsed = crate::wire::Packet::new_checked(buf, self.config.max_payload)
-            .and_then(|p| Header::parse(&p));
-        let h = match parsed {
+        let h = match envelope::check(buf, self.config.max_payload) {
             Ok(h) => h,
             Err(e) => {
-                self.stats.drop(wire_reason(e));
+                self.on_unverified(now, from, e, false);
                 return None;
             }
         };
