@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nomq::body::{Ack, Heartbeat, Publish, Subscription};
+use nomq::body::{self, Ack, Challenge, Heartbeat, Publish, Subscription};
 use nomq::envelope::{max_plaintext, open, seal_in_place, sealed_len};
 use nomq::wire::HEADER_LEN;
 use nomq::{
@@ -41,11 +41,22 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     Fixture { ring, sets: pairs().map(|p| KeySet::new(&p)) }
 });
 
-/// Parses a plaintext as the body of `t`; whatever parses must re-emit to the same bytes.
-fn parse_body(t: PacketType, b: &[u8]) {
+/// Parses a plaintext (recipient, then the body of `t`); whatever parses must re-emit
+/// to the same bytes.
+fn parse_body(t: PacketType, plaintext: &[u8]) {
+    let Ok((to, b)) = body::split_recipient(plaintext) else { return };
+    let mut head = [0u8; body::RECIPIENT_LEN];
+    assert_eq!(body::emit_recipient(to, &mut head), Ok(body::RECIPIENT_LEN));
+    assert_eq!(&head, &plaintext[..body::RECIPIENT_LEN]);
     // Each encoding is at most as long as what it was parsed from.
     let mut out = vec![0u8; b.len()];
     match t {
+        PacketType::Challenge => {
+            if let Ok(c) = Challenge::parse(b) {
+                let n = c.emit(&mut out).expect("fits");
+                assert_eq!(&out[..n], b);
+            }
+        }
         PacketType::Publish => {
             if let Ok(p) = Publish::parse(b) {
                 let n = p.emit(&mut out).expect("fits");
@@ -72,7 +83,8 @@ fn parse_body(t: PacketType, b: &[u8]) {
     }
 }
 
-const TYPES: [PacketType; 8] = [
+const TYPES: [PacketType; 9] = [
+    PacketType::Challenge,
     PacketType::Publish,
     PacketType::Subscribe,
     PacketType::PubAck,
