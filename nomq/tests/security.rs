@@ -523,4 +523,16 @@ fn channel_scoped_subscriptions_are_announced_only_to_key_holders() {
     s.run_for(Duration::from_secs(2));
     let o = s.members[a].log.outcomes.iter().find(|o| o.handle == h).unwrap();
     assert_eq!((o.status, o.acked.as_slice()), (Status::Acknowledged, &[b_session][..]));
+    // The outsider can neither subscribe into the scope nor forge it: its announcement
+    // and its publish are sealed under the network keys, which do not govern `secret/`.
+    let before = s.members[b].node.stats().drops(DropReason::ScopeMismatch);
+    s.members[outsider].node.subscribe("secret/#").unwrap();
+    let now = s.now;
+    let zero = PublishOptions::qos(Qos::AtMostOnce);
+    s.members[outsider].node.publish(now, "secret/door/1", b"forged", zero).unwrap();
+    s.run_for(Duration::from_secs(6));
+    let outsider_session = s.members[outsider].node.session();
+    assert!(!s.members[a].node.subscribers("secret/x").any(|p| p.0 == outsider_session));
+    assert!(s.members[b].log.delivered.iter().all(|d| d.1 != b"forged"));
+    assert!(s.members[b].node.stats().drops(DropReason::ScopeMismatch) >= before + 2);
 }
