@@ -536,3 +536,54 @@ fn channel_scoped_subscriptions_are_announced_only_to_key_holders() {
     assert!(s.members[b].log.delivered.iter().all(|d| d.1 != b"forged"));
     assert!(s.members[b].node.stats().drops(DropReason::ScopeMismatch) >= before + 2);
 }
+
+/// A PUBCOMP completes only a target that this publisher sent PUBREL to: one from another
+/// member (or naming a message that member never received) completes nothing.
+#[test]
+fn pubcomp_from_a_non_target_completes_nothing() {
+    let mut s = Sim::new(32, PERFECT);
+    let (a, b, c) = (s.add(), s.add(), s.add());
+    s.members[b].node.subscribe("sensors/#").unwrap();
+    s.discover(a, 1);
+    s.meet();
+    // B goes silent: A's QoS 2 message waits on B.
+    s.members[b].silent = true;
+    let now = s.now;
+    let h = s.members[a]
+        .node
+        .publish(now, "sensors/temp", b"x", PublishOptions::qos(Qos::ExactlyOnce))
+        .unwrap();
+    s.run_for(Duration::from_millis(50));
+    // The message id is A's session and the packet id of its first transmission: the
+    // next packet id after what A sent so far. C, a member, sends PUBCOMPs for a range.
+    let keyring = keys(1);
+    let a_session = s.members[a].node.session();
+    let c_session = s.members[c].node.session();
+    let mut buf = vec![0u8; 256];
+    for (n, pid) in (1..400u32).enumerate() {
+        let header = Header {
+            packet_type: PacketType::PubComp,
+            flags: Flags { priority: 15, ..Flags::default() },
+            packet_id: PacketId(2_000_000 + n as u32),
+            session_id: c_session,
+            ttl: 60,
+            iv: [0; 16],
+            timestamp: s.unix_now(),
+            channel_id: keyring.channel_id("sensors/temp"),
+            key_id: nomq::KeyId(0),
+            payload_len: 0,
+        };
+        let msg = body::MessageId { session: a_session, packet_id: PacketId(pid) };
+        let k = body::emit_recipient(Some(a_session), &mut buf[HEADER_LEN..]).unwrap();
+        let m = Ack { msg }.emit(&mut buf[HEADER_LEN + k..]).unwrap();
+        let net = keyring.network().current;
+        let len = seal_in_place(net, &header, [9; 16], &mut buf, k + m, 1376).unwrap();
+        let (now, c_addr) = (s.now, s.members[c].addr);
+        let mut d = buf[..len].to_vec();
+        assert!(s.members[a].node.handle_datagram(now, c_addr, &mut d).is_none());
+    }
+    s.run_for(Duration::from_secs(30));
+    let o = s.members[a].log.outcomes.iter().find(|o| o.handle == h).unwrap();
+    assert_ne!(o.status, Status::Acknowledged, "{o:?}");
+    assert!(o.acked.is_empty(), "{o:?}");
+}

@@ -447,6 +447,8 @@ where
         let idx = match e.targets.iter().position(|t| t.session == session) {
             _ if !expected => None,
             Some(i) => Some(i),
+            // Only a PUBCOMP of a target that got our PUBREL completes anything.
+            None if h.packet_type == PacketType::PubComp => None,
             // A subscriber we did not know of answered the first transmission.
             None => {
                 let state = TState::initial(e.qos());
