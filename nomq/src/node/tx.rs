@@ -79,7 +79,6 @@ impl Tx {
     /// Makes `old` (a session of this node before a restart, from its state store) one
     /// of its own: packets bound to it are for this node, and it is announced as
     /// replaced.
-    #[allow(dead_code)]
     pub(super) fn adopt(&mut self, old: SessionId) {
         if old.0 == 0 || self.is_own(old) {
             return;
@@ -88,6 +87,11 @@ impl Tx {
             self.own_sessions.pop_front();
         }
         let _ = self.own_sessions.push_back(old);
+    }
+
+    /// This node's previous sessions, oldest first (for the state store).
+    pub(super) fn previous(&self) -> impl Iterator<Item = SessionId> + '_ {
+        self.own_sessions.iter().copied()
     }
 
     /// Whether `s` is this node's session, current or recently renewed.

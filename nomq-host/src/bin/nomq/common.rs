@@ -274,10 +274,14 @@ pub async fn start(
     cfg: &HostConfig,
     keys: nomq::Keyring<HOST_CHANNEL_KEYS>,
     events: Option<mpsc::Sender<NodeEvent>>,
+    state: Option<&std::path::Path>,
 ) -> Result<Handle, Failure> {
     let mut b = NodeBuilder::new(keys).config(cfg.clone());
     if let Some(tx) = events {
         b = b.events(tx);
+    }
+    if let Some(path) = state {
+        b = b.state_file(path);
     }
     b.start().await.map_err(|e| match e {
         HostError::Network { op: what, source: err } => {
@@ -385,8 +389,9 @@ pub fn refusal_hint(r: DropReason, cfg: &HostConfig) -> Option<String> {
         D::ChallengeLimited => "challenges not answered: too many per rate window \
                                 (challenge_limit)"
             .to_string(),
-        D::WrongSender => "a PUBREL from another sender or scope than the message it names"
-            .to_string(),
+        D::WrongSender => {
+            "a PUBREL from another sender or scope than the message it names".to_string()
+        }
         D::RateLimited => format!(
             "the sender exceeds the rate limit of {} packets per {} ms (rate_limit)",
             e.rate_limit,
