@@ -43,6 +43,11 @@ fn stream_with_kills(seed: u64, faults: Faults, n: u32, kills: &[(usize, Kill)])
     let mut s = pair(seed, faults, true);
     let (a, b) = (0, 1);
     let opts = PublishOptions::qos(Qos::ExactlyOnce);
+    // From here on A's events are the stream's (the handshake under loss is not tested
+    // here). A knows B's first session.
+    s.members[a].log.events.clear();
+    let first = s.members[b].node.session();
+    assert!(s.members[a].node.peers().any(|p| p.0 == first));
     let deadline = s.now + Duration::from_secs(1800);
     let (mut sent, mut next_kill) = (0u32, 0);
     while s.members[a].log.outcomes.len() < n as usize {
@@ -85,23 +90,40 @@ fn assert_exactly_once_and_acknowledged(s: &Sim, n: u32) {
         assert_eq!(o.acked.len(), 1, "{o:?}");
         assert!(lives.contains(&o.acked[0]), "{o:?} acked by a session B never had");
     }
-    // Each session B left behind was retired by its successor's CHALLENGE (`replaces`),
-    // not timed out; and the last session completed what was in flight at the last kill.
-    for old in &s.members[b].past_sessions {
-        let replaced = s.members[a].log.events.iter().any(|(_, e)| {
-            matches!(e, Event::PeerLost { session, reason: LostReason::Replaced, .. } if session == old)
-        });
-        assert!(replaced, "{old:?} left as Replaced");
+    // Each session of B that A knew was retired by a successor's CHALLENGE
+    // (`replaces`), none timed out (a life killed before A verified it is skipped: its
+    // successor announces the session A still knows); and the last session completed
+    // what was in flight at the last kill.
+    let events = &s.members[a].log.events;
+    let joined: Vec<SessionId> = core::iter::once(s.members[b].past_sessions[0])
+        .chain(events.iter().filter_map(|(_, e)| match e {
+            Event::PeerJoined { session, .. } => Some(*session),
+            _ => None,
+        }))
+        .collect();
+    let lost: Vec<(SessionId, LostReason)> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::PeerLost { session, reason, .. } => Some((*session, *reason)),
+            _ => None,
+        })
+        .collect();
+    assert!(joined.len() >= 2, "A met B again after its restarts: {joined:?}");
+    assert_eq!(joined.last(), Some(&s.members[b].node.session()), "{joined:?}");
+    for old in &joined[..joined.len() - 1] {
+        assert!(lost.contains(&(*old, LostReason::Replaced)), "{old:?} left as Replaced: {lost:?}");
     }
+    assert!(lost.iter().all(|(_, r)| *r == LostReason::Replaced), "{lost:?}");
     let last = s.members[b].node.session();
     assert!(s.members[a].log.outcomes.iter().any(|o| o.acked[0] == last), "the new session acked");
 }
 
 /// The acceptance test of a state store: 300 QoS 2 messages under loss, duplication and
-/// reordering; B is killed four times (after a delivery before its save, after a save
-/// before its PUBREC, and twice at arbitrary moments), each time restarting from its last
-/// saved state. Every message reaches B's application exactly once over its five lives,
-/// and every outcome is Acknowledged, by B's session of the time.
+/// reordering; B is killed five times (after a delivery before its save, after a save
+/// before its PUBREC, at an arbitrary moment, after a delivery again, at an arbitrary
+/// moment again), each time restarting from its last saved state; 8 seeds (a sweep of
+/// 150 passed too). Every message reaches B's application exactly once over its six
+/// lives, and every outcome is Acknowledged, by B's session of the time.
 #[test]
 fn qos2_is_exactly_once_across_receiver_crashes_with_a_store() {
     let faults = Faults { loss: 0.2, dup: 0.05, delay_min: 1000, delay_jitter: 20_000 };
@@ -112,7 +134,8 @@ fn qos2_is_exactly_once_across_receiver_crashes_with_a_store() {
         (220, Kill::AfterDelivery),
         (260, Kill::Anytime),
     ];
-    for seed in [31, 32, 33] {
+    // Odd seeds: `Sim::new` sets the low bit.
+    for seed in (31..47).step_by(2) {
         let s = stream_with_kills(seed, faults, 300, &kills);
         assert_exactly_once_and_acknowledged(&s, 300);
         let b = &s.members[1].node;
@@ -322,8 +345,12 @@ mod format {
             b.restore(now, &state).unwrap();
             let mut buf = vec![0u8; SimNode::STATE_LEN];
             let len = b.export_state(now, &mut buf).unwrap();
-            let mut want_sessions = sessions[sessions.len().saturating_sub(4)..].to_vec();
-            want_sessions.push(b.session().0);
+            // Its new session is not yet known to any peer: the newest restored one
+            // stays last (announced by the next life too).
+            let kept = &sessions[sessions.len().saturating_sub(4)..];
+            let (newest, older) = kept.split_last().unwrap();
+            let mut want_sessions = older.to_vec();
+            want_sessions.extend([b.session().0, *newest]);
             let want = encode(&want_sessions, &records);
             prop_assert_eq!(&buf[..len], &want[..]);
         }

@@ -130,6 +130,9 @@ pub struct Node<
     persist: bool,
     /// State the write-ahead rule covers changed since the last export.
     unsaved: bool,
+    /// A peer is known to hold the current session (it bound a packet to it), so it
+    /// retired the one this session replaces. Reset by a session renewal.
+    session_known: bool,
 }
 
 /// The commitments of the last delivered message.
@@ -179,6 +182,7 @@ where
             last_delivery: None,
             persist: false,
             unsaved: false,
+            session_known: false,
         }
     }
 
@@ -327,7 +331,15 @@ where
             self.stats.drop(DropReason::NotForUs);
             return None;
         }
+        let to_me = to == Some(self.tx.session());
         if header.packet_type == PacketType::Challenge {
+            // An echo alone, bound to this session, comes from a peer holding it (an
+            // unknown session gets a challenge with the echo).
+            let echo_only = crate::body::Challenge::parse(plaintext)
+                .is_ok_and(|c| c.echo.is_some() && c.challenge.is_none());
+            if to_me && echo_only {
+                self.note_known();
+            }
             if to.is_none() {
                 // A challenge is always bound to the one session it challenges.
                 self.stats.drop(DropReason::MalformedBody);
@@ -337,6 +349,9 @@ where
             return None;
         }
         let sender = self.admit(now, from, &header)?;
+        if to_me {
+            self.note_known();
+        }
         let ts_expiry = self.expiry_of(now, &header);
         let opened = rx::Opened { header: &header, scope, sender };
         match header.packet_type {

@@ -9,7 +9,9 @@
 //! ```text
 //! offset  size  field
 //! 0       1     version = 0x01
-//! 1       1     n: sessions, 1..=5, oldest first, the current one last
+//! 1       1     n: sessions, 1..=5, oldest first; the last is the one a restored node
+//!               announces as replaced (the saving node's session once a peer was
+//!               seen holding it, else the session that one announced)
 //! 2       4n    session ids (never 0)
 //! 2+4n    2     k: QoS 2 receive states
 //! 4+4n    18k   states: message session (4), message packet id (4), sender session (4),
@@ -225,7 +227,8 @@ where
     }
 
     /// Whether the node holds state that must be saved before it may transmit: a new
-    /// QoS 2 receive state (its PUBREC waits for it), or a new session. Always false
+    /// QoS 2 receive state (its PUBREC waits for it), a new session, or the first sign
+    /// that a peer holds the current session (a restart then announces it as replaced). Always false
     /// without [`Node::enable_persistence`]. Releases and expiries do not set it; they
     /// are saved with the next state that does.
     #[must_use]
@@ -242,15 +245,16 @@ where
     /// [`ExportError::BufferTooSmall`]; nothing is marked saved then.
     pub fn export_state(&mut self, now: Instant, buf: &mut [u8]) -> Result<usize, ExportError> {
         self.qos2.expire(now);
-        let n = self.tx.previous().count() + 1;
+        let n = self.tx.saved_sessions(self.session_known).count();
         let k = self.qos2.len();
         let len = 4 + 4 * n + STATE_QOS2_LEN * k;
         let out = buf.get_mut(..len).ok_or(ExportError::BufferTooSmall)?;
         out[0] = STATE_VERSION;
         // n ≤ STATE_SESSIONS (4 previous + current); k ≤ Q, checked to fit u16 below.
         out[1] = u8::try_from(n).unwrap_or(0);
-        let sessions = self.tx.previous().chain(core::iter::once(self.tx.session()));
-        for (chunk, s) in out[2..2 + 4 * n].chunks_exact_mut(4).zip(sessions) {
+        for (chunk, s) in
+            out[2..2 + 4 * n].chunks_exact_mut(4).zip(self.tx.saved_sessions(self.session_known))
+        {
             chunk.copy_from_slice(&s.0.to_be_bytes());
         }
         let k16 = u16::try_from(k).map_err(|_| ExportError::BufferTooSmall)?;
@@ -274,8 +278,18 @@ where
         self.unsaved = true;
     }
 
+    /// A peer holds the current session: from now on a restart announces it as
+    /// replaced. Saved before anything else is sent, so that a restart right after
+    /// announces the session peers now wait on.
+    pub(super) fn note_known(&mut self) {
+        if !core::mem::replace(&mut self.session_known, true) {
+            self.note_unsaved();
+        }
+    }
+
     /// A session renewal happened: it is reported, and it must be saved.
     pub(super) fn on_renewal(&mut self, old: SessionId, new: SessionId) {
+        self.session_known = false;
         self.note_unsaved();
         self.push_event(Event::SessionRenewed { old, new });
     }
@@ -306,11 +320,16 @@ mod tests {
         assert_ne!(b.session(), a.session());
         assert_eq!(b.tx.replaces(), Some(a.session()));
         assert!(b.tx.is_own(a.session()));
-        // b's state names a's session before its own.
+        // Until a peer is seen holding b's session, b's state keeps announcing a's.
         let len = b.export_state(Instant::ZERO, &mut buf).unwrap();
-        assert_eq!(buf[1], 2);
-        assert_eq!(buf[2..6], s);
-        assert_eq!(len, 12);
+        assert_eq!((buf[1], len), (2, 12));
+        let own = b.session().0.to_be_bytes();
+        assert_eq!((&buf[2..6], &buf[6..10]), (&own[..], &s[..]));
+        b.note_known();
+        assert!(b.session_known);
+        // Then its own, last.
+        b.export_state(Instant::ZERO, &mut buf).unwrap();
+        assert_eq!((&buf[2..6], &buf[6..10]), (&s[..], &own[..]));
     }
 
     #[test]

@@ -89,9 +89,19 @@ impl Tx {
         let _ = self.own_sessions.push_back(old);
     }
 
-    /// This node's previous sessions, oldest first (for the state store).
-    pub(super) fn previous(&self) -> impl Iterator<Item = SessionId> + '_ {
-        self.own_sessions.iter().copied()
+    /// This node's sessions for the state store, in the order a restored node adopts
+    /// them: the one it is to announce as replaced last. That is the current session
+    /// once a peer is `known` to hold it; before that, the session the current one
+    /// announces (no peer may know the current one yet: announcing it could leave a
+    /// peer waiting on its predecessor).
+    pub(super) fn saved_sessions(&self, known: bool) -> impl Iterator<Item = SessionId> + '_ {
+        let (mut body, mut last) = (self.own_sessions.len(), None);
+        if !known && body > 0 {
+            body -= 1;
+            last = self.own_sessions.back().copied();
+        }
+        let current = core::iter::once(self.session);
+        self.own_sessions.iter().copied().take(body).chain(current).chain(last)
     }
 
     /// Whether `s` is this node's session, current or recently renewed.
