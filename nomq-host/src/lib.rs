@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod store;
 
 pub use config::HostConfig;
 pub use nomq::node::{Destination, PublishOptions, Status};
@@ -11,8 +12,9 @@ pub use nomq_keys::KeyringFile;
 /// Re-exported so an application needs only `nomq-host` (and tokio) for JSON payloads:
 /// `nomq_host::serde_json::json!(..)`.
 pub use serde_json;
+pub use store::{FileStore, FileStoreError};
 
-use nomq::node::{Event, Outcome, Stats};
+use nomq::node::{Event, Outcome, StateStore, Stats};
 use nomq::{Addr, Node};
 use std::collections::HashMap;
 use std::fmt;
@@ -75,6 +77,14 @@ pub enum HostError {
     Subscribe(nomq::node::SubscribeError),
     /// A typed payload could not be encoded or decoded.
     Codec(BoxError),
+    /// The state file ([`NodeBuilder::state_file`]) could not be read or written, or
+    /// holds no state this node can restore.
+    Store {
+        /// The state file.
+        path: std::path::PathBuf,
+        /// What went wrong ([`FileStoreError`] or [`nomq::node::RestoreError`]).
+        source: BoxError,
+    },
     /// The node's driver has stopped.
     Closed,
 }
@@ -99,6 +109,7 @@ impl fmt::Display for HostError {
             Self::Publish(e) => write!(f, "publish refused: {e}"),
             Self::Subscribe(e) => write!(f, "subscribe refused: {e}"),
             Self::Codec(e) => write!(f, "payload: {e}"),
+            Self::Store { path, source } => write!(f, "state file {}: {source}", path.display()),
             Self::Closed => f.write_str("node has shut down"),
         }
     }
@@ -107,7 +118,7 @@ impl fmt::Display for HostError {
 impl std::error::Error for HostError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Keys(e) | Self::Codec(e) => Some(&**e),
+            Self::Keys(e) | Self::Codec(e) | Self::Store { source: e, .. } => Some(&**e),
             Self::Network { source, .. } => Some(source),
             Self::Publish(e) => Some(e),
             Self::Subscribe(e) => Some(e),
@@ -188,6 +199,9 @@ pub struct HostStats {
     /// Peer and security events the [`NodeBuilder::events`] channel could not take
     /// (plus those the engine's own queue could not: `engine.events_dropped`).
     pub events_dropped: u64,
+    /// Failed saves of the state file ([`NodeBuilder::state_file`]); each is retried on
+    /// the next turn, and nothing waits on it is sent or handed over meanwhile.
+    pub save_errors: u64,
 }
 
 /// A peer the node knows.
@@ -234,6 +248,7 @@ pub struct NodeBuilder {
     ambiguous_peers: Vec<(String, Vec<SocketAddr>)>,
     /// The first invalid setting, reported by [`NodeBuilder::start`].
     error: Option<HostError>,
+    state_file: Option<std::path::PathBuf>,
 }
 
 /// Resolves `addr` (an address, `"host:port"`, `("host", port)`): every address, or a
@@ -287,6 +302,7 @@ impl NodeBuilder {
             socket: None,
             ambiguous_peers: Vec::new(),
             error: None,
+            state_file: None,
         }
     }
     /// Loads the keyring from a file (warnings are logged).
@@ -377,8 +393,28 @@ impl NodeBuilder {
 
     /// Binds the socket and starts the driver task on the current tokio runtime.
     ///
+    /// Keeps the node's state in `path` ([`FileStore`]): QoS 2 messages are then
+    /// delivered exactly once across a crash and restart of this process (`kill -9`,
+    /// power loss), as docs/PROTOCOL.md "State store" describes.
+    ///
+    /// At start the node restores the file's state (a missing file: a first start) and
+    /// takes a new session that announces the one before the restart, so publishers move
+    /// what was in flight to it. While running, after each batch of datagrams, the driver
+    /// saves the state before it sends anything the state commits it to (a PUBREC) and
+    /// before it hands the new messages to their subscription streams, so no message is
+    /// handed over twice. What remains is a window from that save to the application
+    /// processing the message: messages in a stream when the process dies are lost to
+    /// the application (their publishers were told they arrived). A failed save is
+    /// logged, counted in [`HostStats::save_errors`] and retried on the next turn;
+    /// meanwhile nothing is sent or handed over. One process at a time per file.
+    pub fn state_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.state_file = Some(path.into());
+        self
+    }
+
     /// # Errors
-    /// [`HostError::Network`] if the socket cannot be bound or configured.
+    /// [`HostError::Network`] if the socket cannot be bound or configured;
+    /// [`HostError::Store`] if the state file cannot be read, restored or written.
     pub async fn start(self) -> Result<Handle, HostError> {
         if let Some(e) = self.error {
             return Err(e);
@@ -408,8 +444,12 @@ impl NodeBuilder {
         getrandom::fill(&mut seed)
             .map_err(|e| HostError::network("OS random generator", std::io::Error::other(e)))?;
         let clock = Clock::new();
-        let node =
+        let mut node =
             Box::new(HostNode::new(cfg.engine, self.keyring, seed, clock.now(), clock.unix()));
+        let store = match self.state_file {
+            Some(path) => Some(restore(&mut node, clock.now(), path)?),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(1024);
         // Dropped subscriptions. Unbounded so that `Drop` never loses one, yet bounded in
         // practice: each Subscription sends exactly one id, once.
@@ -429,9 +469,46 @@ impl NodeBuilder {
             stats: HostStats::default(),
             flush: nomq::node::Flush::new(),
             events: self.events,
+            store,
+            held: Vec::new(),
         };
         tokio::spawn(driver.run(rx, unsub_rx));
         Ok(Handle { tx, local })
+    }
+}
+
+/// Opens the state file at `path`, restores `node` from it, turns persistence on and
+/// saves the restored state with the new session.
+fn restore(
+    node: &mut HostNode,
+    now: nomq::Instant,
+    path: std::path::PathBuf,
+) -> Result<FileStore, HostError> {
+    let mut store = FileStore::new(path.clone());
+    let mut buf = vec![0u8; HostNode::STATE_LEN];
+    let fail = |e: BoxError| HostError::Store { path: path.clone(), source: e };
+    if let Some(len) = store.load(&mut buf).map_err(|e| fail(e.into()))? {
+        node.restore(now, &buf[..len]).map_err(|e| fail(e.into()))?;
+        tracing::info!(path = %path.display(), bytes = len, "state restored");
+    }
+    node.enable_persistence();
+    // Saved at once: the new session is on disk before anything is sent under it, and a
+    // file that cannot be written fails the start instead of holding every transmission.
+    let len = node.export_state(now, &mut buf).map_err(|e| fail(e.into()))?;
+    store.save(&buf[..len]).map_err(|e| fail(e.into()))?;
+    Ok(store)
+}
+
+/// Puts `message` in the stream slots reserved for it.
+fn hand_over(message: Message, permits: Vec<mpsc::OwnedPermit<Message>>) {
+    let mut permits = permits.into_iter().peekable();
+    while let Some(p) = permits.next() {
+        if permits.peek().is_some() {
+            p.send(message.clone());
+        } else {
+            p.send(message);
+            return;
+        }
     }
 }
 
@@ -792,6 +869,11 @@ struct Driver {
     /// The transmit loop shared with the embedded adapters (target resolution, counts).
     flush: nomq::node::Flush,
     events: Option<mpsc::Sender<NodeEvent>>,
+    /// The state file, when there is one: messages wait in `held` for its next save.
+    store: Option<FileStore>,
+    /// Messages delivered by the engine, with a reserved slot in each stream they go to,
+    /// waiting for the state that records them to be saved.
+    held: Vec<(Message, Vec<mpsc::OwnedPermit<Message>>)>,
 }
 
 /// Datagrams read between flushes in a batch: well under the engine's control queue
@@ -890,20 +972,18 @@ impl Driver {
         let (node, matched) = (&self.node, m.subscriptions);
         let matches =
             |sub: &Sub| matched.iter().any(|i| node.subscription(i) == Some(sub.pattern.as_str()));
-        // The driver is each stream's only sender, so room seen here is still there below.
-        let mut open = 0;
+        // A slot in every matching stream, or the message is refused.
+        let mut permits = Vec::new();
         let mut full = None;
         let mut closed = None;
         for sub in self.subs.iter().filter(|s| matches(s)) {
-            if sub.tx.is_closed() {
-                closed = Some(sub.id);
-            } else if sub.tx.capacity() == 0 {
-                full = Some(sub.pattern.clone());
-            } else {
-                open += 1;
+            match sub.tx.clone().try_reserve_owned() {
+                Ok(p) => permits.push(p),
+                Err(mpsc::error::TrySendError::Full(_)) => full = Some(sub.pattern.clone()),
+                Err(mpsc::error::TrySendError::Closed(_)) => closed = Some(sub.id),
             }
         }
-        if full.is_some() || open == 0 {
+        if full.is_some() || permits.is_empty() {
             let qos = m.qos;
             self.node.refuse_delivery();
             if let Some(pattern) = full {
@@ -930,9 +1010,11 @@ impl Driver {
                 retained: m.retained,
                 dup: m.dup,
             };
-            for sub in self.subs.iter().filter(|s| matches(s) && !s.tx.is_closed()) {
-                // Room checked above; a reader closing meanwhile is an unsubscribe.
-                let _ = sub.tx.try_send(message.clone());
+            if self.store.is_some() {
+                // Handed over once the state recording it is saved (`commit`).
+                self.held.push((message, permits));
+            } else {
+                hand_over(message, permits);
             }
         }
         if let Some(id) = closed {
@@ -1057,7 +1139,33 @@ impl Driver {
         Next::Continue
     }
 
+    /// With a state file: saves the state if the engine needs it saved, then hands the
+    /// held messages to their streams. A failed save keeps both (the engine sends
+    /// nothing meanwhile) for the next turn.
+    fn commit(&mut self) {
+        let Some(store) = &mut self.store else { return };
+        if self.node.state_unsaved() {
+            let mut buf = vec![0u8; HostNode::STATE_LEN];
+            let saved = self
+                .node
+                .export_state(self.clock.now(), &mut buf)
+                .map_err(|e| tracing::error!(error = %e, "state export failed"))
+                .and_then(|len| store.save(&buf[..len]).map_err(|e| {
+                    self.stats.save_errors += 1;
+                    tracing::error!(error = %e, failures = self.stats.save_errors, "state not saved: acknowledgements held, retrying next turn");
+                }));
+            if saved.is_err() {
+                self.node.mark_unsaved();
+                return;
+            }
+        }
+        for (message, permits) in self.held.drain(..) {
+            hand_over(message, permits);
+        }
+    }
+
     async fn flush(&mut self, tbuf: &mut [u8]) {
+        self.commit();
         loop {
             let now = self.clock.now();
             let routes = self.fanout.as_slice();

@@ -13,6 +13,7 @@
 //! | `retransmit.rs` | the round state machine of one entry (`next_action`) |
 //! | `qos2_rx.rs` | QoS 2 receive states |
 //! | `retained.rs` | retained values |
+//! | `store.rs` | the state kept across restarts (sessions, QoS 2 receive states) and the write-ahead rule |
 //! | `tx.rs` | the sealer: session, packet counter, IVs, key selection |
 //! | `rx.rs`, `send.rs` | `Node`'s handlers of received packets; publishing and `poll_transmit` |
 //! | `presets.rs` | capacity presets by name (`Mcu`, `Device`, `Host`) and what each costs |
@@ -30,6 +31,7 @@ mod retained;
 mod retransmit;
 mod rx;
 mod send;
+pub mod store;
 mod tx;
 mod types;
 mod verify;
@@ -37,6 +39,7 @@ mod verify;
 pub use announce::CONTROL_QUEUE;
 pub use flush::{Datagram, Engine, Flush, Routes, TxStats};
 pub use limits::{LockoutConfig, REPLAY_WINDOW};
+pub use store::{ExportError, RestoreError, STATE_VERSION, StateStore, state_len};
 pub use types::*;
 
 use crate::addr::Addr;
@@ -64,7 +67,10 @@ pub const EVENT_QUEUE: usize = 8;
 /// # Driving a node
 /// The adapter owns the socket and the clock and runs this loop (quinn-proto style):
 /// 1. Create with [`Node::new`] (config, keyring, a 32-byte random seed, the monotonic
-///    `now` and the Unix time).
+///    `now` and the Unix time). With a state store ([`StateStore`]): [`Node::restore`]
+///    what it saved last, then [`Node::enable_persistence`]; whenever
+///    [`Node::state_unsaved`], [`Node::export_state`] and save before draining
+///    `poll_transmit` (docs/PROTOCOL.md, "State store").
 /// 2. On every datagram: [`Node::handle_datagram`]`(now, from, &mut buf)`; a returned
 ///    [`Message`] borrows the buffer (decrypted in place). If the application cannot
 ///    take it, call [`Node::refuse_delivery`] before anything else.
@@ -122,6 +128,13 @@ pub struct Node<
     /// What the message `handle_datagram` just returned committed this node to, so that
     /// [`Node::refuse_delivery`] can take it back. Cleared by every other input.
     last_delivery: Option<Delivered>,
+    /// The adapter saves this node's state ([`Node::enable_persistence`]).
+    persist: bool,
+    /// State the write-ahead rule covers changed since the last export.
+    unsaved: bool,
+    /// A peer is known to hold the current session (it bound a packet to it), so it
+    /// retired the one this session replaces. Reset by a session renewal.
+    session_known: bool,
 }
 
 /// The commitments of the last delivered message.
@@ -170,6 +183,9 @@ where
             unverified_work: limits::RateWindow::default(),
             stats: Stats::default(),
             last_delivery: None,
+            persist: false,
+            unsaved: false,
+            session_known: false,
         }
     }
 
@@ -311,6 +327,12 @@ where
     /// Processes one datagram from `from`. Returns the message it carried, if it is a
     /// publish this node subscribes to that is delivered now (decrypted in `buf`).
     /// Everything else (acks, announcements, drops) updates state and counters.
+    ///
+    /// With [`Node::enable_persistence`], a delivered QoS 2 message makes the state
+    /// unsaved ([`Node::state_unsaved`]): its PUBREC, and every other transmission, waits
+    /// until the adapter saved it (see [`Node::poll_transmit`]). An adapter that hands
+    /// messages to the application only after that save delivers each QoS 2 message
+    /// exactly once across crashes.
     pub fn handle_datagram<'a>(
         &mut self,
         now: Instant,
@@ -340,7 +362,15 @@ where
             self.stats.drop(DropReason::NotForUs);
             return None;
         }
+        let to_me = to == Some(self.tx.session());
         if header.packet_type == PacketType::Challenge {
+            // An echo alone, bound to this session, comes from a peer holding it (an
+            // unknown session gets a challenge with the echo).
+            let echo_only = crate::body::Challenge::parse(plaintext)
+                .is_ok_and(|c| c.echo.is_some() && c.challenge.is_none());
+            if to_me && echo_only {
+                self.note_known();
+            }
             if to.is_none() {
                 // A challenge is always bound to the one session it challenges.
                 self.stats.drop(DropReason::MalformedBody);
@@ -350,10 +380,20 @@ where
             return None;
         }
         let sender = self.admit(now, from, &header)?;
+        if to_me {
+            self.note_known();
+        }
         let ts_expiry = self.expiry_of(now, &header);
         let opened = rx::Opened { header: &header, scope, sender };
         match header.packet_type {
-            PacketType::Publish => return self.on_publish(now, &opened, plaintext, ts_expiry),
+            PacketType::Publish => {
+                let m = self.on_publish(now, &opened, plaintext, ts_expiry);
+                if self.last_delivery.is_some_and(|d| d.qos2_state) {
+                    // Write-ahead: its PUBREC waits until the state holding it is saved.
+                    self.note_unsaved();
+                }
+                return m;
+            }
             PacketType::PubAck | PacketType::PubRec | PacketType::PubComp => {
                 self.on_ack(&opened, plaintext);
             }
@@ -443,10 +483,20 @@ where
     /// Writes the next datagram to send into `buf` (at least [`Node::max_datagram_len`]
     /// bytes). Order: acknowledgements and announcements, then heartbeats, then the
     /// outbox by priority (higher first, then oldest).
+    ///
+    /// # Write-ahead rule
+    /// With [`Node::enable_persistence`], nothing at all is sent (`None`) while
+    /// [`Node::state_unsaved`]: a PUBREC promises the publisher that this node will never
+    /// deliver the message again, so it leaves only once the state recording the message
+    /// is saved. The adapter exports and saves ([`Node::export_state`],
+    /// [`StateStore::save`]) after each batch of inputs, then drains this.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         self.last_delivery = None;
         self.apply_key_change(now);
+        if self.state_unsaved() {
+            return None;
+        }
         let mut t = self.transmit_control(now, buf);
         if t.is_none() {
             t = self.transmit_heartbeat(now, buf);
@@ -456,7 +506,7 @@ where
             t = self.transmit_outbox(now, buf);
         }
         if let Some((old, new)) = self.tx.take_renewal() {
-            self.push_event(Event::SessionRenewed { old, new });
+            self.on_renewal(old, new);
         }
         if from_outbox {
             self.finish_ready(now);

@@ -36,6 +36,16 @@ pub(super) enum Rx {
     Full,
 }
 
+/// One receive state as the state store keeps it (`store.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Saved {
+    pub(super) msg: MessageId,
+    pub(super) from: SessionId,
+    pub(super) scope: ScopeIndex,
+    pub(super) released: bool,
+    pub(super) expires: Instant,
+}
+
 /// A PUBREL that names a message another sender, or another key scope, started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct ReleaseMismatch;
@@ -91,6 +101,28 @@ impl<const Q: usize> Qos2Receiver<Q> {
     /// Forgets `msg` (its delivery was refused: the retransmission is a first copy).
     pub(super) fn forget(&mut self, msg: MessageId) {
         self.states.retain(|q| q.msg != msg);
+    }
+
+    /// Every state, for the state store.
+    pub(super) fn saved(&self) -> impl Iterator<Item = Saved> + '_ {
+        self.states.iter().map(|q| Saved {
+            msg: q.msg,
+            from: q.from,
+            scope: q.scope,
+            released: q.state == RxState::Released,
+            expires: q.expires,
+        })
+    }
+
+    /// Puts back a state the store saved (a duplicate id or a full table: ignored; the
+    /// caller checked the count against `Q`).
+    pub(super) fn restore(&mut self, s: Saved) {
+        if self.states.iter().any(|q| q.msg == s.msg) {
+            return;
+        }
+        let state = if s.released { RxState::Released } else { RxState::Received };
+        let q = Qos2Rx { msg: s.msg, from: s.from, scope: s.scope, state, expires: s.expires };
+        let _ = self.states.push(q);
     }
 
     pub(super) fn expire(&mut self, now: Instant) {

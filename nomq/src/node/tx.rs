@@ -79,7 +79,6 @@ impl Tx {
     /// Makes `old` (a session of this node before a restart, from its state store) one
     /// of its own: packets bound to it are for this node, and it is announced as
     /// replaced.
-    #[allow(dead_code)]
     pub(super) fn adopt(&mut self, old: SessionId) {
         if old.0 == 0 || self.is_own(old) {
             return;
@@ -88,6 +87,21 @@ impl Tx {
             self.own_sessions.pop_front();
         }
         let _ = self.own_sessions.push_back(old);
+    }
+
+    /// This node's sessions for the state store, in the order a restored node adopts
+    /// them: the one it is to announce as replaced last. That is the current session
+    /// once a peer is `known` to hold it; before that, the session the current one
+    /// announces (no peer may know the current one yet: announcing it could leave a
+    /// peer waiting on its predecessor).
+    pub(super) fn saved_sessions(&self, known: bool) -> impl Iterator<Item = SessionId> + '_ {
+        let (mut body, mut last) = (self.own_sessions.len(), None);
+        if !known && body > 0 {
+            body -= 1;
+            last = self.own_sessions.back().copied();
+        }
+        let current = core::iter::once(self.session);
+        self.own_sessions.iter().copied().take(body).chain(current).chain(last)
     }
 
     /// Whether `s` is this node's session, current or recently renewed.

@@ -43,6 +43,23 @@ pub struct Member {
     pub silent: bool,
     /// Share of deliveries its application refuses (a full queue), seeded.
     pub refuse: f64,
+    /// A state store (`restart_with_state`): `Some` once persistence is on, holding the
+    /// last saved state (empty: nothing saved yet). Saved, as an adapter does, before
+    /// every drain of `poll_transmit`; deliveries reach `log` only after that save.
+    pub store: Option<Vec<u8>>,
+    /// Deliveries waiting for the save (the application has not seen them).
+    pub held: Vec<(String, Vec<u8>, bool, MessageId)>,
+    /// Crash (restart from `store`) right after this many more deliveries, before the
+    /// state holding the last one is saved.
+    pub crash_after_delivery: Option<u32>,
+    /// Crash right after this many more saves and the hand-over of what waited for them,
+    /// before anything the save allowed (PUBREC) is sent.
+    pub crash_after_save: Option<u32>,
+    /// Crash right after this many more saves, before the messages they covered reach
+    /// the application (the window docs/PROTOCOL.md "State store" describes).
+    pub crash_before_hand_over: Option<u32>,
+    /// Sessions of its earlier lives, oldest first.
+    pub past_sessions: Vec<nomq::SessionId>,
 }
 
 pub struct Sim {
@@ -90,7 +107,19 @@ impl Sim {
         seed[..8].copy_from_slice(&self.rng.next().to_le_bytes());
         let node = SimNode::new(config, keyring, seed, self.now, self.unix_now());
         let addr = Addr::V4([10, 0, 0, i as u8 + 1], 8888);
-        self.members.push(Member { node, addr, log: Log::default(), silent: false, refuse: 0.0 });
+        self.members.push(Member {
+            node,
+            addr,
+            log: Log::default(),
+            silent: false,
+            refuse: 0.0,
+            store: None,
+            held: Vec::new(),
+            crash_after_delivery: None,
+            crash_after_save: None,
+            crash_before_hand_over: None,
+            past_sessions: Vec::new(),
+        });
         i
     }
     /// Member `i` restarts: a new node (new seed, so a new session, and no state) with
@@ -99,6 +128,75 @@ impl Sim {
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&self.rng.next().to_le_bytes());
         self.members[i].node = SimNode::new(config, keyring, seed, self.now, self.unix_now());
+    }
+
+    /// Member `i` is killed and restarts from its state store: a new node (new seed,
+    /// so a new session) restored from the last saved state, with persistence on (a
+    /// member without a store restarts with nothing, as `restart` does). Same config,
+    /// keys `keys(1)`; the application subscribes to its patterns again.
+    /// Deliveries not yet saved are lost with the process. Its log is kept.
+    pub fn restart_with_state(&mut self, i: usize) {
+        // Keyrings are not `Clone`: every member that uses this has the test keys `keys(1)`.
+        let (config, keyring) = (*self.members[i].node.config(), keys(1));
+        let old = self.members[i].node.session();
+        let patterns: Vec<String> =
+            self.members[i].node.subscriptions().map(String::from).collect();
+        self.members[i].past_sessions.push(old);
+        self.restart(i, config, keyring);
+        // The application subscribes again at start, as it did before.
+        for p in &patterns {
+            self.members[i].node.subscribe(p).unwrap();
+        }
+        let now = self.now;
+        let m = &mut self.members[i];
+        m.held.clear();
+        // Without a store: a plain restart, nothing restored.
+        let Some(saved) = &m.store else { return };
+        if !saved.is_empty() {
+            m.node.restore(now, saved).expect("the saved state restores");
+        }
+        m.node.enable_persistence();
+    }
+
+    /// Turns member `i`'s state store on (a fresh node: nothing saved yet).
+    pub fn persist(&mut self, i: usize) {
+        self.members[i].store = Some(Vec::new());
+        self.members[i].node.enable_persistence();
+    }
+
+    /// Saves member `i`'s state if it must be saved, and hands over what waited for it.
+    /// Returns false if it crashed right after (`crash_after_save`).
+    fn save(&mut self, i: usize) -> bool {
+        let now = self.now;
+        let m = &mut self.members[i];
+        if m.store.is_none() || !m.node.state_unsaved() {
+            return true;
+        }
+        let mut buf = vec![0u8; SimNode::STATE_LEN];
+        let len = m.node.export_state(now, &mut buf).expect("state fits STATE_LEN");
+        m.store = Some(buf[..len].to_vec());
+        if let Some(n) = m.crash_before_hand_over.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                m.crash_before_hand_over = None;
+                self.restart_with_state(i);
+                return false;
+            }
+        }
+        let m = &mut self.members[i];
+        for (name, body, dup, id) in m.held.drain(..) {
+            m.log.delivered.push((name, body, dup));
+            m.log.delivered_ids.push(id);
+        }
+        if let Some(n) = m.crash_after_save.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                m.crash_after_save = None;
+                self.restart_with_state(i);
+                return false;
+            }
+        }
+        true
     }
 
     /// Adds a member at `addr` (which may be another member's: a shared port).
@@ -132,6 +230,16 @@ impl Sim {
 
     pub fn flush(&mut self, i: usize) {
         let mut buf = [0u8; 1500];
+        if !self.save(i) {
+            return;
+        }
+        if let Some(m) = self.members.get_mut(i).filter(|m| m.store.is_some()) {
+            // Deliveries without a new state (QoS 0/1, duplicates) need no save.
+            for (name, body, dup, id) in m.held.drain(..) {
+                m.log.delivered.push((name, body, dup));
+                m.log.delivered_ids.push(id);
+            }
+        }
         loop {
             let now = self.now;
             let Some(t) = self.members[i].node.poll_transmit(now, &mut buf) else { break };
@@ -172,13 +280,24 @@ impl Sim {
         let now = self.now;
         let refuse = self.members[to].refuse > 0.0 && self.rng.chance(self.members[to].refuse);
         let m = &mut self.members[to];
+        let mut got = false;
         if let Some(msg) = m.node.handle_datagram(now, from, &mut data) {
+            got = !refuse;
             if refuse {
                 assert!(m.node.refuse_delivery());
                 assert!(!m.node.refuse_delivery(), "refuses only once");
+            } else if m.store.is_some() {
+                m.held.push((msg.name.as_str().to_string(), msg.body.to_vec(), msg.dup, msg.msg));
             } else {
                 m.log.delivered.push((msg.name.as_str().to_string(), msg.body.to_vec(), msg.dup));
                 m.log.delivered_ids.push(msg.msg);
+            }
+        }
+        if let Some(n) = m.crash_after_delivery.as_mut().filter(|_| got) {
+            *n -= 1;
+            if *n == 0 {
+                m.crash_after_delivery = None;
+                self.restart_with_state(to);
             }
         }
     }

@@ -274,10 +274,14 @@ pub async fn start(
     cfg: &HostConfig,
     keys: nomq::Keyring<HOST_CHANNEL_KEYS>,
     events: Option<mpsc::Sender<NodeEvent>>,
+    state: Option<&std::path::Path>,
 ) -> Result<Handle, Failure> {
     let mut b = NodeBuilder::new(keys).config(cfg.clone());
     if let Some(tx) = events {
         b = b.events(tx);
+    }
+    if let Some(path) = state {
+        b = b.state_file(path);
     }
     b.start().await.map_err(|e| match e {
         HostError::Network { op: what, source: err } => {

@@ -41,7 +41,7 @@ pub async fn run(a: PeersArgs) -> Result<(), Failure> {
     let cfg = a.node.host_config()?;
     let keys = common::load_keys(&cfg)?;
     let (events, mut events_rx) = mpsc::channel(256);
-    let node = common::start(&cfg, keys, Some(events)).await?;
+    let node = common::start(&cfg, keys, Some(events), None).await?;
     let mut view = View::new(&cfg, node.local_addr(), a.once);
     let r = if a.once {
         let end = Instant::now() + a.listen_s.unwrap_or(ONCE_DEFAULT);

@@ -181,7 +181,7 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
     };
     let keys = common::load_keys(&cfg)?;
     let (events, mut events_rx) = mpsc::channel(256);
-    let node = common::start(&cfg, keys, Some(events)).await?;
+    let node = common::start(&cfg, keys, Some(events), None).await?;
     let mut refusals = Refusals::new(&cfg);
     let verbose = a.node.refusals();
     // Checked by clap: 0..=2.

@@ -51,6 +51,19 @@ pub struct SubArgs {
     #[arg(short = 'W', long = "timeout-s", value_name = "S",
           value_parser = common::seconds_arg(0.001, 31_536_000.0), allow_negative_numbers = true)]
     timeout_s: Option<Duration>,
+    /// Keep this node's QoS 2 state in FILE, so that no QoS 2 message is printed twice,
+    /// even across a crash (`kill -9`, power loss) and restart with the same FILE: the
+    /// state is saved (FILE.tmp, fsync, rename) before a message is printed and before
+    /// its publisher is told it arrived, and the restarted node announces that it
+    /// replaces the old one, so publishers finish what was in flight with it. Not
+    /// covered: a message saved but not yet printed when the process died (a window from
+    /// one fsync to the next write to stdout) is never printed, as its publisher was told
+    /// it arrived. Exactly-once end to end needs the application's effect saved in the
+    /// same atomic write as the state (see the nomq StateStore docs). One process per
+    /// FILE [default: $NOMQ_STATE, else none: a restarted subscriber may print a QoS 2
+    /// message again]
+    #[arg(long, value_name = "FILE")]
+    state: Option<std::path::PathBuf>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -74,7 +87,10 @@ pub async fn run(a: SubArgs) -> Result<(), Failure> {
     let format = Format::from_args(&a)?;
     let cfg = a.node.host_config()?;
     let keys = common::load_keys(&cfg)?;
-    let node = common::start(&cfg, keys, None).await?;
+    let state = a.state.clone().or_else(|| {
+        std::env::var_os("NOMQ_STATE").filter(|v| !v.is_empty()).map(std::path::PathBuf::from)
+    });
+    let node = common::start(&cfg, keys, None, state.as_deref()).await?;
     let mut subs = Vec::with_capacity(patterns.len());
     for p in &patterns {
         match node.subscribe(p).await {
