@@ -186,13 +186,11 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
     let verbose = a.node.refusals();
     // Checked by clap: 0..=2.
     let qos = Qos::from_level(a.qos).unwrap_or_default();
-    let opts = PublishOptions {
-        qos,
-        retain: a.retain,
-        ttl: Some(a.ttl),
-        priority,
-        destination: to.map_or(Destination::All, |t| Destination::Peer(t.into())),
-    };
+    let opts = PublishOptions::qos(qos)
+        .retain(a.retain)
+        .ttl(a.ttl)
+        .priority(priority)
+        .to(to.map_or(Destination::All, |t| Destination::Peer(t.into())));
     let heard = if qos != Qos::AtMostOnce && common::has_fanout(&cfg) {
         let wait = wait_for_peer(&node, Duration::from_millis(a.wait_ms));
         summarised(wait, &node, &mut refusals, verbose).await
