@@ -616,6 +616,38 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn unicast_port_from_every_source_and_only_where_it_can_bind() {
+        let c = HostConfig::default();
+        assert!(c.discovers(), "broadcast by default");
+        assert_eq!(c.unicast_bind(), "0.0.0.0:0".parse().unwrap());
+        let mut c = HostConfig::default();
+        c.apply_vars(|k| (k == "NOMQ_UNICAST_PORT").then(|| "9100".to_string())).unwrap();
+        assert_eq!(c.unicast_bind(), "0.0.0.0:9100".parse().unwrap());
+        let e = c.apply_vars(|k| (k == "NOMQ_UNICAST_PORT").then(|| "70000".to_string()));
+        assert!(e.unwrap_err().to_string().contains("NOMQ_UNICAST_PORT"));
+        let dir = std::env::temp_dir().join(format!("nomq-host-uni-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.json");
+        std::fs::write(&f, r#"{"bind":"10.0.0.5:9000","unicast_port":9001}"#).unwrap();
+        c.apply_file(&f).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.unicast_bind(), "10.0.0.5:9001".parse().unwrap());
+        c.validate().unwrap();
+        // The shared port cannot also be the node's own.
+        refused(&with(|c| c.unicast_port = DEFAULT_PORT), &["unicast_port", "8888", "share"]);
+        // With static peers only there is one socket, and the setting is unused.
+        with(|c| {
+            c.unicast_port = DEFAULT_PORT;
+            c.peers = vec!["192.0.2.1:8888".parse().unwrap()];
+        })
+        .validate()
+        .unwrap();
+        let peers_only = with(|c| c.peers = vec!["192.0.2.1:8888".parse().unwrap()]);
+        assert!(!peers_only.discovers());
+        assert!(with(|c| c.multicast = Some("239.77.0.1".parse().unwrap())).discovers());
+    }
+
     /// Validates `c` and returns the message, which must name `field` and `range`.
     fn refused(c: &HostConfig, needles: &[&str]) {
         let e = c.validate().expect_err("should be refused");

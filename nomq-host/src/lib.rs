@@ -15,8 +15,8 @@ pub use nomq_keys::KeyringFile;
 /// `nomq_host::serde_json::json!(..)`.
 pub use serde_json;
 
-use nomq::node::{Event, Outcome, Stats};
 use nomq::Node;
+use nomq::node::{Event, Outcome, Stats};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
