@@ -391,13 +391,17 @@ fn check_len(channel: &str, body_len: usize, max: usize) -> Result<(), Failure> 
     Ok(())
 }
 
-/// Waits until the node has received a datagram (a peer's heartbeat announces its
-/// subscriptions), at most `limit`.
+/// Waits until the node has received a datagram from another node (a peer's heartbeat
+/// announces its subscriptions), at most `limit`. Our own broadcasts and multicasts,
+/// which the kernel loops back to the discovery socket, do not count.
 async fn wait_for_peer(node: &Handle, limit: Duration) -> bool {
     // Past the end of time (not with --wait-ms ≤ 600000) means: wait no longer.
     let end = Instant::now().checked_add(limit).unwrap_or_else(Instant::now);
+    let others = |s: &nomq_host::HostStats| {
+        s.engine.rx_datagrams > s.engine.drops(nomq::node::DropReason::OwnPacket)
+    };
     loop {
-        if node.stats().await.is_ok_and(|s| s.engine.rx_datagrams > 0) {
+        if node.stats().await.is_ok_and(|s| others(&s)) {
             return true;
         }
         if Instant::now() >= end {
