@@ -14,13 +14,13 @@ pub const DEFAULT_PORT: u16 = 8888;
 ///
 /// File (JSON, every field optional; a field this list does not name is an error):
 /// ```json
-/// { "bind": "0.0.0.0:8888", "keyring": "nomq-keys.json", "peers": ["192.0.2.7:8888"],
+/// { "bind": "0.0.0.0:8888", "unicast_port": 0, "keyring": "nomq-keys.json", "peers": ["192.0.2.7:8888"],
 ///   "broadcast": ["255.255.255.255:8888"], "multicast": "239.77.0.1", "multicast_ttl": 1,
 ///   "heartbeat_ms": 5000, "liveness_ms": 15000, "default_ttl_s": 60,
 ///   "clock_skew_s": 30, "unsynced_clock": false, "retransmit_initial_ms": 200,
 ///   "retransmit_max_ms": 3000, "max_attempts": 8, "rate_limit": 50000 }
 /// ```
-/// Environment: `NOMQ_BIND`, `NOMQ_KEYRING`, `NOMQ_PEERS` (comma-separated),
+/// Environment: `NOMQ_BIND`, `NOMQ_UNICAST_PORT`, `NOMQ_KEYRING`, `NOMQ_PEERS` (comma-separated),
 /// `NOMQ_BROADCAST` (comma-separated), `NOMQ_MULTICAST`, `NOMQ_HEARTBEAT_MS`,
 /// `NOMQ_LIVENESS_MS`, `NOMQ_DEFAULT_TTL_S`, `NOMQ_MAX_ATTEMPTS`, `NOMQ_RATE_LIMIT`,
 /// `NOMQ_CLOCK_SKEW_S`, `NOMQ_UNSYNCED_CLOCK` (`1`/`true`/`yes` or `0`/`false`/`no`).
@@ -31,8 +31,17 @@ pub const DEFAULT_PORT: u16 = 8888;
 /// once on the final configuration (the ranges are listed there).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostConfig {
-    /// Local address (default `0.0.0.0:8888`).
+    /// Local address (default `0.0.0.0:8888`). With static peers only, the node's one
+    /// socket binds it. With broadcast or multicast fan-out it is the shared discovery
+    /// address: every node of the host binds it (`SO_REUSEADDR`), fan-out goes to its
+    /// port, and each node also has a unicast socket of its own ([`HostConfig::unicast_port`]).
     pub bind: SocketAddr,
+    /// Port of the unicast socket of a node with broadcast or multicast fan-out (bound at
+    /// the IP of [`HostConfig::bind`]); it sends everything, and acknowledgements come
+    /// back to it. Default 0: a port the system picks, so that any number of nodes share
+    /// one host. Set it for a firewall that must name the port; unused with static peers
+    /// only.
+    pub unicast_port: u16,
     /// Keyring file (default `nomq-keys.json`).
     pub keyring: PathBuf,
     /// Static peers: fan-out by unicast (networks without broadcast; every test here).
@@ -69,6 +78,7 @@ impl Default for HostConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            unicast_port: 0,
             keyring: PathBuf::from("nomq-keys.json"),
             peers: Vec::new(),
             broadcast: None,
@@ -105,6 +115,7 @@ pub fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, HostError> {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     bind: Option<String>,
+    unicast_port: Option<u16>,
     keyring: Option<PathBuf>,
     peers: Option<Vec<String>>,
     broadcast: Option<Vec<String>>,
@@ -130,6 +141,7 @@ impl FileConfig {
         if let Some(b) = &self.bind {
             c.bind = parse_addr(&field("bind"), b)?;
         }
+        c.unicast_port = self.unicast_port.unwrap_or(c.unicast_port);
         if let Some(k) = self.keyring {
             c.keyring = k;
         }
@@ -205,6 +217,10 @@ impl HostConfig {
         if let Some(v) = get("NOMQ_BIND") {
             self.bind = parse_addr("NOMQ_BIND", &v)?;
         }
+        if let Some(v) = get("NOMQ_UNICAST_PORT") {
+            self.unicast_port = u16::try_from(num("NOMQ_UNICAST_PORT", &v)?)
+                .map_err(|_| HostError::config("NOMQ_UNICAST_PORT", "above 65535"))?;
+        }
         if let Some(v) = get("NOMQ_KEYRING") {
             self.keyring = PathBuf::from(v);
         }
@@ -264,6 +280,18 @@ impl HostConfig {
             }
             None => Vec::new(),
         }
+    }
+
+    /// Whether the node discovers peers by broadcast or multicast, and so has two sockets:
+    /// a discovery socket shared on [`HostConfig::bind`] and a unicast one of its own.
+    pub fn discovers(&self) -> bool {
+        self.multicast.is_some() || !self.effective_broadcast().is_empty()
+    }
+
+    /// Where the unicast socket of a discovering node binds: the IP of
+    /// [`HostConfig::bind`], port [`HostConfig::unicast_port`].
+    pub fn unicast_bind(&self) -> SocketAddr {
+        SocketAddr::new(self.bind.ip(), self.unicast_port)
     }
 
     /// Converts a duration for display.
@@ -366,6 +394,7 @@ impl HostConfig {
     /// | `multicast_ttl` | 0 ..= 255 |
     /// | `peers`, `broadcast` | port ≠ 0; same IP family as `bind` |
     /// | `multicast` | a multicast address of the same IP family as `bind` |
+    /// | `unicast_port` | not the port of `bind` when broadcast or multicast is on |
     ///
     /// # Errors
     /// The first problem found, as [`HostError::Config`] naming the setting (with its
@@ -458,6 +487,15 @@ impl HostConfig {
             return Err(HostError::config(
                 "multicast_ttl",
                 format!("{} is outside 0..=255", self.multicast_ttl),
+            ));
+        }
+        if self.discovers() && self.unicast_port != 0 && self.unicast_port == self.bind.port() {
+            return Err(HostError::config(
+                "unicast port (unicast_port, NOMQ_UNICAST_PORT, --unicast-port)",
+                format!(
+                    "{} is the discovery port of bind {}, which nodes of this host share; choose another port, or 0 for one the system picks",
+                    self.unicast_port, self.bind
+                ),
             ));
         }
         let family = |a: IpAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
@@ -576,6 +614,38 @@ mod tests {
         let e = c.apply_file(&f).unwrap_err().to_string();
         assert!(e.contains("field 'max_attempts'") && e.contains("300"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unicast_port_from_every_source_and_only_where_it_can_bind() {
+        let c = HostConfig::default();
+        assert!(c.discovers(), "broadcast by default");
+        assert_eq!(c.unicast_bind(), "0.0.0.0:0".parse().unwrap());
+        let mut c = HostConfig::default();
+        c.apply_vars(|k| (k == "NOMQ_UNICAST_PORT").then(|| "9100".to_string())).unwrap();
+        assert_eq!(c.unicast_bind(), "0.0.0.0:9100".parse().unwrap());
+        let e = c.apply_vars(|k| (k == "NOMQ_UNICAST_PORT").then(|| "70000".to_string()));
+        assert!(e.unwrap_err().to_string().contains("NOMQ_UNICAST_PORT"));
+        let dir = std::env::temp_dir().join(format!("nomq-host-uni-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.json");
+        std::fs::write(&f, r#"{"bind":"10.0.0.5:9000","unicast_port":9001}"#).unwrap();
+        c.apply_file(&f).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.unicast_bind(), "10.0.0.5:9001".parse().unwrap());
+        c.validate().unwrap();
+        // The shared port cannot also be the node's own.
+        refused(&with(|c| c.unicast_port = DEFAULT_PORT), &["unicast_port", "8888", "share"]);
+        // With static peers only there is one socket, and the setting is unused.
+        with(|c| {
+            c.unicast_port = DEFAULT_PORT;
+            c.peers = vec!["192.0.2.1:8888".parse().unwrap()];
+        })
+        .validate()
+        .unwrap();
+        let peers_only = with(|c| c.peers = vec!["192.0.2.1:8888".parse().unwrap()]);
+        assert!(!peers_only.discovers());
+        assert!(with(|c| c.multicast = Some("239.77.0.1".parse().unwrap())).discovers());
     }
 
     /// Validates `c` and returns the message, which must name `field` and `range`.

@@ -6,21 +6,23 @@ pub mod config;
 pub mod store;
 
 pub use config::HostConfig;
-pub use nomq::node::{Destination, PublishOptions, Status};
-pub use nomq::{Keyring, Qos, SessionId};
+/// The core engine, re-exported so that an application needs only `nomq-host` (and
+/// tokio) in its `Cargo.toml`: `nomq_host::nomq::Config` for [`NodeBuilder::engine`].
+pub use nomq;
+pub use nomq::node::{Destination, PublishError, PublishOptions, Status, SubscribeError};
+pub use nomq::{Addr, KeyPair, Keyring, Qos, SessionId};
 pub use nomq_keys::KeyringFile;
 /// Re-exported so an application needs only `nomq-host` (and tokio) for JSON payloads:
 /// `nomq_host::serde_json::json!(..)`.
 pub use serde_json;
 pub use store::{FileStore, FileStoreError};
 
+use nomq::Node;
 use nomq::node::{Event, Outcome, StateStore, Stats};
-use nomq::{Addr, Node};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -427,15 +429,19 @@ impl NodeBuilder {
             cfg.bind = s.local_addr().map_err(|e| HostError::network("local address", e))?;
         }
         cfg.validate()?;
-        let socket = match self.socket {
-            Some(s) => configure(s, &cfg)?,
-            None => bind(&cfg).await?,
+        let sockets = match self.socket {
+            Some(s) => Sockets { unicast: configure(s, &cfg, Role::Single)?, discovery: None },
+            None => open(&cfg)?,
         };
-        let local = socket.local_addr().map_err(|e| HostError::network("local address", e))?;
+        let addr =
+            |s: &UdpSocket| s.local_addr().map_err(|e| HostError::network("local address", e));
+        let local = addr(&sockets.unicast)?;
+        let discovery = sockets.discovery.as_ref().map(addr).transpose()?;
         let mut fanout: Vec<SocketAddr> = cfg.peers.clone();
         fanout.extend(cfg.effective_broadcast());
         if let Some(g) = cfg.multicast {
-            fanout.push(SocketAddr::new(g, local.port()));
+            // The group's port is the shared one, where every node of the group listens.
+            fanout.push(SocketAddr::new(g, discovery.unwrap_or(local).port()));
         }
         if fanout.is_empty() {
             tracing::warn!(%local, "no peers, broadcast or multicast configured: fan-out reaches nobody");
@@ -456,7 +462,7 @@ impl NodeBuilder {
         let (unsub_tx, unsub_rx) = mpsc::unbounded_channel();
         let driver = Driver {
             node,
-            socket: Arc::new(socket),
+            sockets,
             cfg,
             fanout,
             clock,
@@ -473,7 +479,7 @@ impl NodeBuilder {
             held: Vec::new(),
         };
         tokio::spawn(driver.run(rx, unsub_rx));
-        Ok(Handle { tx, local })
+        Ok(Handle { tx, local, discovery })
     }
 }
 
@@ -517,47 +523,157 @@ fn hand_over(message: Message, permits: Vec<mpsc::OwnedPermit<Message>>) {
 const RECV_BUFFER: usize = 4 << 20;
 const SEND_BUFFER: usize = 1 << 20;
 
-async fn bind(cfg: &HostConfig) -> Result<UdpSocket, HostError> {
-    let domain = socket2::Domain::for_address(cfg.bind);
-    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
-        .map_err(|e| HostError::network("socket", e))?;
-    if cfg.multicast.is_some() {
-        // Several nodes on one host may share a multicast port.
-        s.set_reuse_address(true).map_err(|e| HostError::network("SO_REUSEADDR", e))?;
-    }
-    s.bind(&cfg.bind.into()).map_err(|e| HostError::network("bind", e))?;
-    configure(s.into(), cfg)
+/// The sockets of a node. With static peers only (or a socket handed to
+/// [`NodeBuilder::socket`]) there is one, `unicast`, bound where the user says. A node
+/// that discovers by broadcast or multicast ([`HostConfig::discovers`]) has two, the way
+/// mDNS responders share port 5353:
+///
+/// - `discovery`, bound to [`HostConfig::bind`] (the well-known port) with `SO_REUSEADDR`,
+///   so every node of the host can bind it. Linux gives each broadcast and multicast
+///   datagram to every socket so bound, but a unicast datagram to one of them only (the
+///   last bound), so this socket only listens, for other nodes' fan-out.
+/// - `unicast`, on a port of its own ([`HostConfig::unicast_bind`]). Everything is sent
+///   from it, so peers learn this address and their unicast replies (acknowledgements,
+///   challenges, retransmissions) reach this node and no other.
+///
+/// The engine identifies peers by session, not address, so it needs to know none of this.
+struct Sockets {
+    unicast: UdpSocket,
+    discovery: Option<UdpSocket>,
 }
 
-/// Sets up a bound socket for a node: buffers, non-blocking, broadcast, multicast.
-fn configure(socket: std::net::UdpSocket, cfg: &HostConfig) -> Result<UdpSocket, HostError> {
+/// Which of [`Sockets`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    Unicast,
+    Discovery,
+}
+
+impl Sockets {
+    fn get(&self, which: Which) -> Option<&UdpSocket> {
+        match which {
+            Which::Unicast => Some(&self.unicast),
+            Which::Discovery => self.discovery.as_ref(),
+        }
+    }
+
+    /// Waits until a socket may have a datagram (or an error) to read; cancel safe.
+    async fn readable(&self) -> (Which, std::io::Result<()>) {
+        match &self.discovery {
+            None => (Which::Unicast, self.unicast.readable().await),
+            // Not biased: neither socket can starve the other.
+            Some(d) => tokio::select! {
+                r = self.unicast.readable() => (Which::Unicast, r),
+                r = d.readable() => (Which::Discovery, r),
+            },
+        }
+    }
+}
+
+/// What a socket is for, which decides how it is set up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Sends and receives everything (static peers, or a socket the caller bound).
+    Single,
+    /// Sends everything, receives unicast.
+    Unicast,
+    /// Receives broadcast and multicast on the shared port; sends nothing.
+    Discovery,
+}
+
+/// Binds the node's sockets (see [`Sockets`]).
+fn open(cfg: &HostConfig) -> Result<Sockets, HostError> {
+    if !cfg.discovers() {
+        let unicast = configure(bind_at(cfg.bind, false, "bind")?, cfg, Role::Single)?;
+        return Ok(Sockets { unicast, discovery: None });
+    }
+    let discovery = configure(bind_at(cfg.bind, true, "bind")?, cfg, Role::Discovery)?;
+    let unicast = bind_at(cfg.unicast_bind(), false, "bind unicast socket")?;
+    let unicast = configure(unicast, cfg, Role::Unicast)?;
+    Ok(Sockets { unicast, discovery: Some(discovery) })
+}
+
+/// Rebinds the socket `which` (after repeated receive errors).
+fn reopen(cfg: &HostConfig, which: Which) -> Result<UdpSocket, HostError> {
+    match which {
+        Which::Unicast if cfg.discovers() => configure(
+            bind_at(cfg.unicast_bind(), false, "bind unicast socket")?,
+            cfg,
+            Role::Unicast,
+        ),
+        Which::Unicast => configure(bind_at(cfg.bind, false, "bind")?, cfg, Role::Single),
+        Which::Discovery => configure(bind_at(cfg.bind, true, "bind")?, cfg, Role::Discovery),
+    }
+}
+
+/// A UDP socket bound to `addr`; `shared` sets `SO_REUSEADDR` so that every node of the
+/// host can bind the discovery port. (`SO_REUSEPORT` is not needed for broadcast and
+/// multicast to reach every such socket, and would require all of them to belong to one
+/// user.) `op` names the bind in errors.
+fn bind_at(
+    addr: SocketAddr,
+    shared: bool,
+    op: &'static str,
+) -> Result<std::net::UdpSocket, HostError> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(|e| HostError::network("socket", e))?;
+    if shared {
+        s.set_reuse_address(true).map_err(|e| HostError::network("SO_REUSEADDR", e))?;
+    }
+    s.bind(&addr.into()).map_err(|e| HostError::network(op, e))?;
+    Ok(s.into())
+}
+
+/// Sets up a bound socket for its role: buffers, non-blocking, broadcast, multicast.
+fn configure(
+    socket: std::net::UdpSocket,
+    cfg: &HostConfig,
+    role: Role,
+) -> Result<UdpSocket, HostError> {
     let s = socket2::SockRef::from(&socket);
     // Best effort: a smaller grant only means more drops under bursts.
     let _ = s.set_recv_buffer_size(RECV_BUFFER);
-    let _ = s.set_send_buffer_size(SEND_BUFFER);
+    if role != Role::Discovery {
+        let _ = s.set_send_buffer_size(SEND_BUFFER);
+    }
     socket.set_nonblocking(true).map_err(|e| HostError::network("non-blocking", e))?;
     let socket =
         UdpSocket::from_std(socket).map_err(|e| HostError::network("register socket", e))?;
-    if !cfg.effective_broadcast().is_empty() {
+    let sends = role != Role::Discovery;
+    let receives_groups = role != Role::Unicast;
+    if sends && !cfg.effective_broadcast().is_empty() {
         socket.set_broadcast(true).map_err(|e| HostError::network("SO_BROADCAST", e))?;
     }
     match cfg.multicast {
         Some(IpAddr::V4(g)) => {
-            let iface = match cfg.bind.ip() {
-                IpAddr::V4(a) => a,
-                IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
-            };
-            socket
-                .join_multicast_v4(g, iface)
-                .map_err(|e| HostError::network("join multicast group", e))?;
-            socket
-                .set_multicast_ttl_v4(cfg.multicast_ttl)
-                .map_err(|e| HostError::network("multicast TTL", e))?;
+            if receives_groups {
+                let iface = match cfg.bind.ip() {
+                    IpAddr::V4(a) => a,
+                    IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+                };
+                socket
+                    .join_multicast_v4(g, iface)
+                    .map_err(|e| HostError::network("join multicast group", e))?;
+            }
+            if sends {
+                socket
+                    .set_multicast_ttl_v4(cfg.multicast_ttl)
+                    .map_err(|e| HostError::network("multicast TTL", e))?;
+            }
         }
         Some(IpAddr::V6(g)) => {
-            socket
-                .join_multicast_v6(&g, cfg.multicast_if)
-                .map_err(|e| HostError::network("join multicast group", e))?;
+            if receives_groups {
+                socket
+                    .join_multicast_v6(&g, cfg.multicast_if)
+                    .map_err(|e| HostError::network("join multicast group", e))?;
+            }
+            if sends && role == Role::Unicast && cfg.multicast_if != 0 {
+                // The joining socket no longer sends: name the interface for the one that does.
+                socket2::SockRef::from(&socket)
+                    .set_multicast_if_v6(cfg.multicast_if)
+                    .map_err(|e| HostError::network("multicast interface", e))?;
+            }
         }
         None => {}
     }
@@ -599,12 +715,25 @@ impl Clock {
 pub struct Handle {
     tx: mpsc::Sender<Command>,
     local: SocketAddr,
+    discovery: Option<SocketAddr>,
 }
 
 impl Handle {
-    /// The bound address.
+    /// The address this node sends from and receives unicast on: where peers reach it
+    /// directly, and what they see as its address ([`PeerInfo::addr`]). With static peers
+    /// only, the node's one socket ([`HostConfig::bind`]); with broadcast or multicast
+    /// fan-out, its own unicast socket ([`HostConfig::unicast_port`], by default a port
+    /// the system picked), not the shared port of [`Handle::discovery_addr`].
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The shared address this node receives broadcast and multicast fan-out on
+    /// ([`HostConfig::bind`], bound with `SO_REUSEADDR` so that every node of the host
+    /// can), or `None` for a node without broadcast or multicast (static peers only, or a
+    /// socket given to [`NodeBuilder::socket`]).
+    pub fn discovery_addr(&self) -> Option<SocketAddr> {
+        self.discovery
     }
 
     /// Subscribes to a pattern (MQTT wildcards) and returns the stream of its messages.
@@ -852,7 +981,7 @@ struct Sub {
 
 struct Driver {
     node: Box<HostNode>,
-    socket: Arc<UdpSocket>,
+    sockets: Sockets,
     cfg: HostConfig,
     fanout: Vec<SocketAddr>,
     clock: Clock,
@@ -879,6 +1008,8 @@ struct Driver {
 /// Datagrams read between flushes in a batch: well under the engine's control queue
 /// ([`nomq::node::CONTROL_QUEUE`]).
 const ACKS_PER_FLUSH: usize = nomq::node::CONTROL_QUEUE / 2;
+/// Most datagrams read, from both sockets together, in one turn of the driver loop.
+const RECV_BATCH: usize = 64;
 
 /// What the driver loop does next.
 enum Next {
@@ -915,14 +1046,22 @@ impl Driver {
                     self.drop_sub(id);
                     Next::Continue
                 }
-                cmd = rx.recv() => match cmd {
-                    Some(c) => self.on_command(c, &mut tbuf).await,
-                    None => Next::Stop,
-                },
-                r = self.socket.recv_from(&mut rbuf) => {
-                    match r {
-                        Ok((n, from)) => self.on_datagram(&mut rbuf[..n], from),
-                        Err(e) => self.on_recv_error(e).await,
+                cmd = rx.recv() => {
+                    // A subscription dropped before this command was sent (say, before a
+                    // shutdown) is already queued: withdraw it first, or a shutdown would
+                    // stop the node without announcing the UNSUBSCRIBE.
+                    while let Ok(id) = unsub.try_recv() {
+                        self.drop_sub(id);
+                    }
+                    match cmd {
+                        Some(c) => self.on_command(c, &mut tbuf).await,
+                        None => Next::Stop,
+                    }
+                }
+                (which, r) = self.sockets.readable() => {
+                    // The batch below reads what is ready.
+                    if let Err(e) = r {
+                        self.on_recv_error(which, e).await;
                     }
                     Next::Continue
                 }
@@ -935,21 +1074,7 @@ impl Driver {
             if matches!(next, Next::Stop) {
                 return;
             }
-            // Batch: take whatever else is ready without re-arming the timer each time,
-            // charging each datagram to the task budget so readers on this thread run.
-            // A datagram makes at most one ack; flushing every few keeps the engine's small
-            // control queue from overflowing (an ack it cannot queue costs a
-            // retransmission) without a poll per datagram.
-            for i in 0..64 {
-                match self.socket.try_recv_from(&mut rbuf) {
-                    Ok((n, from)) => self.on_datagram(&mut rbuf[..n], from),
-                    Err(_) => break,
-                }
-                if i % ACKS_PER_FLUSH == ACKS_PER_FLUSH - 1 {
-                    self.flush(&mut tbuf).await;
-                }
-                tokio::task::consume_budget().await;
-            }
+            self.receive_batch(&mut rbuf, &mut tbuf).await;
             while let Ok(id) = unsub.try_recv() {
                 self.drop_sub(id);
             }
@@ -958,6 +1083,50 @@ impl Driver {
                     return;
                 }
             }
+        }
+    }
+
+    /// Reads whatever the sockets hold, up to [`RECV_BATCH`] datagrams, without re-arming
+    /// the timer each time, taking turns between the two sockets so that a flood on one
+    /// leaves the other its share; each datagram is charged to the task budget so readers
+    /// on this thread run. A datagram makes at most one ack; flushing every few keeps the
+    /// engine's small control queue from overflowing (an ack it cannot queue costs a
+    /// retransmission) without a poll per datagram. Reads into `rbuf`: no allocation.
+    async fn receive_batch(&mut self, rbuf: &mut [u8], tbuf: &mut [u8]) {
+        // A socket is done for this turn once it would block (or failed).
+        let mut done = [false, self.sockets.discovery.is_none()];
+        let mut read = 0;
+        // Each pass reads a datagram, marks a socket done, or skips a done one, so the
+        // loop ends within 2 × (RECV_BATCH + 2) passes.
+        for which in [Which::Unicast, Which::Discovery].into_iter().cycle() {
+            if read == RECV_BATCH || done.iter().all(|&d| d) {
+                break;
+            }
+            let slot = usize::from(which == Which::Discovery);
+            if done[slot] {
+                continue;
+            }
+            let Some(socket) = self.sockets.get(which) else {
+                done[slot] = true;
+                continue;
+            };
+            match socket.try_recv_from(rbuf) {
+                Ok((n, from)) => self.on_datagram(&mut rbuf[..n], from),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    done[slot] = true;
+                    continue;
+                }
+                Err(e) => {
+                    done[slot] = true;
+                    self.on_recv_error(which, e).await;
+                    continue;
+                }
+            }
+            read += 1;
+            if read % ACKS_PER_FLUSH == 0 {
+                self.flush(tbuf).await;
+            }
+            tokio::task::consume_budget().await;
         }
     }
 
@@ -1057,17 +1226,20 @@ impl Driver {
         Ok(queued)
     }
 
-    async fn on_recv_error(&mut self, e: std::io::Error) {
+    async fn on_recv_error(&mut self, which: Which, e: std::io::Error) {
         self.stats.recv_errors += 1;
-        tracing::warn!(error = %e, "receive error; recovering");
+        tracing::warn!(socket = ?which, error = %e, "receive error; recovering");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         // A socket that keeps failing is replaced; the engine keeps subscriptions and
         // pending messages, so nothing is lost but what was in flight.
         if self.stats.recv_errors.is_multiple_of(16) {
-            match bind(&self.cfg).await {
+            match reopen(&self.cfg, which) {
                 Ok(s) => {
-                    tracing::info!("socket rebound");
-                    self.socket = Arc::new(s);
+                    tracing::info!(socket = ?which, "socket rebound");
+                    match which {
+                        Which::Unicast => self.sockets.unicast = s,
+                        Which::Discovery => self.sockets.discovery = Some(s),
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "rebinding failed"),
             }
@@ -1203,10 +1375,10 @@ impl Driver {
     /// Sends one datagram; returns whether the socket took it.
     async fn send(&mut self, data: &[u8], to: SocketAddr) -> bool {
         // try_send_to first: the common case never touches the reactor.
-        let r = match self.socket.try_send_to(data, to) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                self.socket.send_to(data, to).await
-            }
+        // Always from the unicast socket: replies come back to this node alone.
+        let socket = &self.sockets.unicast;
+        let r = match socket.try_send_to(data, to) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.send_to(data, to).await,
             r => r,
         };
         if let Err(e) = &r {

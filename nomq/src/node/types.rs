@@ -124,6 +124,38 @@ pub struct PublishOptions {
 
 impl Default for PublishOptions {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Builders: start from [`PublishOptions::new`] (QoS 0) or [`PublishOptions::qos`] and
+/// chain. Every one is a `const fn`, so options can live in a `const`.
+///
+/// ```
+/// use nomq::node::{Destination, PublishOptions};
+/// use nomq::{Addr, Qos};
+///
+/// const ALARM: PublishOptions =
+///     PublishOptions::qos(Qos::AtLeastOnce).retain(true).ttl(300).priority(15);
+/// assert_eq!(ALARM.qos, Qos::AtLeastOnce);
+/// assert_eq!((ALARM.retain, ALARM.ttl, ALARM.priority), (true, Some(300), 15));
+/// assert_eq!(ALARM.destination, Destination::All);
+///
+/// let peer = Addr::V4([192, 0, 2, 7], 8888);
+/// let direct = PublishOptions::new().with_qos(Qos::ExactlyOnce).to(Destination::Peer(peer));
+/// assert_eq!(direct.destination, Destination::Peer(peer));
+/// let same = PublishOptions {
+///     qos: Qos::ExactlyOnce,
+///     destination: Destination::Peer(peer),
+///     ..PublishOptions::default()
+/// };
+/// assert_eq!(direct, same);
+/// ```
+impl PublishOptions {
+    /// QoS 0, not retained, the default TTL ([`Config::default_ttl`]), priority 0, to
+    /// [`Destination::All`]: the same as [`PublishOptions::default`].
+    #[must_use]
+    pub const fn new() -> Self {
         Self {
             qos: Qos::AtMostOnce,
             retain: false,
@@ -132,12 +164,44 @@ impl Default for PublishOptions {
             destination: Destination::All,
         }
     }
-}
-
-impl PublishOptions {
-    /// Options with this QoS and defaults otherwise.
-    pub fn qos(qos: Qos) -> Self {
-        Self { qos, ..Self::default() }
+    /// Options with this QoS and defaults otherwise (to change the QoS of options already
+    /// built, chain [`PublishOptions::with_qos`]).
+    #[must_use]
+    pub const fn qos(qos: Qos) -> Self {
+        Self::new().with_qos(qos)
+    }
+    /// These options with QoS `qos`.
+    #[must_use]
+    pub const fn with_qos(mut self, qos: Qos) -> Self {
+        self.qos = qos;
+        self
+    }
+    /// Keeps the message as the channel's retained value (an empty body clears it).
+    #[must_use]
+    pub const fn retain(mut self, retain: bool) -> Self {
+        self.retain = retain;
+        self
+    }
+    /// Lives `seconds` instead of [`Config::default_ttl`]. `publish` refuses 0 with
+    /// [`PublishError::InvalidTtl`].
+    #[must_use]
+    pub const fn ttl(mut self, seconds: u16) -> Self {
+        self.ttl = Some(seconds);
+        self
+    }
+    /// Outbox priority, 0 (lowest, the default) to 15 (highest). `publish` refuses a
+    /// higher value with [`PublishError::InvalidPriority`].
+    #[must_use]
+    pub const fn priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+    /// Sends the first copy to `destination` instead of the adapter's fan-out
+    /// ([`Destination::All`]).
+    #[must_use]
+    pub const fn to(mut self, destination: Destination) -> Self {
+        self.destination = destination;
+        self
     }
 }
 

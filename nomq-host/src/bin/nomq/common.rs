@@ -169,9 +169,16 @@ pub struct NodeArgs {
     #[arg(long, value_name = "FILE")]
     pub keys: Option<PathBuf>,
     /// Local address to bind, IP:PORT or HOST:PORT (a name of several addresses: its IPv4
-    /// one) [default: $NOMQ_BIND, else 0.0.0.0:8888]
+    /// one). With broadcast or multicast, the discovery port that every node of the host
+    /// shares; with --peer only, the node's one socket [default: $NOMQ_BIND, else
+    /// 0.0.0.0:8888]
     #[arg(long, value_name = "ADDR", value_parser = addr_arg)]
     pub bind: Option<AddrArg>,
+    /// With broadcast or multicast: the port of this node's own unicast socket, which
+    /// sends everything and gets the replies (at --bind's IP) [default: $NOMQ_UNICAST_PORT,
+    /// else 0: one the system picks, so that any number of nodes share a host]
+    #[arg(long, value_name = "PORT")]
+    pub unicast_port: Option<u16>,
     /// A static peer, reached by unicast fan-out (repeatable), IP:PORT or HOST:PORT (a
     /// name of several addresses: the one of --bind's family) [default: $NOMQ_PEERS]
     #[arg(long = "peer", value_name = "ADDR", value_parser = addr_arg)]
@@ -219,6 +226,9 @@ impl NodeArgs {
         }
         if let Some(b) = &self.bind {
             cfg.bind = b.pick("--bind", None)?;
+        }
+        if let Some(p) = self.unicast_port {
+            cfg.unicast_port = p;
         }
         if !self.peers.is_empty() {
             cfg.peers = self
@@ -296,7 +306,8 @@ pub async fn start(
                 std::io::ErrorKind::PermissionDenied => " (permission denied by the system)",
                 _ => "",
             };
-            Failure::network(format!("{what} {}: {err}{hint}", cfg.bind))
+            let at = if what == "bind unicast socket" { cfg.unicast_bind() } else { cfg.bind };
+            Failure::network(format!("{what} {at}: {err}{hint}"))
         }
         other => Failure::from(other),
     })

@@ -186,13 +186,11 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
     let verbose = a.node.refusals();
     // Checked by clap: 0..=2.
     let qos = Qos::from_level(a.qos).unwrap_or_default();
-    let opts = PublishOptions {
-        qos,
-        retain: a.retain,
-        ttl: Some(a.ttl),
-        priority,
-        destination: to.map_or(Destination::All, |t| Destination::Peer(t.into())),
-    };
+    let opts = PublishOptions::qos(qos)
+        .retain(a.retain)
+        .ttl(a.ttl)
+        .priority(priority)
+        .to(to.map_or(Destination::All, |t| Destination::Peer(t.into())));
     let heard = if qos != Qos::AtMostOnce && common::has_fanout(&cfg) {
         let wait = wait_for_peer(&node, Duration::from_millis(a.wait_ms));
         summarised(wait, &node, &mut refusals, verbose).await
@@ -393,13 +391,17 @@ fn check_len(channel: &str, body_len: usize, max: usize) -> Result<(), Failure> 
     Ok(())
 }
 
-/// Waits until the node has received a datagram (a peer's heartbeat announces its
-/// subscriptions), at most `limit`.
+/// Waits until the node has received a datagram from another node (a peer's heartbeat
+/// announces its subscriptions), at most `limit`. Our own broadcasts and multicasts,
+/// which the kernel loops back to the discovery socket, do not count.
 async fn wait_for_peer(node: &Handle, limit: Duration) -> bool {
     // Past the end of time (not with --wait-ms ≤ 600000) means: wait no longer.
     let end = Instant::now().checked_add(limit).unwrap_or_else(Instant::now);
+    let others = |s: &nomq_host::HostStats| {
+        s.engine.rx_datagrams > s.engine.drops(nomq::node::DropReason::OwnPacket)
+    };
     loop {
-        if node.stats().await.is_ok_and(|s| s.engine.rx_datagrams > 0) {
+        if node.stats().await.is_ok_and(|s| others(&s)) {
             return true;
         }
         if Instant::now() >= end {
