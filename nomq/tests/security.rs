@@ -46,6 +46,37 @@ fn recipient(data: &[u8]) -> Option<nomq::SessionId> {
     body::split_recipient(opened.plaintext).ok()?.0
 }
 
+/// An ack-type packet (`kind`) that a member holding the network keys seals by hand
+/// under session `from`, packet id `pid`, naming `msg` and bound to `to`: what a member
+/// can forge, with a valid MAC.
+fn member_ack(
+    s: &Sim,
+    (kind, from, pid): (PacketType, nomq::SessionId, u32),
+    to: nomq::SessionId,
+    msg: body::MessageId,
+) -> Vec<u8> {
+    let keyring = keys(1);
+    let header = Header {
+        packet_type: kind,
+        flags: Flags { priority: 15, ..Flags::default() },
+        packet_id: PacketId(pid),
+        session_id: from,
+        ttl: 60,
+        iv: [0; 16],
+        timestamp: s.unix_now(),
+        channel_id: keyring.channel_id("sensors/temp"),
+        key_id: nomq::KeyId(0),
+        payload_len: 0,
+    };
+    let mut buf = vec![0u8; 256];
+    let k = body::emit_recipient(Some(to), &mut buf[HEADER_LEN..]).unwrap();
+    let m = Ack { msg }.emit(&mut buf[HEADER_LEN + k..]).unwrap();
+    let net = keyring.network().current;
+    let len = seal_in_place(net, &header, [9; 16], &mut buf, k + m, 1376).unwrap();
+    buf.truncate(len);
+    buf
+}
+
 /// A publishes `n` of each QoS to B under `faults`; returns what B received, recorded.
 fn traffic(seed: u64, clock: ClockMode, faults: Faults, n: u32) -> (Sim, Recorded) {
     let mut s = Sim::new(seed, faults);
@@ -291,26 +322,8 @@ fn pubrel_is_bound_to_the_sender_of_its_message() {
     let msg = *s.members[b].log.delivered_ids.last().expect("delivered once");
     // C, a member with the keys, forges a PUBREL for A's message under its own session
     // (known to B), bound to B.
-    let keyring = keys(1);
-    let header = Header {
-        packet_type: PacketType::PubRel,
-        flags: Flags { priority: 15, ..Flags::default() },
-        packet_id: PacketId(1_000_000),
-        session_id: s.members[c].node.session(),
-        ttl: 60,
-        iv: [0; 16],
-        timestamp: s.unix_now(),
-        channel_id: keyring.channel_id("sensors/temp"),
-        key_id: nomq::KeyId(0),
-        payload_len: 0,
-    };
-    let mut buf = vec![0u8; 256];
-    let n =
-        body::emit_recipient(Some(s.members[b].node.session()), &mut buf[HEADER_LEN..]).unwrap();
-    let m = Ack { msg }.emit(&mut buf[HEADER_LEN + n..]).unwrap();
-    let len =
-        seal_in_place(keyring.network().current, &header, [7; 16], &mut buf, n + m, 1376).unwrap();
-    buf.truncate(len);
+    let (c_session, b_session) = (s.members[c].node.session(), s.members[b].node.session());
+    let mut buf = member_ack(&s, (PacketType::PubRel, c_session, 1_000_000), b_session, msg);
     let c_addr = s.members[c].addr;
     let now = s.now;
     assert!(s.members[b].node.handle_datagram(now, c_addr, &mut buf).is_none());
@@ -556,30 +569,13 @@ fn pubcomp_from_a_non_target_completes_nothing() {
     s.run_for(Duration::from_millis(50));
     // The message id is A's session and the packet id of its first transmission: the
     // next packet id after what A sent so far. C, a member, sends PUBCOMPs for a range.
-    let keyring = keys(1);
     let a_session = s.members[a].node.session();
     let c_session = s.members[c].node.session();
-    let mut buf = vec![0u8; 256];
     for (n, pid) in (1..400u32).enumerate() {
-        let header = Header {
-            packet_type: PacketType::PubComp,
-            flags: Flags { priority: 15, ..Flags::default() },
-            packet_id: PacketId(2_000_000 + n as u32),
-            session_id: c_session,
-            ttl: 60,
-            iv: [0; 16],
-            timestamp: s.unix_now(),
-            channel_id: keyring.channel_id("sensors/temp"),
-            key_id: nomq::KeyId(0),
-            payload_len: 0,
-        };
         let msg = body::MessageId { session: a_session, packet_id: PacketId(pid) };
-        let k = body::emit_recipient(Some(a_session), &mut buf[HEADER_LEN..]).unwrap();
-        let m = Ack { msg }.emit(&mut buf[HEADER_LEN + k..]).unwrap();
-        let net = keyring.network().current;
-        let len = seal_in_place(net, &header, [9; 16], &mut buf, k + m, 1376).unwrap();
+        let from = (PacketType::PubComp, c_session, 2_000_000 + n as u32);
+        let mut d = member_ack(&s, from, a_session, msg);
         let (now, c_addr) = (s.now, s.members[c].addr);
-        let mut d = buf[..len].to_vec();
         assert!(s.members[a].node.handle_datagram(now, c_addr, &mut d).is_none());
     }
     s.run_for(Duration::from_secs(30));
