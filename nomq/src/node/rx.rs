@@ -242,6 +242,17 @@ where
             if let Some(old) = c.replaces {
                 self.replace_session(now, old, s);
             }
+            if c.challenge.is_none() {
+                // It knew us already, so its heartbeat went out with this echo and may
+                // have arrived first (and been refused): ask for it again.
+                let ask = Control::Challenge { to: from, session: s, challenge: None, echo: None };
+                self.queue_control(ask);
+            }
+        }
+        if c.challenge.is_none() && c.echo.is_none() && self.peers.find(s).is_some() {
+            // "Announce yourself": a peer that just verified us wants our subscriptions.
+            self.announce.heartbeat_early(now);
+            return;
         }
         let Some(nonce) = c.challenge else { return };
         if !self.verifier.may_echo(now, (self.config.rate_window, self.config.challenge_limit)) {
