@@ -453,7 +453,9 @@ impl NodeBuilder {
         let mut node =
             Box::new(HostNode::new(cfg.engine, self.keyring, seed, clock.now(), clock.unix()));
         let store = match self.state_file {
-            Some(path) => Some(restore(&mut node, clock.now(), path)?),
+            Some(path) => {
+                Some((restore(&mut node, clock.now(), path)?, vec![0u8; HostNode::STATE_LEN]))
+            }
             None => None,
         };
         let (tx, rx) = mpsc::channel(1024);
@@ -998,8 +1000,9 @@ struct Driver {
     /// The transmit loop shared with the embedded adapters (target resolution, counts).
     flush: nomq::node::Flush,
     events: Option<mpsc::Sender<NodeEvent>>,
-    /// The state file, when there is one: messages wait in `held` for its next save.
-    store: Option<FileStore>,
+    /// The state file, when there is one, and the buffer its state is exported into
+    /// (allocated once): messages wait in `held` for its next save.
+    store: Option<(FileStore, Vec<u8>)>,
     /// Messages delivered by the engine, with a reserved slot in each stream they go to,
     /// waiting for the state that records them to be saved.
     held: Vec<(Message, Vec<mpsc::OwnedPermit<Message>>)>,
@@ -1315,12 +1318,11 @@ impl Driver {
     /// held messages to their streams. A failed save keeps both (the engine sends
     /// nothing meanwhile) for the next turn.
     fn commit(&mut self) {
-        let Some(store) = &mut self.store else { return };
+        let Some((store, buf)) = &mut self.store else { return };
         if self.node.state_unsaved() {
-            let mut buf = vec![0u8; HostNode::STATE_LEN];
             let saved = self
                 .node
-                .export_state(self.clock.now(), &mut buf)
+                .export_state(self.clock.now(), buf)
                 .map_err(|e| tracing::error!(error = %e, "state export failed"))
                 .and_then(|len| store.save(&buf[..len]).map_err(|e| {
                     self.stats.save_errors += 1;
