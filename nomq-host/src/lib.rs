@@ -1137,8 +1137,14 @@ impl Driver {
     /// stream is full, the engine takes the message back unacknowledged (the publisher
     /// retransmits QoS 1/2), so nothing is acknowledged and then lost.
     fn on_datagram(&mut self, buf: &mut [u8], from: SocketAddr) {
+        for packet in nomq::node::Packets::new(buf) {
+            self.on_packet(packet, from);
+        }
+    }
+
+    fn on_packet(&mut self, buf: &mut [u8], from: SocketAddr) {
         let now = self.clock.now();
-        let Some(m) = self.node.handle_datagram(now, Addr::from(from), buf) else { return };
+        let Some(m) = self.node.handle_packet(now, Addr::from(from), buf) else { return };
         let name = m.name;
         // The engine matched the patterns already: `m.subscriptions` names them by index.
         let (node, matched) = (&self.node, m.subscriptions);
