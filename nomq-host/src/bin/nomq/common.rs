@@ -4,14 +4,14 @@ use nomq::node::{ClockMode, DropReason};
 use nomq_host::config::{HostConfig, parse_addr, require_regular_file};
 use nomq_host::{HOST_CHANNEL_KEYS, Handle, HostError, NodeBuilder, NodeEvent, SessionId};
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Why a command failed, with the exit code it maps to.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct Failure {
     /// Process exit code.
     pub code: u8,
@@ -35,12 +35,6 @@ impl Failure {
     /// Stopped by a signal: exit `code` (128 + the signal number), nothing more to say.
     pub fn signalled(code: u8) -> Self {
         Self { code, message: String::new() }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
     }
 }
 
