@@ -6,6 +6,11 @@
 //! `serde_ignored` reports unknown fields (warnings, not errors). What a single value
 //! cannot tell — a required field that is absent, equal keys, a repeated pattern — is
 //! checked afterwards, in [`Checker`].
+//!
+//! [`parse`] reads the text three times (a keyring file is small): for the syntax only,
+//! then for `version` only, then for everything. So a syntax error anywhere is reported
+//! before any content error, and a wrong version before any other; content errors come
+//! in document order.
 
 use crate::error::{Error, Warning, join};
 use crate::hex::{self, HexError, KEY_LEN};
@@ -269,10 +274,10 @@ struct Document {
     channels: Option<List<Object<ChannelDoc>>>,
 }
 
-/// The first pass reads only `version` (files without one, like the reference
-/// implementation's, are version 1), so that a file of another version is reported as
-/// such rather than by whatever field it has that this version does not know. The pass
-/// reads the whole text, so syntax errors come first too.
+/// The second pass (after one that only checks the syntax) reads only `version` (files
+/// without one, like the reference implementation's, are version 1), so that a file of
+/// another version is reported as such rather than by whatever field it has that this
+/// version does not know.
 #[derive(Deserialize)]
 struct Header {
     #[allow(dead_code, reason = "a `Version` checks itself as it is read")]
@@ -371,14 +376,14 @@ fn ignored_field(path: &serde_ignored::Path<'_>) -> String {
 
 /// The error for JSON that does not parse, or for content serde refused itself (a field
 /// given twice) at `field`.
-fn json_error(e: &serde_json::Error, path: &Path, field: String) -> Error {
+fn json_error(e: &serde_json::Error, path: &Path, field: &str) -> Error {
     let (line, column) = (e.line(), e.column());
     let message = e.to_string();
     let suffix = format!(" at line {line} column {column}");
     let message = message.strip_suffix(&suffix).unwrap_or(&message).to_owned();
     let path = path.to_owned();
     if e.is_data() {
-        Error::Content { path, field, message }
+        Error::Content { path, field: field.to_owned(), message }
     } else {
         Error::Syntax { path, line, column, message }
     }
@@ -390,17 +395,18 @@ fn load_error(e: &serde_path_to_error::Error<serde_json::Error>, path: &Path) ->
     let field = error_field(e.path());
     match problem {
         Some(problem) if e.inner().is_data() => problem.into_error(path, field),
-        _ => json_error(e.inner(), path, field),
+        _ => json_error(e.inner(), path, &field),
     }
 }
 
 /// Parses a keyring document; `path` only names the file in errors and warnings.
 pub(crate) fn parse(json: &[u8], path: &Path) -> Result<Loaded, Error> {
+    // Syntax first, wherever it is: the later passes stop at their first error.
+    serde_json::from_slice::<de::IgnoredAny>(json).map_err(|e| json_error(&e, path, ""))?;
     PROBLEM.set(None);
     let mut de = serde_json::Deserializer::from_slice(json);
     let header: Result<Object<Header>, _> = serde_path_to_error::deserialize(&mut de);
     header.map_err(|e| load_error(&e, path))?;
-    de.end().map_err(|e| json_error(&e, path, String::new()))?;
 
     let mut warnings = Vec::new();
     let mut unknown = |p: serde_ignored::Path<'_>| {

@@ -694,6 +694,10 @@ fn version_and_syntax_are_checked_before_the_rest() {
     let path = dir.file("late.json", "{\"encryption_key\": 5,\n \"hmac_key\": tru}");
     let err = load_err(&path, &["not valid JSON", "line 2"]);
     assert!(matches!(err, Error::Syntax { line: 2, .. }), "{err:?}");
+    // Even when the version before it is wrong.
+    let path = dir.file("cut.json", r#"{"version": 2, "encryption_key": "ab"#);
+    let err = load_err(&path, &["not valid JSON"]);
+    assert!(matches!(err, Error::Syntax { .. }), "{err:?}");
     let text = format!("{} x", doc(""));
     let path = dir.file("trailing.json", &text);
     let err = load_err(&path, &["not valid JSON", "trailing characters"]);
