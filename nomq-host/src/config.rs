@@ -196,12 +196,21 @@ impl HostConfig {
         f.apply(self, &file())
     }
 
-    /// Applies `NOMQ_*` environment variables.
+    /// Applies `NOMQ_*` environment variables, for programs built on this library:
+    /// `NOMQ_BIND`, `NOMQ_UNICAST_PORT`, `NOMQ_KEYRING`, `NOMQ_PEERS`, `NOMQ_BROADCAST`,
+    /// `NOMQ_MULTICAST`, `NOMQ_HEARTBEAT_MS`, `NOMQ_LIVENESS_MS`, `NOMQ_DEFAULT_TTL_S`,
+    /// `NOMQ_MAX_ATTEMPTS`, `NOMQ_RATE_LIMIT`, `NOMQ_CLOCK_SKEW_S`, `NOMQ_UNSYNCED_CLOCK`
+    /// (see [`apply_vars`](Self::apply_vars)). A variable that is empty or blank counts
+    /// as unset.
+    ///
+    /// The `nomq` command does not call this: it reads the variables that stand for one
+    /// of its flags (`NOMQ_KEYRING` for `--keys`, …) as that flag, through clap, and hands
+    /// only the others to [`apply_vars`](Self::apply_vars).
     ///
     /// # Errors
     /// [`HostError::Config`] naming the variable.
     pub fn apply_env(&mut self) -> Result<(), HostError> {
-        self.apply_vars(|k| std::env::var(k).ok())
+        self.apply_vars(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
     }
 
     /// Applies variables from any source (testable form of [`HostConfig::apply_env`]).
