@@ -410,6 +410,7 @@ impl NodeBuilder {
             cfg.bind = s.local_addr().map_err(|e| HostError::network("local address", e))?;
         }
         cfg.validate()?;
+        cfg.engine.max_datagram = cfg.effective_max_datagram();
         let sockets = match self.socket {
             Some(s) => Sockets { unicast: configure(s, &cfg, Role::Single)?, discovery: None },
             None => open(&cfg)?,

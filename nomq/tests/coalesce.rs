@@ -231,3 +231,44 @@ fn heartbeats_and_challenges_travel_alone() {
     }
     assert!(coalesced > 0 && lone > 4, "{coalesced} coalesced, {lone} heartbeats/challenges");
 }
+
+#[test]
+fn a_run_finishing_more_entries_than_the_event_queue_holds_reports_them_at_once() {
+    let mut s = pair(67);
+    let (a, b) = (0, 1);
+    let (now, addr_a, addr_b) = (s.now, s.members[a].addr, s.members[b].addr);
+    for i in 0u32..100 {
+        let opts = PublishOptions::qos(Qos::AtLeastOnce);
+        s.members[a].node.publish(now, "sensors/t", &i.to_be_bytes(), opts).unwrap();
+    }
+    // By hand, at one instant: a's datagrams to b, b's acknowledgements back.
+    let mut buf = [0u8; 1500];
+    let mut to_b = Vec::new();
+    while let Some(t) = s.members[a].node.poll_transmit(now, &mut buf) {
+        to_b.push(buf[..t.len].to_vec());
+    }
+    let mut delivered = 0;
+    for mut d in to_b {
+        delivered += s.members[b].node.handle_datagram(now, addr_a, &mut d, |_| true);
+    }
+    assert_eq!(delivered, 100);
+    let mut acks = Vec::new();
+    while let Some(t) = s.members[b].node.poll_transmit(now, &mut buf) {
+        acks.push(buf[..t.len].to_vec());
+    }
+    assert!(acks.len() <= 2, "{} ack datagrams for 100 messages", acks.len());
+    let node = &mut s.members[a].node;
+    for mut d in acks {
+        node.handle_datagram(now, addr_b, &mut d, |_| true);
+    }
+    // Draining the events alone reports every outcome: no poll, no timer needed.
+    let mut outcomes = 0;
+    while let Some(e) = node.poll_event() {
+        if let nomq::Event::Outcome(o) = e {
+            assert_eq!(o.status, nomq::node::Status::Acknowledged);
+            outcomes += 1;
+        }
+    }
+    assert_eq!(outcomes, 100, "the event queue holds {}", nomq::node::EVENT_QUEUE);
+    assert_eq!(node.outbox_len(), 0);
+}

@@ -139,6 +139,9 @@ pub struct Node<
     /// A peer is known to hold the current session (it bound a packet to it), so it
     /// retired the one this session replaces. Reset by a session renewal.
     session_known: bool,
+    /// Finished entries wait for room in the event queue, and the `now` they were found
+    /// finished at: [`Node::poll_event`] reports them as it makes room.
+    outcomes_waiting: Option<Instant>,
 }
 
 /// The commitments of the last delivered message.
@@ -190,6 +193,7 @@ where
             persist: false,
             unsaved: false,
             session_known: false,
+            outcomes_waiting: None,
         }
     }
 
@@ -405,6 +409,7 @@ where
             }
             PacketType::PubAck | PacketType::PubRec | PacketType::PubComp => {
                 self.on_ack(&opened, plaintext);
+                self.finish_ready(now);
             }
             PacketType::PubRel => self.on_pubrel(&opened, plaintext),
             PacketType::Subscribe | PacketType::Unsubscribe => {
@@ -466,15 +471,21 @@ where
         self.finish_ready(now);
     }
 
-    /// Emits outcomes of entries that are done, as far as the event queue has room.
+    /// Emits outcomes of entries that are done, as far as the event queue has room; the
+    /// rest follow as [`Node::poll_event`] drains it.
     fn finish_ready(&mut self, now: Instant) {
         let max_attempts = self.config.max_attempts;
+        self.outcomes_waiting = None;
         let mut i = 0;
-        while i < self.outbox.len() && !self.events.is_full() {
+        while i < self.outbox.len() {
             let Some(status) = self.outbox[i].status(now, max_attempts) else {
                 i += 1;
                 continue;
             };
+            if self.events.is_full() {
+                self.outcomes_waiting = Some(now);
+                return;
+            }
             // Order among entries lives in their handles, so a swap keeps FIFO intact and
             // avoids shifting every entry behind this one.
             let e = self.outbox.swap_remove(i);
@@ -499,7 +510,13 @@ where
     /// The next event, if any.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event<P>> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if let Some(now) = self.outcomes_waiting.filter(|_| e.is_some()) {
+            // A burst of acknowledgements (a run) can finish more entries at once than
+            // the queue holds: report them now, not at the next input or timer.
+            self.finish_ready(now);
+        }
+        e
     }
 
     /// Writes the next datagram to send into `buf` (at least [`Node::max_datagram_len`]
