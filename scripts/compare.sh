@@ -152,8 +152,8 @@ record() { echo "{\"round\":$1,\"size\":$2,\"metric\":\"$3\",\"value\":$4}" >> "
 run_nomq() { # ROUND SIZE
     local out=$WORK/nomq.$1.json
     timeout $((SECS * 8 + 60)) "$NOMQ" bench --json --messages "$MSGS" --samples "$SAMPLES" \
-        --size "$2" --window "$WINDOW" --max-seconds "$SECS" > "$out" ||
-        { echo "compare.sh: nomq bench failed (exit $?)" >&2; exit 3; }
+        --size "$2" --window "$WINDOW" --max-seconds "$SECS" > "$out" 2> "$out.err" ||
+        { cat "$out.err" >&2; echo "compare.sh: nomq bench failed" >&2; exit 3; }
     python3 - "$out" "$1" "$2" >> "$RESULTS" <<'PY'
 import json, sys
 v = json.load(open(sys.argv[1])); r, s = int(sys.argv[2]), int(sys.argv[3])
@@ -166,7 +166,11 @@ for ph in ("raw_udp", "nomq_qos0", "nomq_qos1_window"):
     rx = v[ph]["receiver"]
     rec(ph + "_rcvbuf_errors", rx.get("udp_rcvbuf_errors") or 0)
     rec(ph + "_rss_growth_kib", (rx.get("rss_end_kib") or 0) - (rx.get("rss_start_kib") or 0))
-    if "engine_drops" in rx: rec(ph + "_engine_drops", rx["engine_drops"])
+    if "engine_drops" in rx:
+        rec(ph + "_engine_drops", rx["engine_drops"])
+        # QoS 1 messages the subscriber's full stream refused (retransmitted, not lost).
+        rec(ph + "_app_deferred", rx["app_deferred"])
+        rec(ph + "_app_dropped", rx["app_dropped"])
 for ph in ("raw_udp", "nomq_qos0", "nomq_qos1_window"):
     if v[ph]["cut"]: print("note: nomq bench %s cut at the time limit" % ph, file=sys.stderr)
 PY
@@ -262,7 +266,8 @@ if [ "$SWEEP" = 1 ]; then
     SIZES=(16 64 256 1024 4096 8192)
     log "sweep over ${SIZES[*]} B (one round)"
     timeout $((SECS * 20 + 120)) "$NOMQ" bench --sweep --json --messages "$MSGS" --window "$WINDOW" \
-        --max-seconds "$SECS" > "$WORK/sweep.json"
+        --max-seconds "$SECS" > "$WORK/sweep.json" 2> "$WORK/sweep.err" ||
+        { cat "$WORK/sweep.err" >&2; echo "compare.sh: nomq bench --sweep failed" >&2; exit 3; }
     for s in "${SIZES[@]}"; do
         log "  ddsperf reliable $s B"
         run_dds_pubsub 1 "$s" dds_reliable
@@ -361,13 +366,15 @@ rows = [
     ("mosquitto QoS 1 windowed (broker PUBACKs)", "mqtt_qos1_window", "msg/s"),
     ("mosquitto QoS 1 ping-pong round trip p50", "mqtt_qos1_rtt_p50_us", "µs"),
 ]
+def fmt(x):
+    return str(int(x)) if float(x).is_integer() else str(x)
 print()
 print("%d B payloads over loopback, median of %d round(s)%s" % (size, rounds, " (--quick)" if quick else ""))
 print("%-52s %12s  %s" % ("system", "median", "all rounds"))
 for name, key, unit in rows:
     if key in med:
         print("%-52s %12s  %s" % (name, "%.0f %s" % (med[key], unit) if unit == "msg/s" else "%.1f %s" % (med[key], unit),
-                                 " ".join(str(x) for x in by[key])))
+                                 " ".join(fmt(x) for x in by[key])))
 print()
 print("%-40s %9s  %s" % ("ratio", "measured", "goal"))
 for k, (v, g) in ratios.items():
@@ -376,9 +383,9 @@ for k, (v, g) in ratios.items():
 print()
 extra = []
 for ph in ("raw_udp", "nomq_qos0", "nomq_qos1_window"):
-    for what in ("rcvbuf_errors", "engine_drops", "rss_growth_kib"):
+    for what in ("rcvbuf_errors", "engine_drops", "app_dropped", "app_deferred", "rss_growth_kib"):
         k = "%s_%s" % (ph, what)
-        if k in by: extra.append("%s %s" % (k, by[k]))
+        if k in by: extra.append("%s %s" % (k, " ".join(fmt(x) for x in by[k])))
 print("receiver (per round): " + "; ".join(extra))
 print("ddsperf lost samples (per round): reliable %s, best effort %s" % (by.get("dds_reliable_lost"), by.get("dds_best_effort_lost")))
 print("outgoing multicast/broadcast packets in this network namespace during the DDS runs: %d" % mcast)
