@@ -143,6 +143,17 @@ untrack() {
     PIDS=("${keep[@]}")
 }
 
+# Runs a command in the background and waits for it: a signal to this script then stops
+# it at once (the trap's cleanup kills it by PID) instead of after the command ends.
+run() {
+    "$@" &
+    local p=$! rc=0
+    PIDS+=($p)
+    wait "$p" || rc=$?
+    untrack "$p"
+    return "$rc"
+}
+
 RESULTS=$WORK/results.jsonl
 : > "$RESULTS"
 # record ROUND SIZE METRIC VALUE
@@ -151,7 +162,7 @@ record() { echo "{\"round\":$1,\"size\":$2,\"metric\":\"$3\",\"value\":$4}" >> "
 # --- the systems ---------------------------------------------------------------------------
 run_nomq() { # ROUND SIZE
     local out=$WORK/nomq.$1.json
-    timeout $((SECS * 8 + 60)) "$NOMQ" bench --json --messages "$MSGS" --samples "$SAMPLES" \
+    run timeout $((SECS * 8 + 60)) "$NOMQ" bench --json --messages "$MSGS" --samples "$SAMPLES" \
         --size "$2" --window "$WINDOW" --max-seconds "$SECS" > "$out" 2> "$out.err" ||
         { cat "$out.err" >&2; echo "compare.sh: nomq bench failed" >&2; exit 3; }
     python3 - "$out" "$1" "$2" >> "$RESULTS" <<'PY'
@@ -185,7 +196,7 @@ run_dds_pubsub() { # ROUND SIZE METRIC [-u]
     local sp=$!
     PIDS+=($sp)
     sleep 0.3
-    timeout $((DDS_SECS + 10)) ddsperf "${flags[@]}" -D "$DDS_SECS" pub size "$2" > "$WORK/dds-pub.txt" 2>&1 || true
+    run timeout $((DDS_SECS + 10)) ddsperf "${flags[@]}" -D "$DDS_SECS" pub size "$2" > "$WORK/dds-pub.txt" 2>&1 || true
     wait "$sp" || true
     untrack "$sp"
     after=$(mcast_out)
@@ -218,7 +229,7 @@ run_dds_ping() { # ROUND SIZE
     local pp=$!
     PIDS+=($pp)
     sleep 0.3
-    timeout $((DDS_SECS + 10)) ddsperf -i "$DOMAIN" -D "$DDS_SECS" ping size "$2" > "$ping" 2>&1 || true
+    run timeout $((DDS_SECS + 10)) ddsperf -i "$DOMAIN" -D "$DDS_SECS" ping size "$2" > "$ping" 2>&1 || true
     wait "$pp" || true
     untrack "$pp"
     after=$(mcast_out)
@@ -236,7 +247,7 @@ PY
 
 run_mqtt() { # ROUND SIZE
     local out=$WORK/mqtt.$1.json
-    timeout $((SECS * 3 + 60)) "$MQTT" --port "$MQ_PORT" --messages "$MSGS" --samples "$SAMPLES" \
+    run timeout $((SECS * 3 + 60)) "$MQTT" --port "$MQ_PORT" --messages "$MSGS" --samples "$SAMPLES" \
         --size "$2" --window "$WINDOW" --max-seconds "$SECS" > "$out" ||
         { echo "compare.sh: mqtt_bench failed (exit $?)" >&2; exit 3; }
     python3 - "$out" "$1" "$2" >> "$RESULTS" <<'PY'
@@ -265,14 +276,14 @@ run_system() { # NAME ROUND SIZE
 if [ "$SWEEP" = 1 ]; then
     SIZES=(16 64 256 1024 4096 8192)
     log "sweep over ${SIZES[*]} B (one round)"
-    timeout $((SECS * 20 + 120)) "$NOMQ" bench --sweep --json --messages "$MSGS" --window "$WINDOW" \
+    run timeout $((SECS * 20 + 120)) "$NOMQ" bench --sweep --json --messages "$MSGS" --window "$WINDOW" \
         --max-seconds "$SECS" > "$WORK/sweep.json" 2> "$WORK/sweep.err" ||
         { cat "$WORK/sweep.err" >&2; echo "compare.sh: nomq bench --sweep failed" >&2; exit 3; }
     for s in "${SIZES[@]}"; do
         log "  ddsperf reliable $s B"
         run_dds_pubsub 1 "$s" dds_reliable
         log "  mqtt $s B"
-        timeout $((SECS * 3 + 60)) "$MQTT" --port "$MQ_PORT" --messages "$MSGS" --samples 10 \
+        run timeout $((SECS * 3 + 60)) "$MQTT" --port "$MQ_PORT" --messages "$MSGS" --samples 10 \
             --size "$s" --window "$WINDOW" --max-seconds "$SECS" > "$WORK/mqtt.sweep.$s.json"
     done
     mkdir -p "$ROOT/docs/img"
