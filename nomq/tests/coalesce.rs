@@ -39,8 +39,7 @@ fn a_burst_shares_datagrams_and_arrives_once_in_order() {
         s.members[a].node.publish(now, "sensors/t", &i.to_be_bytes(), opts).unwrap();
     }
     s.flush(a);
-    let publishes: Vec<&(usize, Vec<(u8, usize)>, Target)> =
-        s.sent.iter().filter(|d| d.0 == a).collect();
+    let publishes: Vec<&Sent> = s.sent.iter().filter(|d| d.0 == a).collect();
     let packets: usize = publishes.iter().map(|d| d.1.len()).sum();
     assert_eq!(packets, 100, "every message is one packet");
     for (_, lens, _) in &publishes {

@@ -150,10 +150,8 @@ impl<const S: usize> Announce<S> {
     /// joins it instead of taking an entry: a burst of messages from one publisher is
     /// acknowledged by one packet. Returns whether it joined a run.
     pub(super) fn queue(&mut self, c: Control) -> Result<bool, QueueFull> {
-        if let (Control::Ack { kind, msg, to, session, channel_id, scope, .. }, Some(back)) =
-            (&c, self.control.back_mut())
-        {
-            if let Control::Ack {
+        if let Control::Ack { kind, msg, to, session, channel_id, scope, .. } = &c
+            && let Some(Control::Ack {
                 kind: k,
                 msg: m,
                 count,
@@ -161,17 +159,15 @@ impl<const S: usize> Announce<S> {
                 session: s,
                 channel_id: ch,
                 scope: sc,
-            } = back
-            {
-                let next = m.packet_id.0.checked_add(u32::from(*count));
-                let continues = (&*k, &*t, &*s, &*ch, &*sc)
-                    == (kind, to, session, channel_id, scope)
-                    && m.session == msg.session
-                    && next == Some(msg.packet_id.0);
-                if continues && *count < u16::MAX {
-                    *count += 1;
-                    return Ok(true);
-                }
+            }) = self.control.back_mut()
+        {
+            let next = m.packet_id.0.checked_add(u32::from(*count));
+            let continues = (&*k, &*t, &*s, &*ch, &*sc) == (kind, to, session, channel_id, scope)
+                && m.session == msg.session
+                && next == Some(msg.packet_id.0);
+            if continues && *count < u16::MAX {
+                *count += 1;
+                return Ok(true);
             }
         }
         self.control.push_back(c).map(|()| false).map_err(|_| QueueFull)

@@ -575,10 +575,8 @@ where
             t = self.transmit_heartbeat(now, buf).map(|t| (t, true));
         }
         let from_outbox = t.is_none();
-        if from_outbox {
-            if let Step::Sent(p) = self.transmit_outbox(now, buf, None) {
-                t = Some((p, false));
-            }
+        if from_outbox && let Step::Sent(p) = self.transmit_outbox(now, buf, None) {
+            t = Some((p, false));
         }
         if let Some((old, new)) = self.tx.take_renewal() {
             self.on_renewal(old, new);

@@ -14,6 +14,8 @@ pub type SimNode = Node<Keyring<2>, 8, 8, 128, 4, 512, 8, 64>;
 pub const UNIX_START: u32 = 1_700_000_000;
 
 /// A datagram on the virtual wire: (arrival µs, sequence, to, from, bytes).
+/// A datagram a member sent: (sender, its packets' type bytes and lengths, target).
+pub type Sent = (usize, Vec<(u8, usize)>, Target);
 pub type InFlight = (u64, u64, usize, Addr, Vec<u8>);
 
 #[derive(Clone, Copy)]
@@ -73,7 +75,7 @@ pub struct Sim {
     pub recorded: Vec<(usize, Addr, Vec<u8>)>,
     pub trace: u64,
     /// Every datagram a member sent: (sender, its packets' type bytes and lengths, target).
-    pub sent: Vec<(usize, Vec<(u8, usize)>, Target)>,
+    pub sent: Vec<Sent>,
 }
 
 pub fn keys(k: u8) -> Keyring<2> {
