@@ -142,6 +142,11 @@ pub struct Node<
     /// Finished entries wait for room in the event queue, and the `now` they were found
     /// finished at: [`Node::poll_event`] reports them as it makes room.
     outcomes_waiting: Option<Instant>,
+    /// The last channel name whose ids were derived, and its ids under the current and
+    /// previous network keys: a stream on one channel costs its two HMACs once, not at
+    /// every publish, target collection and receipt. Cleared by [`Node::keys_mut`].
+    last_ids:
+        Option<(heapless::String<{ crate::channel::MAX_NAME_LEN }>, ChannelId, Option<ChannelId>)>,
 }
 
 /// The commitments of the last delivered message.
@@ -194,6 +199,7 @@ where
             unsaved: false,
             session_known: false,
             outcomes_waiting: None,
+            last_ids: None,
         }
     }
 
@@ -223,6 +229,7 @@ where
     /// against ids under the current and the previous network keys. Nobody resubscribes.
     pub fn keys_mut(&mut self) -> &mut K {
         self.keys_changed = true;
+        self.last_ids = None;
         &mut self.keys
     }
 
@@ -241,10 +248,24 @@ where
         self.announce.heartbeat_early(now);
     }
 
-    /// The ids of `name` under the current and (during a rotation) previous network keys.
-    fn channel_ids(&self, name: &str) -> (ChannelId, Option<ChannelId>) {
+    /// [`Node::channel_ids`] without the cache.
+    fn derive_ids(&self, name: &str) -> (ChannelId, Option<ChannelId>) {
         let net = self.keys.network();
         (net.current.channel_id(name), net.previous.map(|p| p.channel_id(name)))
+    }
+
+    /// The ids of `name` under the current and (during a rotation) previous network keys.
+    fn channel_ids(&mut self, name: &str) -> (ChannelId, Option<ChannelId>) {
+        if let Some((n, id, prev)) = &self.last_ids
+            && n.as_str() == name
+        {
+            return (*id, *prev);
+        }
+        let ids = self.derive_ids(name);
+        if let Ok(n) = heapless::String::try_from(name) {
+            self.last_ids = Some((n, ids.0, ids.1));
+        }
+        ids
     }
     /// Counters.
     pub fn stats(&self) -> &Stats {
@@ -261,7 +282,7 @@ where
         channel: &'a str,
     ) -> impl Iterator<Item = (SessionId, Addr)> + 'a {
         let name = ChannelName::new(channel).ok();
-        let ids = name.map(|n| self.channel_ids(n.as_str()));
+        let ids = name.map(|n| self.derive_ids(n.as_str()));
         self.peers.iter().filter_map(move |p| match (name, &ids) {
             (Some(n), Some((id, prev))) if self.peers.subscribes(p, n, (id, prev.as_ref())) => {
                 Some((p.session, p.addr))

@@ -340,10 +340,9 @@ where
     }
 
     /// Whether `id` is the channel id of `name` under the current or previous network keys.
-    fn id_matches(&self, name: &str, id: &ChannelId) -> bool {
-        let net = self.keys.network();
-        net.current.channel_id(name) == *id
-            || net.previous.is_some_and(|p| p.channel_id(name) == *id)
+    fn id_matches(&mut self, name: &str, id: &ChannelId) -> bool {
+        let (current, previous) = self.channel_ids(name);
+        current == *id || previous == Some(*id)
     }
 
     pub(super) fn on_publish<'a>(

@@ -86,7 +86,7 @@ where
         if self.outbox.is_full() {
             return Err(PublishError::OutboxFull);
         }
-        let ids = (self.keys.channel_id(name.as_str()), self.keys.scope_for(name));
+        let ids = (self.channel_ids(name.as_str()).0, self.keys.scope_for(name));
         let expires = now + Duration::from_secs(u64::from(ttl));
         let stored = Stored::new(name, body, ids, opts.qos, expires);
         // Fits: len <= M checked above.
@@ -497,11 +497,17 @@ where
     }
 
     fn collect_targets(&mut self, i: usize) {
+        let Some(name) = self.outbox[i].body.name() else { return };
+        let Ok(owned) =
+            heapless::String::<{ crate::channel::MAX_NAME_LEN }>::try_from(name.as_str())
+        else {
+            return;
+        };
+        // Derived now, not at publish time: the keys may have rotated since.
+        let (id, prev) = self.channel_ids(owned.as_str());
         let e = &self.outbox[i];
         let Some(name) = e.body.name() else { return };
         let (dest, state) = (e.dest, TState::initial(e.qos()));
-        // Derived now, not at publish time: the keys may have rotated since.
-        let (id, prev) = self.channel_ids(name.as_str());
         let mut targets: Vec<TargetPeer, P> = Vec::new();
         for p in self.peers.iter() {
             let reachable = match dest {
