@@ -401,3 +401,36 @@ async fn retained_reply_outcome_is_reported() {
         }
     }
 }
+
+/// A QoS 1 stream with the whole outbox in flight: acknowledgements come back as runs that
+/// finish many entries at once, more than the engine's event queue holds, and every outcome
+/// must still be reported at once, not at the next retransmission timer (a run once stalled
+/// such a stream to a few thousand messages a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_window_of_qos1_is_acknowledged_without_waiting_for_timers() {
+    let mut engine = fast();
+    // A stalled outcome would wait a full second per outbox load: 24 loads for 3000.
+    engine.retransmit_initial = nomq::Duration::from_secs(1);
+    engine.retransmit_max = nomq::Duration::from_secs(2);
+    let nodes = mesh(2, engine, 4096).await;
+    let (p, s) = (&nodes[0], &nodes[1]);
+    let mut sub = s.subscribe("win/#").await.unwrap();
+    p.wait_for_subscribers("win/a", 1, WAIT).await.unwrap();
+    let reader = tokio::spawn(async move {
+        // At least once: a retransmission on a busy machine may repeat one.
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < 3000 {
+            let m = tokio::time::timeout(WAIT, sub.recv()).await.expect("stream stalled").unwrap();
+            seen.insert(u32::from_be_bytes(m.body[..4].try_into().unwrap()));
+        }
+    });
+    let start = std::time::Instant::now();
+    let statuses = tokio::time::timeout(WAIT, publish_window(p, "win/a", 3000, Qos::AtLeastOnce))
+        .await
+        .expect("3000 QoS 1 messages did not finish in 10 s");
+    let took = start.elapsed();
+    assert!(statuses.iter().all(|s| *s == Status::Acknowledged), "{:?}", count_statuses(&statuses));
+    reader.await.unwrap();
+    let stats = p.stats().await.unwrap();
+    eprintln!("3000 QoS 1 in {took:?}, {} retransmissions", stats.engine.retransmissions);
+}
