@@ -540,6 +540,13 @@ drop_reasons! {
     /// PUBACK/PUBREC was sent, so a QoS 1/2 publisher retransmits it; a QoS 0 message
     /// is lost (and counted here).
     DeliveryRefused,
+    /// A retransmission of a message whose acknowledgement the application deferred
+    /// ([`Node::defer_delivery`](crate::Node::defer_delivery)) and has not completed:
+    /// neither delivered again nor acknowledged.
+    DeferredDuplicate,
+    /// A deferred delivery nobody completed before its message expired: its
+    /// acknowledgement was never sent (the publisher gave up, or reports it missing).
+    DeferralExpired,
 }
 
 /// Counters of the node. Every dropped datagram is counted under exactly one reason.
