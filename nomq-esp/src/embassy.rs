@@ -96,6 +96,7 @@ struct Pending {
     msg: MessageId,
     qos: Qos,
     retained: bool,
+    ttl: u16,
     dup: bool,
     subscriptions: nomq::node::SubscriptionSet,
 }
@@ -229,6 +230,7 @@ impl<M: RawMutex, N: Engine> Runner<'_, M, N> {
                         msg: m.msg,
                         qos: m.qos,
                         retained: m.retained,
+                        ttl: m.ttl,
                         dup: m.dup,
                         subscriptions: m.subscriptions,
                     });
@@ -352,6 +354,7 @@ impl<M: RawMutex, N: Engine> Client<'_, M, N> {
                 msg: p.msg,
                 qos: p.qos,
                 retained: p.retained,
+                ttl: p.ttl,
                 dup: p.dup,
                 subscriptions: p.subscriptions,
             };

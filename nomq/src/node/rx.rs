@@ -419,6 +419,7 @@ where
             msg: p.msg,
             qos: h.flags.qos,
             retained: h.flags.retain,
+            ttl: h.ttl,
             dup: h.flags.dup,
             subscriptions,
         })

@@ -382,6 +382,9 @@ pub struct Message<'a> {
     pub qos: Qos,
     /// It is a retained value.
     pub retained: bool,
+    /// The TTL its publisher gave it, seconds (a bridge passes it on as MQTT's Message
+    /// Expiry Interval).
+    pub ttl: u16,
     /// It is a retransmission (QoS 1 may deliver a message more than once).
     pub dup: bool,
     /// Which local subscriptions it matched, so an adapter can route it without matching
