@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bridge;
 pub mod config;
 pub mod store;
 
@@ -318,6 +319,7 @@ enum Command {
     Stats(oneshot::Sender<HostStats>),
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Subscribers(String, oneshot::Sender<Vec<SessionId>>),
+    Session(oneshot::Sender<SessionId>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -1008,6 +1010,17 @@ impl Handle {
         rx.await.map_err(|_| HostError::Closed)
     }
 
+    /// This node's current session (a new one after every start, and when its packet
+    /// counter runs out).
+    ///
+    /// # Errors
+    /// [`HostError::Closed`].
+    pub async fn session(&self) -> Result<SessionId, HostError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Session(tx)).await.map_err(|_| HostError::Closed)?;
+        rx.await.map_err(|_| HostError::Closed)
+    }
+
     /// Waits until at least `n` known peers subscribe to `channel`, checking every 10 ms.
     /// Returns the subscribers, or `None` if `timeout` passed first.
     ///
@@ -1461,6 +1474,9 @@ impl Driver {
                     })
                     .collect();
                 let _ = reply.send(peers);
+            }
+            Command::Session(reply) => {
+                let _ = reply.send(self.node.session());
             }
             Command::Subscribers(channel, reply) => {
                 let _ = reply.send(self.node.subscribers(&channel).map(|(s, _)| s).collect());
