@@ -549,6 +549,8 @@ pub async fn run(
     let mut backoff = Backoff::new();
     let mut connected_once = false;
     let mut peers_tick = tokio::time::interval(Duration::from_millis(500));
+    // No outbound mapping: nothing ever comes from NoMQ.
+    let mut up_open = !patterns.is_empty();
     let result = loop {
         let room = b.fifo.len() + b.inflight.len() < b.cfg.spec.max_in_flight;
         tokio::select! {
@@ -578,9 +580,9 @@ pub async fn run(
                     }
                 }
             },
-            m = up_rx.recv(), if b.connected && room => match m {
+            m = up_rx.recv(), if up_open && b.connected && room => match m {
                 Some(m) => b.uplink(m),
-                None => break Ok(()),
+                None => up_open = false,
             },
         }
     };
