@@ -69,8 +69,13 @@ impl Broker {
         let conf = dir.path("mosquitto.conf");
         let data = dir.path("mosq-data");
         std::fs::create_dir_all(&data).unwrap();
+        // Started as root, mosquitto drops to its own user: it must be able to save here.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
         let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\n{extra}\n",
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n{extra}\n",
             data.display()
         );
         std::fs::write(&conf, text).unwrap();
@@ -119,6 +124,11 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.conf.with_file_name("mosquitto.log")).unwrap_or_default();
+            let keep: Vec<&str> = log.lines().filter(|l| !l.contains("PUBLISH") && !l.contains("PUBACK") && !l.contains("PUBREC") && !l.contains("PUBREL") && !l.contains("PUBCOMP")).collect();
+            eprintln!("mosquitto log (without publish flow):\n{}", keep.join("\n"));
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -476,7 +486,7 @@ fn broker_restart_mid_stream_loses_nothing_acknowledged() {
             std::thread::sleep(Duration::from_millis(200));
         };
         let missing: Vec<_> = acked.iter().filter(|i| !counts.contains_key(i)).collect();
-        assert!(missing.is_empty(), "round {round}: acknowledged but never at the broker: {missing:?}; bridge: {}", br.stderr());
+        assert!(missing.is_empty(), "round {round}: acknowledged but never at the subscriber: {missing:?}; bridge: {}", br.stderr());
         if qos == Qos::AtLeastOnce {
             assert_eq!(acked.len(), n as usize, "round {round}: not all delivered at least once: {failed:?}");
         } else {
