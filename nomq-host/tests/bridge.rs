@@ -638,3 +638,91 @@ fn two_bridges_deliver_once_without_loops_and_survive_kill_9() {
     rt.block_on(n.shutdown());
     rt.block_on(s.shutdown());
 }
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &Scratch, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir.dir()).output().expect("openssl (Debian package openssl)");
+    assert!(out.status.success(), "openssl {args:?}: {}", text(&out.stderr));
+}
+
+/// A CA (`NAME-ca.pem`) and, signed by it, a certificate for 127.0.0.1 (`NAME.pem`,
+/// `NAME.key`).
+fn issue(dir: &Scratch, ca: &str, name: &str, cn: &str) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    if !dir.path(&format!("{ca}.pem")).exists() {
+        let subj = format!("/CN={ca}");
+        openssl(dir, &[&["req", "-x509"][..], &ec, &["-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"), "-days", "2", "-subj", &subj]].concat());
+    }
+    let subj = format!("/CN={cn}");
+    openssl(dir, &[&["req"][..], &ec, &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &subj]].concat());
+    std::fs::write(dir.path("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    openssl(
+        dir,
+        &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "2", "-extfile", "ext.cnf"],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for f in [format!("{name}.key"), format!("{name}.pem"), format!("{ca}.pem")] {
+        std::fs::set_permissions(dir.path(&f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+/// Issue test 6: a TLS listener with a CA made here: the bridge connects with `--ca` (and
+/// a client certificate the broker requires) and carries a message; a wrong CA, or no
+/// client certificate, is refused with a clear error.
+#[test]
+fn tls_with_a_given_ca_and_client_certificate() {
+    let Some((mosq, sub_bin, _pub_bin)) = tools() else { return };
+    if find("openssl").is_none() {
+        assert!(std::env::var("NOMQ_REQUIRE_MOSQUITTO").as_deref() != Ok("1"), "openssl is not installed");
+        eprintln!("SKIPPED: openssl not installed");
+        return;
+    }
+    let dir = Scratch::new("bridge-tls");
+    let keys = dir.keys("k.json");
+    issue(&dir, "ca", "server", "localhost");
+    issue(&dir, "ca", "client", "nomq-bridge");
+    issue(&dir, "wrong-ca", "other", "localhost");
+    let p = |f: &str| dir.path(f).display().to_string();
+    let extra = format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+        p("ca.pem"),
+        p("server.pem"),
+        p("server.key")
+    );
+    let broker = Broker::start(&mosq, &dir, &extra);
+    let [pb, pp] = ports::<2>();
+    let map = ["--map", "factory/#=site-a/factory/#:out:1"];
+    // A wrong CA: a clear error, exit 3.
+    let mut c = nomq(&dir, &["bridge", "--keys", &keys, "--bind", &s(&pb), "--broker", &broker.addr(), "--ca", &p("wrong-ca.pem")]);
+    c.args(["--cert", &p("client.pem"), "--key", &p("client.key")]).args(map);
+    let out = run_cmd(c);
+    let (code, _, stderr) = outcome(&out);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("TLS handshake with the broker failed") && stderr.contains("--ca"), "{stderr}");
+    // The right CA but no client certificate: the broker refuses the handshake.
+    let mut c = nomq(&dir, &["bridge", "--keys", &keys, "--bind", &s(&pb), "--broker", &broker.addr(), "--ca", &p("ca.pem")]);
+    c.args(map);
+    let (code, _, stderr) = outcome(&run_cmd(c));
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("TLS"), "{stderr}");
+    // A key without its certificate: a usage error before anything runs.
+    let mut c = nomq(&dir, &["bridge", "--keys", &keys, "--broker", &broker.addr(), "--ca", &p("ca.pem"), "--key", &p("client.key")]);
+    c.args(map);
+    let (code, _, stderr) = outcome(&run_cmd(c));
+    assert_eq!(code, Some(2), "{stderr}");
+    // The right CA and a client certificate: connected, and a message goes through.
+    let mut sc = Command::new(&sub_bin);
+    sc.args(["-V", "5", "-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", "site-a/#", "-F", "%t|%x", "-C", "1"]);
+    sc.args(["--cafile", &p("ca.pem"), "--cert", &p("client.pem"), "--key", &p("client.key")]);
+    let sub = Lines::spawn(sc);
+    let br = bridge(&dir, &keys, pb, &[pp], &broker.addr(), &[&map[..], &["--ca", &p("ca.pem"), "--cert", &p("client.pem"), "--key", &p("client.key")]].concat());
+    br.wait_stderr("connected to the broker");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run(&dir, &["pub", "--keys", &keys, "--bind", &s(&pp), "--peer", &s(&pb), "-t", "factory/tls", "-q", "1", "--wait-ms", "20000", "-m", "secret"]);
+    let (code, stdout, stderr) = outcome(&out);
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    sub.wait_for(1, "the message over TLS");
+    assert_eq!(sub.lines()[0], format!("site-a/factory/tls|{}", hex(b"secret")));
+    let (code, stderr) = br.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -466,14 +466,22 @@ fn fatal(e: &ConnectionError, connected_once: bool) -> Option<String> {
             }
             _ => None,
         },
-        ConnectionError::Tls(t) if !connected_once => Some(format!(
-            "TLS handshake with the broker failed: {t} (is --ca the CA that signed the broker's certificate, and does the certificate name the host given?)"
+        _ if !connected_once && is_tls_failure(e) => Some(format!(
+            "TLS handshake with the broker failed: {e} (is --ca the CA that signed the broker's certificate, does that certificate name the host given, and does the broker require a client certificate, --cert/--key?)"
         )),
-        ConnectionError::Io(io) if !connected_once && io.kind() == std::io::ErrorKind::InvalidData => {
-            Some(format!("TLS handshake with the broker failed: {io} (is --ca the CA that signed the broker's certificate, and does the certificate name the host given?)"))
-        }
         _ => None,
     }
+}
+
+/// A TLS failure: a certificate not trusted or not given, a TLS alert. rustls errors
+/// reach us wrapped in I/O errors (during the handshake, or at the first read when the
+/// server refuses a TLS 1.3 client afterwards), so they are recognised by their text.
+fn is_tls_failure(e: &ConnectionError) -> bool {
+    if matches!(e, ConnectionError::Tls(_)) {
+        return true;
+    }
+    let t = e.to_string().to_ascii_lowercase();
+    t.contains("certificate") || t.contains("alert") || t.contains("handshake")
 }
 
 /// The running bridge's state (one task).

@@ -90,12 +90,12 @@ fn config(a: &BridgeArgs) -> Result<BridgeConfig, Failure> {
     if let Some(p) = a.password.clone().or_else(|| std::env::var("NOMQ_MQTT_PASSWORD").ok()) {
         spec.broker.password = Some(p);
     }
-    if a.tls || a.ca.is_some() || a.cert.is_some() {
+    if a.tls || a.ca.is_some() || a.cert.is_some() || a.key.is_some() {
         let t = spec.broker.tls.get_or_insert_with(TlsSpec::default);
         if a.ca.is_some() {
             t.ca.clone_from(&a.ca);
         }
-        if a.cert.is_some() {
+        if a.cert.is_some() || a.key.is_some() {
             t.cert.clone_from(&a.cert);
             t.key.clone_from(&a.key);
         }
