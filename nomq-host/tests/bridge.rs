@@ -726,3 +726,101 @@ fn tls_with_a_given_ca_and_client_certificate() {
     let (code, stderr) = br.interrupt();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// Issue test 7 (figures in the output, `--nocapture`): 64-byte messages through one
+/// bridge (a NoMQ publisher in this process → bridge → mosquitto → mosquitto_sub), QoS 0
+/// and 1, against mosquitto alone (mosquitto_pub → mosquitto → mosquitto_sub) in the
+/// same run.
+#[test]
+fn throughput_through_one_bridge_against_mosquitto_alone() {
+    let Some((mosq, sub_bin, pub_bin)) = tools() else { return };
+    let dir = Scratch::new("bridge-rate");
+    let keys = dir.keys("k.json");
+    let broker = Broker::start(&mosq, &dir, "max_queued_messages 0\n");
+    let [pb, pn] = ports::<2>();
+    let br = bridge(&dir, &keys, pb, &[pn], &broker.addr(), &["--map", "bench/#=site-a/bench/#:out:1", "--max-in-flight", "500"]);
+    br.wait_stderr("connected to the broker");
+    let rt = runtime();
+    let n = rt.block_on(node(&keys, pn, &[pb], None));
+    assert!(rt.block_on(n.wait_for_subscribers("bench/x", 1, LONG)).unwrap().is_some());
+    let body = |i: u32| format!("{i:064}").into_bytes();
+    let count = |l: &Lines, prefix: &str| l.lines().iter().filter(|x| x.starts_with(prefix)).count();
+    let mut report = Vec::new();
+    for (qos, total) in [(0u8, 20_000u32), (1, 5_000)] {
+        // mosquitto alone.
+        let topic = format!("site-a/base/q{qos}");
+        let sub = mqtt_sub(&sub_bin, &broker, &topic, &["-q", &qos.to_string()]);
+        until_subscribed(&pub_bin, &broker, &sub, &topic);
+        let base = count(&sub, &topic);
+        let lines: Vec<u8> = (0..total).flat_map(|i| { let mut b = body(i); b.push(b'\n'); b }).collect();
+        let start = Instant::now();
+        let mut c = Command::new(&pub_bin);
+        c.args(["-V", "5", "-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", &topic, "-q", &qos.to_string(), "-l"]);
+        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(&lines).unwrap();
+        let _ = finish(child, Duration::from_secs(300));
+        let end = Instant::now() + Duration::from_secs(120);
+        while count(&sub, &topic) < base + total as usize && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let alone = (count(&sub, &topic) - base, start.elapsed());
+        drop(sub);
+        // Through the bridge.
+        let topic = format!("site-a/bench/q{qos}");
+        let sub = mqtt_sub(&sub_bin, &broker, &topic, &["-q", &qos.to_string()]);
+        until_subscribed(&pub_bin, &broker, &sub, &topic);
+        let base = count(&sub, &topic);
+        let channel = format!("bench/q{qos}");
+        let start = Instant::now();
+        rt.block_on(async {
+            if qos == 0 {
+                let mut i = 0;
+                while i < total {
+                    let batch: Vec<Vec<u8>> = (i..(i + 64).min(total)).map(body).collect();
+                    let sent = n.publish_batch(&channel, batch, PublishOptions::qos(Qos::AtMostOnce)).await.unwrap();
+                    i += sent as u32;
+                    if sent == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            } else {
+                let opts = PublishOptions::qos(Qos::AtLeastOnce).ttl(120);
+                let mut waiting = std::collections::VecDeque::new();
+                for i in 0..total {
+                    loop {
+                        match n.start_publish(&channel, body(i), opts).await {
+                            Ok(rx) => { waiting.push_back(rx); break; }
+                            Err(_) => { if let Some(rx) = waiting.pop_front() { let _ = rx.await; } }
+                        }
+                    }
+                    if waiting.len() >= 100 && let Some(rx) = waiting.pop_front() {
+                        let _ = rx.await;
+                    }
+                }
+                for rx in waiting {
+                    let _ = rx.await;
+                }
+            }
+        });
+        let end = Instant::now() + Duration::from_secs(120);
+        while count(&sub, &topic) < base + total as usize && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let bridged = (count(&sub, &topic) - base, start.elapsed());
+        let rate = |(k, t): (usize, Duration)| k as f64 / t.as_secs_f64();
+        report.push(format!(
+            "QoS {qos}, 64 B, {total} messages: mosquitto alone {:.0} msg/s ({} arrived), through the bridge {:.0} msg/s ({} arrived)",
+            rate(alone), alone.0, rate(bridged), bridged.0
+        ));
+        if qos == 1 {
+            assert_eq!(bridged.0, total as usize, "QoS 1 through the bridge: all arrive");
+        }
+        assert!(bridged.0 > 0);
+    }
+    for r in &report {
+        eprintln!("throughput: {r}");
+    }
+    rt.block_on(n.shutdown());
+    let (code, stderr) = br.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
+}
