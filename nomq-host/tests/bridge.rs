@@ -35,7 +35,9 @@ fn tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
                 std::env::var("NOMQ_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
                 "NOMQ_REQUIRE_MOSQUITTO=1 but mosquitto, mosquitto_sub or mosquitto_pub is not installed (apt-get install mosquitto mosquitto-clients)"
             );
-            eprintln!("SKIPPED: mosquitto / mosquitto-clients not installed (apt-get install mosquitto mosquitto-clients)");
+            eprintln!(
+                "SKIPPED: mosquitto / mosquitto-clients not installed (apt-get install mosquitto mosquitto-clients)"
+            );
             None
         }
     }
@@ -99,9 +101,7 @@ impl Broker {
             .unwrap();
         self.child = Some(child);
         let port = self.port;
-        wait_until("mosquitto to listen", LONG, || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        wait_until("mosquitto to listen", LONG, || TcpStream::connect(("127.0.0.1", port)).is_ok());
     }
 
     /// Stops it with SIGTERM (it saves its persistent state), by PID.
@@ -125,8 +125,18 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.conf.with_file_name("mosquitto.log")).unwrap_or_default();
-            let keep: Vec<&str> = log.lines().filter(|l| !l.contains("PUBLISH") && !l.contains("PUBACK") && !l.contains("PUBREC") && !l.contains("PUBREL") && !l.contains("PUBCOMP")).collect();
+            let log = std::fs::read_to_string(self.conf.with_file_name("mosquitto.log"))
+                .unwrap_or_default();
+            let keep: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    !l.contains("PUBLISH")
+                        && !l.contains("PUBACK")
+                        && !l.contains("PUBREC")
+                        && !l.contains("PUBREL")
+                        && !l.contains("PUBCOMP")
+                })
+                .collect();
             eprintln!("mosquitto log (without publish flow):\n{}", keep.join("\n"));
         }
         if let Some(mut c) = self.child.take() {
@@ -229,22 +239,39 @@ fn until_subscribed(pub_bin: &Path, broker: &Broker, sub: &Lines, probe: &str) {
     }
 }
 
-fn mqtt_pub(bin: &Path, broker: &Broker, topic: &str, body: &[u8], qos: u8, retain: bool, extra: &[&str]) {
+fn mqtt_pub(
+    bin: &Path,
+    broker: &Broker,
+    topic: &str,
+    body: &[u8],
+    qos: u8,
+    retain: bool,
+    extra: &[&str],
+) {
     let mut c = Command::new(bin);
     c.args(["-V", "5", "-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", topic]);
     c.args(["-q", &qos.to_string(), "-s"]).args(extra);
     if retain {
         c.arg("-r");
     }
-    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(body).unwrap();
     let out = finish(child, LONG);
     assert!(out.status.success(), "mosquitto_pub: {}", text(&out.stderr));
 }
 
 /// `nomq bridge` with `--map`s, on `bind` with static `peers`, info logs.
-fn bridge(dir: &Scratch, keys: &str, bind: SocketAddr, peers: &[SocketAddr], broker: &str, args: &[&str]) -> Lines {
-    let mut c = nomq(dir, &["bridge", "--keys", keys, "--bind", &s(&bind), "--broker", broker, "-v"]);
+fn bridge(
+    dir: &Scratch,
+    keys: &str,
+    bind: SocketAddr,
+    peers: &[SocketAddr],
+    broker: &str,
+    args: &[&str],
+) -> Lines {
+    let mut c =
+        nomq(dir, &["bridge", "--keys", keys, "--bind", &s(&bind), "--broker", broker, "-v"]);
     for p in peers {
         c.args(["--peer", &s(p)]);
     }
@@ -272,8 +299,14 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A NoMQ node in this process (the test's publisher or subscriber), sharing `keys`.
-async fn node(keys: &str, bind: SocketAddr, peers: &[SocketAddr], engine: Option<nomq_host::nomq::Config>) -> Handle {
-    let mut b = NodeBuilder::from_keyring_file(Path::new(keys)).unwrap().bind(bind).peers(peers.to_vec());
+async fn node(
+    keys: &str,
+    bind: SocketAddr,
+    peers: &[SocketAddr],
+    engine: Option<nomq_host::nomq::Config>,
+) -> Handle {
+    let mut b =
+        NodeBuilder::from_keyring_file(Path::new(keys)).unwrap().bind(bind).peers(peers.to_vec());
     if let Some(e) = engine {
         b = b.engine(e);
     }
@@ -291,7 +324,14 @@ fn nomq_to_mqtt_each_qos_once_with_the_same_bytes() {
     let [pb, pp, pn] = ports::<3>();
     let sub = mqtt_sub(&sub_bin, &broker, "site-a/#", &["-q", "2"]);
     until_subscribed(&pub_bin, &broker, &sub, "site-a/probe");
-    let br = bridge(&dir, &keys, pb, &[pp, pn], &broker.addr(), &["--map", "factory/#=site-a/factory/#:out:2"]);
+    let br = bridge(
+        &dir,
+        &keys,
+        pb,
+        &[pp, pn],
+        &broker.addr(),
+        &["--map", "factory/#=site-a/factory/#:out:2"],
+    );
     br.wait_stderr("connected to the broker");
     let body: Vec<u8> = vec![0, 0xff, b'|', b'\n', 7, 0x80];
     // Any bytes, NUL included: from a file (argv cannot carry a NUL).
@@ -311,7 +351,8 @@ fn nomq_to_mqtt_each_qos_once_with_the_same_bytes() {
     for q in 1..=2u8 {
         let channel = format!("factory/line1/q{q}");
         let mut c = nomq(&dir, &["pub", "--keys", &keys, "--bind", &s(&pp), "--peer", &s(&pb)]);
-        c.args(["-t", &channel, "-q", &q.to_string(), "--ttl", "77", "--wait-ms", "20000", "-f"]).arg(&file);
+        c.args(["-t", &channel, "-q", &q.to_string(), "--ttl", "77", "--wait-ms", "20000", "-f"])
+            .arg(&file);
         let out = run_cmd(c);
         let (code, stdout, stderr) = outcome(&out);
         assert_eq!(code, Some(0), "QoS {q}: {stdout} {stderr}");
@@ -327,7 +368,26 @@ fn nomq_to_mqtt_each_qos_once_with_the_same_bytes() {
     // The broker down: a QoS 1 publish is not acknowledged (nobody but the broker
     // could have acked it).
     broker.stop();
-    let out = run(&dir, &["pub", "--keys", &keys, "--bind", &s(&pp), "--peer", &s(&pb), "-t", "factory/line1/down", "-q", "1", "--ttl", "4", "-m", "x"]);
+    let out = run(
+        &dir,
+        &[
+            "pub",
+            "--keys",
+            &keys,
+            "--bind",
+            &s(&pp),
+            "--peer",
+            &s(&pb),
+            "-t",
+            "factory/line1/down",
+            "-q",
+            "1",
+            "--ttl",
+            "4",
+            "-m",
+            "x",
+        ],
+    );
     let (code, stdout, stderr) = outcome(&out);
     assert_eq!(code, Some(1), "acknowledged with the broker down: {stdout} {stderr}");
     let (code, stderr) = br.interrupt();
@@ -346,7 +406,8 @@ fn mqtt_to_nomq_each_qos_once_and_retained_for_late_subscribers() {
     let keys = dir.keys("k.json");
     let broker = Broker::start(&mosq, &dir, "");
     let [pb, ps, pl] = ports::<3>();
-    let br = bridge(&dir, &keys, pb, &[ps, pl], &broker.addr(), &["--map", "home/#=site-a/home/#:in:2"]);
+    let br =
+        bridge(&dir, &keys, pb, &[ps, pl], &broker.addr(), &["--map", "home/#=site-a/home/#:in:2"]);
     br.wait_stderr("connected to the broker");
     let mut c = nomq(&dir, &["sub", "--keys", &keys, "--bind", &s(&ps), "--peer", &s(&pb)]);
     c.args(["-t", "home/#", "-v", "-W", "120"]);
@@ -359,13 +420,33 @@ fn mqtt_to_nomq_each_qos_once_and_retained_for_late_subscribers() {
         if sub.lines().iter().any(|l| l == "home/probe p") {
             break;
         }
-        assert!(Instant::now() < deadline, "the NoMQ subscriber never got a probe; {}", sub.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "the NoMQ subscriber never got a probe; {}",
+            sub.stderr()
+        );
     }
     let probes = sub.lines().len();
     for q in 0..=2u8 {
-        mqtt_pub(&pub_bin, &broker, &format!("site-a/home/q{q}"), format!("v{q}").as_bytes(), q, false, &[]);
+        mqtt_pub(
+            &pub_bin,
+            &broker,
+            &format!("site-a/home/q{q}"),
+            format!("v{q}").as_bytes(),
+            q,
+            false,
+            &[],
+        );
     }
-    mqtt_pub(&pub_bin, &broker, "site-a/home/ret", b"kept", 1, true, &["-D", "publish", "message-expiry-interval", "120"]);
+    mqtt_pub(
+        &pub_bin,
+        &broker,
+        "site-a/home/ret",
+        b"kept",
+        1,
+        true,
+        &["-D", "publish", "message-expiry-interval", "120"],
+    );
     sub.wait_for(probes + 4, "the four MQTT messages");
     std::thread::sleep(Duration::from_secs(2));
     let got: Vec<String> = sub.lines()[probes..].to_vec();
@@ -385,12 +466,21 @@ fn mqtt_to_nomq_each_qos_once_and_retained_for_late_subscribers() {
 
 /// Publishes `n` messages `0..n` at `qos` from `node` to `factory/s/<i>` pipelined (at
 /// most `window` outstanding); returns each one's final status.
-async fn publish_all(node: &Handle, n: u32, qos: Qos, ttl: u16, pace: Duration) -> HashMap<u32, Status> {
+async fn publish_all(
+    node: &Handle,
+    n: u32,
+    qos: Qos,
+    ttl: u16,
+    pace: Duration,
+) -> HashMap<u32, Status> {
     let mut waiting = Vec::new();
     let opts = PublishOptions::qos(qos).ttl(ttl);
     for i in 0..n {
         loop {
-            match node.start_publish(&format!("factory/s/{i}"), i.to_be_bytes().to_vec(), opts).await {
+            match node
+                .start_publish(&format!("factory/s/{i}"), i.to_be_bytes().to_vec(), opts)
+                .await
+            {
                 Ok(rx) => {
                     waiting.push((i, rx));
                     break;
@@ -437,7 +527,14 @@ fn broker_restart_mid_stream_loses_nothing_acknowledged() {
     let persistent = ["-c", "-i", "nomq-test-sub", "-x", "3600", "-q", "2"];
     let mut subs = vec![mqtt_sub(&sub_bin, &broker, "site-a/#", &persistent)];
     until_subscribed(&pub_bin, &broker, &subs[0], "site-a/probe");
-    let br = bridge(&dir, &keys, pb, &[pp], &broker.addr(), &["--map", "factory/#=site-a/factory/#:out:2"]);
+    let br = bridge(
+        &dir,
+        &keys,
+        pb,
+        &[pp],
+        &broker.addr(),
+        &["--map", "factory/#=site-a/factory/#:out:2"],
+    );
     br.wait_stderr("connected to the broker");
     let rt = runtime();
     let mut engine = nomq_host::nomq::Config::default();
@@ -465,16 +562,22 @@ fn broker_restart_mid_stream_loses_nothing_acknowledged() {
         }
         let mut status = rt.block_on(stream).unwrap();
         // What the publisher was told failed, it publishes again (at least once).
-        let failed: Vec<u32> = status.iter().filter(|(_, s)| **s != Status::Acknowledged).map(|(i, _)| *i).collect();
+        let failed: Vec<u32> =
+            status.iter().filter(|(_, s)| **s != Status::Acknowledged).map(|(i, _)| *i).collect();
         if qos == Qos::AtLeastOnce && !failed.is_empty() {
             for i in &failed {
                 let d = rt
-                    .block_on(node.publish(&format!("factory/s/{i}"), i.to_be_bytes().to_vec(), PublishOptions::qos(qos).ttl(60)))
+                    .block_on(node.publish(
+                        &format!("factory/s/{i}"),
+                        i.to_be_bytes().to_vec(),
+                        PublishOptions::qos(qos).ttl(60),
+                    ))
                     .unwrap();
                 status.insert(*i, d.status);
             }
         }
-        let acked: Vec<u32> = status.iter().filter(|(_, s)| **s == Status::Acknowledged).map(|(i, _)| *i).collect();
+        let acked: Vec<u32> =
+            status.iter().filter(|(_, s)| **s == Status::Acknowledged).map(|(i, _)| *i).collect();
         // Every acknowledged message reached the subscriber.
         let end = Instant::now() + LONG;
         let counts = loop {
@@ -486,15 +589,32 @@ fn broker_restart_mid_stream_loses_nothing_acknowledged() {
             std::thread::sleep(Duration::from_millis(200));
         };
         let missing: Vec<_> = acked.iter().filter(|i| !counts.contains_key(i)).collect();
-        assert!(missing.is_empty(), "round {round}: acknowledged but never at the subscriber: {missing:?}; bridge: {}", br.stderr());
+        assert!(
+            missing.is_empty(),
+            "round {round}: acknowledged but never at the subscriber: {missing:?}; bridge: {}",
+            br.stderr()
+        );
         if qos == Qos::AtLeastOnce {
-            assert_eq!(acked.len(), n as usize, "round {round}: not all delivered at least once: {failed:?}");
+            assert_eq!(
+                acked.len(),
+                n as usize,
+                "round {round}: not all delivered at least once: {failed:?}"
+            );
         } else {
             let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
             assert!(twice.is_empty(), "QoS 2 delivered twice: {twice:?}");
-            assert_eq!(acked.len(), n as usize, "QoS 2 not all acknowledged: {:?}", status.iter().filter(|(_, s)| **s != Status::Acknowledged).collect::<Vec<_>>());
+            assert_eq!(
+                acked.len(),
+                n as usize,
+                "QoS 2 not all acknowledged: {:?}",
+                status.iter().filter(|(_, s)| **s != Status::Acknowledged).collect::<Vec<_>>()
+            );
         }
-        eprintln!("round {round} ({qos:?}): {n} messages, {} retried after the outage, {} acknowledged", failed.len(), acked.len());
+        eprintln!(
+            "round {round} ({qos:?}): {n} messages, {} retried after the outage, {} acknowledged",
+            failed.len(),
+            acked.len()
+        );
     }
     rt.block_on(node.shutdown());
     let (code, stderr) = br.interrupt();
@@ -508,7 +628,9 @@ fn bodies(lines: &[String]) -> Vec<String> {
         .iter()
         .filter_map(|l| l.rsplit('|').next())
         .map(|x| {
-            let b: Vec<u8> = (0..x.len() / 2).filter_map(|i| u8::from_str_radix(&x[2 * i..2 * i + 2], 16).ok()).collect();
+            let b: Vec<u8> = (0..x.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&x[2 * i..2 * i + 2], 16).ok())
+                .collect();
             String::from_utf8_lossy(&b).into_owned()
         })
         .collect()
@@ -537,8 +659,22 @@ fn two_bridges_deliver_once_without_loops_and_survive_kill_9() {
     let msub = mqtt_sub(&sub_bin, &broker, "site-a/#", &["-q", "1"]);
     until_subscribed(&pub_bin, &broker, &msub, "site-a/probe");
     let args = ["--map", "factory/#=site-a/factory/#:both:1", "--group", "site-a", "--shared"];
-    let mut ba = bridge(&dir, &keys, pa, &[pb, pn, ps], &broker.addr(), &[&args[..], &["--client-id", "bridge-a"]].concat());
-    let bb = bridge(&dir, &keys, pb, &[pa, pn, ps], &broker.addr(), &[&args[..], &["--client-id", "bridge-b"]].concat());
+    let mut ba = bridge(
+        &dir,
+        &keys,
+        pa,
+        &[pb, pn, ps],
+        &broker.addr(),
+        &[&args[..], &["--client-id", "bridge-a"]].concat(),
+    );
+    let bb = bridge(
+        &dir,
+        &keys,
+        pb,
+        &[pa, pn, ps],
+        &broker.addr(),
+        &[&args[..], &["--client-id", "bridge-b"]].concat(),
+    );
     let rt = runtime();
     let mut engine = nomq_host::nomq::Config::default();
     engine.max_attempts = 12;
@@ -570,22 +706,48 @@ fn two_bridges_deliver_once_without_loops_and_survive_kill_9() {
     // 100 MQTT → NoMQ.
     let lines: String = (0..100).map(|i| format!("down{i}\n")).collect();
     let mut c = Command::new(&pub_bin);
-    c.args(["-V", "5", "-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", "site-a/factory/down", "-q", "1", "-l"]);
-    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    c.args([
+        "-V",
+        "5",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        "site-a/factory/down",
+        "-q",
+        "1",
+        "-l",
+    ]);
+    let mut child =
+        c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
     assert!(finish(child, LONG).status.success());
     wait_until("100 messages in NoMQ from MQTT", LONG, || {
         got.lock().unwrap().iter().filter(|b| b.starts_with("down")).count() >= 100
     });
-    wait_until("200 messages at mosquitto_sub", LONG, || bodies(&msub.lines()).iter().filter(|b| b.starts_with("up") || b.starts_with("down")).count() >= 200);
+    wait_until("200 messages at mosquitto_sub", LONG, || {
+        bodies(&msub.lines())
+            .iter()
+            .filter(|b| b.starts_with("up") || b.starts_with("down"))
+            .count()
+            >= 200
+    });
     // Echoes would arrive late: give them time.
     std::thread::sleep(Duration::from_secs(3));
-    let mqtt = tally(bodies(&msub.lines()).iter().filter(|b| b.starts_with("up") || b.starts_with("down")));
+    let mqtt = tally(
+        bodies(&msub.lines()).iter().filter(|b| b.starts_with("up") || b.starts_with("down")),
+    );
     let nomq = tally(got.lock().unwrap().iter());
     for i in 0..100 {
         for (side, t) in [("MQTT", &mqtt), ("NoMQ", &nomq)] {
             for b in [format!("up{i}"), format!("down{i}")] {
-                assert_eq!(t.get(&b), Some(&1), "{side} subscriber got '{b}' {:?} times", t.get(&b));
+                assert_eq!(
+                    t.get(&b),
+                    Some(&1),
+                    "{side} subscriber got '{b}' {:?} times",
+                    t.get(&b)
+                );
             }
         }
     }
@@ -604,7 +766,10 @@ fn two_bridges_deliver_once_without_loops_and_survive_kill_9() {
             unacked += 1;
             // Not delivered as far as the publisher knows: publish again.
             let again = rt.block_on(n.publish("factory/up2", format!("k{i}"), opts)).unwrap();
-            assert!(matches!(again.status, Status::Acknowledged | Status::Unacknowledged), "{again:?}");
+            assert!(
+                matches!(again.status, Status::Acknowledged | Status::Unacknowledged),
+                "{again:?}"
+            );
         } else if i > 20 && first_ok_after_kill.is_none() {
             first_ok_after_kill = Some(killed_at.elapsed());
         }
@@ -616,11 +781,26 @@ fn two_bridges_deliver_once_without_loops_and_survive_kill_9() {
     // MQTT → NoMQ through the survivor.
     let lines: String = (0..50).map(|i| format!("after{i}\n")).collect();
     let mut c = Command::new(&pub_bin);
-    c.args(["-V", "5", "-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", "site-a/factory/after", "-q", "1", "-l"]);
-    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    c.args([
+        "-V",
+        "5",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        "site-a/factory/after",
+        "-q",
+        "1",
+        "-l",
+    ]);
+    let mut child =
+        c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
     assert!(finish(child, LONG).status.success());
-    let after = || got.lock().unwrap().iter().filter(|b| b.starts_with("after")).cloned().collect::<Vec<_>>();
+    let after = || {
+        got.lock().unwrap().iter().filter(|b| b.starts_with("after")).cloned().collect::<Vec<_>>()
+    };
     let end = Instant::now() + Duration::from_secs(30);
     while after().len() < 50 && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(100));
@@ -641,7 +821,11 @@ fn two_bridges_deliver_once_without_loops_and_survive_kill_9() {
 
 /// Runs openssl with `args` in `dir`.
 fn openssl(dir: &Scratch, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir.dir()).output().expect("openssl (Debian package openssl)");
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir.dir())
+        .output()
+        .expect("openssl (Debian package openssl)");
     assert!(out.status.success(), "openssl {args:?}: {}", text(&out.stderr));
 }
 
@@ -651,14 +835,55 @@ fn issue(dir: &Scratch, ca: &str, name: &str, cn: &str) {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     if !dir.path(&format!("{ca}.pem")).exists() {
         let subj = format!("/CN={ca}");
-        openssl(dir, &[&["req", "-x509"][..], &ec, &["-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"), "-days", "2", "-subj", &subj]].concat());
+        openssl(
+            dir,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.pem"),
+                    "-days",
+                    "2",
+                    "-subj",
+                    &subj,
+                ],
+            ]
+            .concat(),
+        );
     }
     let subj = format!("/CN={cn}");
-    openssl(dir, &[&["req"][..], &ec, &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &subj]].concat());
+    openssl(
+        dir,
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &subj],
+        ]
+        .concat(),
+    );
     std::fs::write(dir.path("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
     openssl(
         dir,
-        &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "2", "-extfile", "ext.cnf"],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
     );
     use std::os::unix::fs::PermissionsExt;
     for f in [format!("{name}.key"), format!("{name}.pem"), format!("{ca}.pem")] {
@@ -673,7 +898,10 @@ fn issue(dir: &Scratch, ca: &str, name: &str, cn: &str) {
 fn tls_with_a_given_ca_and_client_certificate() {
     let Some((mosq, sub_bin, _pub_bin)) = tools() else { return };
     if find("openssl").is_none() {
-        assert!(std::env::var("NOMQ_REQUIRE_MOSQUITTO").as_deref() != Ok("1"), "openssl is not installed");
+        assert!(
+            std::env::var("NOMQ_REQUIRE_MOSQUITTO").as_deref() != Ok("1"),
+            "openssl is not installed"
+        );
         eprintln!("SKIPPED: openssl not installed");
         return;
     }
@@ -693,32 +921,114 @@ fn tls_with_a_given_ca_and_client_certificate() {
     let [pb, pp] = ports::<2>();
     let map = ["--map", "factory/#=site-a/factory/#:out:1"];
     // A wrong CA: a clear error, exit 3.
-    let mut c = nomq(&dir, &["bridge", "--keys", &keys, "--bind", &s(&pb), "--broker", &broker.addr(), "--ca", &p("wrong-ca.pem")]);
+    let mut c = nomq(
+        &dir,
+        &[
+            "bridge",
+            "--keys",
+            &keys,
+            "--bind",
+            &s(&pb),
+            "--broker",
+            &broker.addr(),
+            "--ca",
+            &p("wrong-ca.pem"),
+        ],
+    );
     c.args(["--cert", &p("client.pem"), "--key", &p("client.key")]).args(map);
     let out = run_cmd(c);
     let (code, _, stderr) = outcome(&out);
     assert_eq!(code, Some(3), "{stderr}");
-    assert!(stderr.contains("TLS handshake with the broker failed") && stderr.contains("--ca"), "{stderr}");
+    assert!(
+        stderr.contains("TLS handshake with the broker failed") && stderr.contains("--ca"),
+        "{stderr}"
+    );
     // The right CA but no client certificate: the broker refuses the handshake.
-    let mut c = nomq(&dir, &["bridge", "--keys", &keys, "--bind", &s(&pb), "--broker", &broker.addr(), "--ca", &p("ca.pem")]);
+    let mut c = nomq(
+        &dir,
+        &[
+            "bridge",
+            "--keys",
+            &keys,
+            "--bind",
+            &s(&pb),
+            "--broker",
+            &broker.addr(),
+            "--ca",
+            &p("ca.pem"),
+        ],
+    );
     c.args(map);
     let (code, _, stderr) = outcome(&run_cmd(c));
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("TLS"), "{stderr}");
     // A key without its certificate: a usage error before anything runs.
-    let mut c = nomq(&dir, &["bridge", "--keys", &keys, "--broker", &broker.addr(), "--ca", &p("ca.pem"), "--key", &p("client.key")]);
+    let mut c = nomq(
+        &dir,
+        &[
+            "bridge",
+            "--keys",
+            &keys,
+            "--broker",
+            &broker.addr(),
+            "--ca",
+            &p("ca.pem"),
+            "--key",
+            &p("client.key"),
+        ],
+    );
     c.args(map);
     let (code, _, stderr) = outcome(&run_cmd(c));
     assert_eq!(code, Some(2), "{stderr}");
     // The right CA and a client certificate: connected, and a message goes through.
     let mut sc = Command::new(&sub_bin);
-    sc.args(["-V", "5", "-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", "site-a/#", "-F", "%t|%x", "-C", "1"]);
+    sc.args([
+        "-V",
+        "5",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &broker.port.to_string(),
+        "-t",
+        "site-a/#",
+        "-F",
+        "%t|%x",
+        "-C",
+        "1",
+    ]);
     sc.args(["--cafile", &p("ca.pem"), "--cert", &p("client.pem"), "--key", &p("client.key")]);
     let sub = Lines::spawn(sc);
-    let br = bridge(&dir, &keys, pb, &[pp], &broker.addr(), &[&map[..], &["--ca", &p("ca.pem"), "--cert", &p("client.pem"), "--key", &p("client.key")]].concat());
+    let br = bridge(
+        &dir,
+        &keys,
+        pb,
+        &[pp],
+        &broker.addr(),
+        &[&map[..], &["--ca", &p("ca.pem"), "--cert", &p("client.pem"), "--key", &p("client.key")]]
+            .concat(),
+    );
     br.wait_stderr("connected to the broker");
     std::thread::sleep(Duration::from_millis(500));
-    let out = run(&dir, &["pub", "--keys", &keys, "--bind", &s(&pp), "--peer", &s(&pb), "-t", "factory/tls", "-q", "1", "--wait-ms", "20000", "-m", "secret"]);
+    let out = run(
+        &dir,
+        &[
+            "pub",
+            "--keys",
+            &keys,
+            "--bind",
+            &s(&pp),
+            "--peer",
+            &s(&pb),
+            "-t",
+            "factory/tls",
+            "-q",
+            "1",
+            "--wait-ms",
+            "20000",
+            "-m",
+            "secret",
+        ],
+    );
     let (code, stdout, stderr) = outcome(&out);
     assert_eq!(code, Some(0), "{stdout} {stderr}");
     sub.wait_for(1, "the message over TLS");
@@ -738,13 +1048,21 @@ fn throughput_through_one_bridge_against_mosquitto_alone() {
     let keys = dir.keys("k.json");
     let broker = Broker::start(&mosq, &dir, "max_queued_messages 0\n");
     let [pb, pn] = ports::<2>();
-    let br = bridge(&dir, &keys, pb, &[pn], &broker.addr(), &["--map", "bench/#=site-a/bench/#:out:1", "--max-in-flight", "500"]);
+    let br = bridge(
+        &dir,
+        &keys,
+        pb,
+        &[pn],
+        &broker.addr(),
+        &["--map", "bench/#=site-a/bench/#:out:1", "--max-in-flight", "500"],
+    );
     br.wait_stderr("connected to the broker");
     let rt = runtime();
     let n = rt.block_on(node(&keys, pn, &[pb], None));
     assert!(rt.block_on(n.wait_for_subscribers("bench/x", 1, LONG)).unwrap().is_some());
     let body = |i: u32| format!("{i:064}").into_bytes();
-    let count = |l: &Lines, prefix: &str| l.lines().iter().filter(|x| x.starts_with(prefix)).count();
+    let count =
+        |l: &Lines, prefix: &str| l.lines().iter().filter(|x| x.starts_with(prefix)).count();
     let mut report = Vec::new();
     for (qos, total) in [(0u8, 20_000u32), (1, 5_000)] {
         // mosquitto alone.
@@ -752,11 +1070,30 @@ fn throughput_through_one_bridge_against_mosquitto_alone() {
         let sub = mqtt_sub(&sub_bin, &broker, &topic, &["-q", &qos.to_string()]);
         until_subscribed(&pub_bin, &broker, &sub, &topic);
         let base = count(&sub, &topic);
-        let lines: Vec<u8> = (0..total).flat_map(|i| { let mut b = body(i); b.push(b'\n'); b }).collect();
+        let lines: Vec<u8> = (0..total)
+            .flat_map(|i| {
+                let mut b = body(i);
+                b.push(b'\n');
+                b
+            })
+            .collect();
         let start = Instant::now();
         let mut c = Command::new(&pub_bin);
-        c.args(["-V", "5", "-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", &topic, "-q", &qos.to_string(), "-l"]);
-        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        c.args([
+            "-V",
+            "5",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            &topic,
+            "-q",
+            &qos.to_string(),
+            "-l",
+        ]);
+        let mut child =
+            c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         child.stdin.take().unwrap().write_all(&lines).unwrap();
         let _ = finish(child, Duration::from_secs(300));
         let end = Instant::now() + Duration::from_secs(120);
@@ -777,7 +1114,10 @@ fn throughput_through_one_bridge_against_mosquitto_alone() {
                 let mut i = 0;
                 while i < total {
                     let batch: Vec<Vec<u8>> = (i..(i + 64).min(total)).map(body).collect();
-                    let sent = n.publish_batch(&channel, batch, PublishOptions::qos(Qos::AtMostOnce)).await.unwrap();
+                    let sent = n
+                        .publish_batch(&channel, batch, PublishOptions::qos(Qos::AtMostOnce))
+                        .await
+                        .unwrap();
                     i += sent as u32;
                     if sent == 0 {
                         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -789,11 +1129,20 @@ fn throughput_through_one_bridge_against_mosquitto_alone() {
                 for i in 0..total {
                     loop {
                         match n.start_publish(&channel, body(i), opts).await {
-                            Ok(rx) => { waiting.push_back(rx); break; }
-                            Err(_) => { if let Some(rx) = waiting.pop_front() { let _ = rx.await; } }
+                            Ok(rx) => {
+                                waiting.push_back(rx);
+                                break;
+                            }
+                            Err(_) => {
+                                if let Some(rx) = waiting.pop_front() {
+                                    let _ = rx.await;
+                                }
+                            }
                         }
                     }
-                    if waiting.len() >= 100 && let Some(rx) = waiting.pop_front() {
+                    if waiting.len() >= 100
+                        && let Some(rx) = waiting.pop_front()
+                    {
                         let _ = rx.await;
                     }
                 }

@@ -140,7 +140,8 @@ fn hostile_network_with_late_completions() {
             if sent < n {
                 let now = s.now;
                 let opts = PublishOptions::qos(q).ttl(300);
-                if let Ok(h) = s.members[0].node.publish(now, "sensors/t", &sent.to_be_bytes(), opts)
+                if let Ok(h) =
+                    s.members[0].node.publish(now, "sensors/t", &sent.to_be_bytes(), opts)
                 {
                     handles.insert(h, sent);
                     sent += 1;

@@ -187,7 +187,9 @@ impl Mapping {
             if let Ok(q) = last.parse::<u8>() {
                 let Some((m, d)) = head.rsplit_once(':').and_then(|(m, d)| Some((m, dir_of(d)?)))
                 else {
-                    return Err(format!("'{arg}': a QoS comes after a direction: NOMQ=MQTT:out|in|both:QOS"));
+                    return Err(format!(
+                        "'{arg}': a QoS comes after a direction: NOMQ=MQTT:out|in|both:QOS"
+                    ));
                 };
                 (mqtt, direction, qos) = (m, d, q);
             } else if let Some(d) = dir_of(last) {

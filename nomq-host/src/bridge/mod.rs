@@ -172,7 +172,10 @@ impl BridgeConfig {
             return Err(HostError::config("ack_deadline_s/default_ttl_s", "must be at least 1"));
         }
         if spec.broker.tls.as_ref().is_some_and(|t| t.cert.is_some() != t.key.is_some()) {
-            return Err(HostError::config("tls", "a client certificate needs its key, and a key its certificate"));
+            return Err(HostError::config(
+                "tls",
+                "a client certificate needs its key, and a key its certificate",
+            ));
         }
         Ok(Self { spec, mappings })
     }
@@ -183,7 +186,8 @@ impl BridgeConfig {
     /// [`HostError::Config`] with the file and the JSON path of the bad field.
     pub fn load_spec(path: &std::path::Path) -> Result<BridgeSpec, HostError> {
         let field = format!("bridge config {}", path.display());
-        let text = std::fs::read_to_string(path).map_err(|e| HostError::config(&field, e.to_string()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| HostError::config(&field, e.to_string()))?;
         let de = &mut serde_json::Deserializer::from_str(&text);
         serde_path_to_error::deserialize(de)
             .map_err(|e| HostError::config(&field, format!("{}: {}", e.path(), e.inner())))
@@ -191,7 +195,11 @@ impl BridgeConfig {
 
     /// The MQTT client id.
     pub fn client_id(&self) -> String {
-        self.spec.broker.client_id.clone().unwrap_or_else(|| format!("nomq-bridge-{}", self.spec.group))
+        self.spec
+            .broker
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("nomq-bridge-{}", self.spec.group))
     }
 
     /// The MQTT filter subscribed for an inbound mapping.
@@ -334,11 +342,16 @@ fn tls_config(t: &TlsSpec) -> Result<rustls::ClientConfig, HostError> {
             let mut n = 0;
             for c in CertificateDer::pem_slice_iter(&pem) {
                 let c = c.map_err(|e| HostError::config("ca", format!("{}: {e}", ca.display())))?;
-                roots.add(c).map_err(|e| HostError::config("ca", format!("{}: {e}", ca.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| HostError::config("ca", format!("{}: {e}", ca.display())))?;
                 n += 1;
             }
             if n == 0 {
-                return Err(HostError::config("ca", format!("{}: no PEM certificate", ca.display())));
+                return Err(HostError::config(
+                    "ca",
+                    format!("{}: no PEM certificate", ca.display()),
+                ));
             }
         }
         None => {
@@ -360,7 +373,8 @@ fn tls_config(t: &TlsSpec) -> Result<rustls::ClientConfig, HostError> {
         (Some(cert), Some(key)) => {
             let pem = read(cert, "cert")?;
             let chain: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
-            let chain = chain.map_err(|e| HostError::config("cert", format!("{}: {e}", cert.display())))?;
+            let chain =
+                chain.map_err(|e| HostError::config("cert", format!("{}: {e}", cert.display())))?;
             let key_pem = read(key, "key")?;
             let key = PrivateKeyDer::from_pem_slice(&key_pem)
                 .map_err(|e| HostError::config("key", format!("{}: {e}", key.display())))?;
@@ -646,7 +660,10 @@ impl Bridge {
                     // (and the client dropped it). Abandoned: NoMQ publishers retransmit.
                     let lost = self.fifo.len() + self.inflight.len();
                     if lost > 0 {
-                        tracing::warn!(lost, "broker session lost: unacknowledged messages abandoned (NoMQ publishers retransmit them)");
+                        tracing::warn!(
+                            lost,
+                            "broker session lost: unacknowledged messages abandoned (NoMQ publishers retransmit them)"
+                        );
                     }
                     self.fifo.clear();
                     self.inflight.clear();
@@ -656,11 +673,13 @@ impl Bridge {
             }
             Event::Incoming(Packet::Publish(p)) => self.downlink(p),
             Event::Incoming(Packet::PubAck(a)) => {
-                let ok = matches!(a.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers);
+                let ok =
+                    matches!(a.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers);
                 self.finish(a.pkid, ok, &format!("{:?}", a.reason));
             }
             Event::Incoming(Packet::PubRec(r)) => {
-                if !matches!(r.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers) {
+                if !matches!(r.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers)
+                {
                     self.finish(r.pkid, false, &format!("{:?}", r.reason));
                 }
             }
@@ -798,7 +817,9 @@ impl Bridge {
         };
         let topic = String::from_utf8_lossy(&p.topic).into_owned();
         let echo = p.properties.as_ref().is_some_and(|pr| {
-            pr.user_properties.iter().any(|(k, v)| k == ORIGIN_PROPERTY && *v == self.cfg.spec.group)
+            pr.user_properties
+                .iter()
+                .any(|(k, v)| k == ORIGIN_PROPERTY && *v == self.cfg.spec.group)
         });
         let target = self
             .cfg
@@ -854,7 +875,9 @@ impl Bridge {
             let end = tokio::time::Instant::now() + deadline;
             let outcome = loop {
                 match node.start_publish(&name, p.payload.to_vec(), opts).await {
-                    Ok(rx) => break tokio::time::timeout_at(end, rx).await.ok().and_then(Result::ok),
+                    Ok(rx) => {
+                        break tokio::time::timeout_at(end, rx).await.ok().and_then(Result::ok);
+                    }
                     Err(HostError::Publish(nomq::node::PublishError::OutboxFull))
                         if tokio::time::Instant::now() < end =>
                     {

@@ -2,11 +2,11 @@
 //! table, rate limit), then one handler per packet type.
 
 use super::announce::Control;
+use super::deferred::{OwedAck, Retransmission};
 use super::outbox::{TState, TargetPeer};
 use super::peers::{Departure, Sender};
 use super::qos2_rx::Rx;
 use super::types::{ClockMode, DropReason, Event, Message};
-use super::deferred::{OwedAck, Retransmission};
 use super::{Delivered, Node};
 use crate::addr::Addr;
 use crate::body::{self, Ack, Challenge, Heartbeat, MessageId, Publish, Subscription};
@@ -405,9 +405,7 @@ where
                 let ack_queued = self.queue_ack(PacketType::PubAck, p.msg, o.sender.addr, o);
                 Delivered { msg: p.msg, ack_queued, qos2_state: false, owed }
             }
-            Qos::ExactlyOnce => {
-                Delivered { owed, ..self.receive_qos2(now, o, &p, expires)? }
-            }
+            Qos::ExactlyOnce => Delivered { owed, ..self.receive_qos2(now, o, &p, expires)? },
         };
         self.last_delivery = Some(delivered);
         self.stats.delivered += 1;

@@ -170,7 +170,8 @@ pub async fn run(a: BridgeArgs) -> Result<(), Failure> {
 
 fn signals() -> Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal), Failure> {
     use tokio::signal::unix::{SignalKind, signal};
-    let listen =
-        |k: SignalKind| signal(k).map_err(|e| Failure::network(format!("cannot handle signals: {e}")));
+    let listen = |k: SignalKind| {
+        signal(k).map_err(|e| Failure::network(format!("cannot handle signals: {e}")))
+    };
     Ok((listen(SignalKind::interrupt())?, listen(SignalKind::terminate())?))
 }
