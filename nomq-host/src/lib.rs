@@ -597,9 +597,13 @@ fn restore(
     Ok(store)
 }
 
+/// A reserved place in a subscription stream, and whether that stream is one of
+/// [`Handle::subscribe_acked`].
+type Slot = (mpsc::OwnedPermit<Message>, bool);
+
 /// Puts `message` in the stream slots reserved for it: with its [`Ack`] for the streams
 /// of [`Handle::subscribe_acked`] (each holds a clone), without for the others.
-fn hand_over(mut message: Message, permits: Vec<(mpsc::OwnedPermit<Message>, bool)>) {
+fn hand_over(mut message: Message, permits: Vec<Slot>) {
     let ack = message.ack.take();
     let mut message = Some(message);
     let mut permits = permits.into_iter().peekable();
@@ -1136,7 +1140,7 @@ struct Driver {
     store: Option<(FileStore, Vec<u8>)>,
     /// Messages delivered by the engine, with a reserved slot in each stream they go to,
     /// waiting for the state that records them to be saved.
-    held: Vec<(Message, Vec<(mpsc::OwnedPermit<Message>, bool)>)>,
+    held: Vec<(Message, Vec<Slot>)>,
 }
 
 /// Datagrams read between flushes in a batch: well under the engine's control queue

@@ -677,11 +677,13 @@ impl Bridge {
                     matches!(a.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers);
                 self.finish(a.pkid, ok, &format!("{:?}", a.reason));
             }
-            Event::Incoming(Packet::PubRec(r)) => {
-                if !matches!(r.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers)
-                {
-                    self.finish(r.pkid, false, &format!("{:?}", r.reason));
-                }
+            Event::Incoming(Packet::PubRec(r))
+                if !matches!(
+                    r.reason,
+                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                ) =>
+            {
+                self.finish(r.pkid, false, &format!("{:?}", r.reason));
             }
             Event::Incoming(Packet::PubComp(c)) => {
                 self.finish(c.pkid, c.reason == PubCompReason::Success, &format!("{:?}", c.reason));
