@@ -86,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
                         if seen.len() < 64 {
                             seen.push(d.clone());
                         }
-                        let _ = nodes[to].handle_datagram(now, addrs[1 - to], &mut d);
+                        nodes[to].handle_datagram(now, addrs[1 - to], &mut d, |m| m.body.len() % 2 == 0);
                     }
                 }
             }
@@ -95,13 +95,14 @@ fuzz_target!(|data: &[u8]| {
                 if !seen.is_empty() {
                     let i = usize::from(c.u8().unwrap_or(0)) % seen.len();
                     let mut d = seen[i].clone();
-                    let _ = nodes[who].handle_datagram(now, addrs[usize::from(op >> 6 & 1)], &mut d);
+                    let from = addrs[usize::from(op >> 6 & 1)];
+                    nodes[who].handle_datagram(now, from, &mut d, |_| true);
                 }
             }
             8 => {
                 let len = usize::from(c.u16().unwrap_or(0)) % 1600;
                 let mut d = c.bytes(len).to_vec();
-                let _ = nodes[who].handle_datagram(now, Addr::V4([192, 0, 2, op], 9), &mut d);
+                nodes[who].handle_datagram(now, Addr::V4([192, 0, 2, op], 9), &mut d, |_| true);
             }
             _ => nodes[who].handle_timeout(now),
         }

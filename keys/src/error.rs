@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 /// Every message names the file and, for content errors, the field as a JSON path
 /// (`channels[1].hmac_key`). An inner error (I/O, pattern) is part of the message, so
 /// [`std::error::Error::source`] returns `None`; the inner value is still a public field.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The file could not be read, created, written or renamed.
+    #[error("cannot {action} keyring file {}: {error}", path.display())]
     Io {
         /// The keyring file.
         path: PathBuf,
@@ -24,6 +25,7 @@ pub enum Error {
     },
     /// The path is not a regular file (a directory, a FIFO, a device, a socket): reading
     /// it could block forever or read something that is no keyring.
+    #[error("keyring file {} is {kind}, not a regular file", path.display())]
     NotAFile {
         /// The keyring file.
         path: PathBuf,
@@ -31,16 +33,29 @@ pub enum Error {
         kind: &'static str,
     },
     /// Saving without `overwrite` to a path that already exists.
+    #[error(
+        "keyring file {} already exists; refusing to overwrite it (overwrite was not requested)",
+        path.display()
+    )]
     Exists {
         /// The keyring file.
         path: PathBuf,
     },
     /// The file is larger than any keyring file should be ([`MAX_FILE_LEN`](crate::MAX_FILE_LEN)).
+    #[error(
+        "keyring file {} is larger than {} bytes; is it the right file?",
+        path.display(),
+        crate::MAX_FILE_LEN
+    )]
     TooLarge {
         /// The keyring file.
         path: PathBuf,
     },
     /// The file is not JSON.
+    #[error(
+        "keyring file {} is not valid JSON: {message} at line {line}, column {column}",
+        path.display()
+    )]
     Syntax {
         /// The keyring file.
         path: PathBuf,
@@ -52,6 +67,7 @@ pub enum Error {
         message: String,
     },
     /// A required field is absent.
+    #[error("keyring file {}: missing field `{field}`", path.display())]
     MissingField {
         /// The keyring file.
         path: PathBuf,
@@ -59,6 +75,7 @@ pub enum Error {
         field: String,
     },
     /// A field holds the wrong kind of JSON value.
+    #[error("keyring file {}: {} must be {expected}, found {found}", path.display(), Field(field))]
     WrongType {
         /// The keyring file.
         path: PathBuf,
@@ -70,6 +87,11 @@ pub enum Error {
         found: &'static str,
     },
     /// A key holds a character that is not a hex digit.
+    #[error(
+        "keyring file {}: `{field}` is not hex: character {found:?} at position {position} \
+         (counting from 0) is not a hex digit",
+        path.display()
+    )]
     BadHex {
         /// The keyring file.
         path: PathBuf,
@@ -81,6 +103,12 @@ pub enum Error {
         found: char,
     },
     /// A key is hex but not 32 bytes (64 hex digits) long.
+    #[error(
+        "keyring file {}: `{field}` has the wrong length: got {}, need {} bytes (64 hex digits)",
+        path.display(),
+        Length(*digits),
+        crate::hex::KEY_LEN
+    )]
     WrongLength {
         /// The keyring file.
         path: PathBuf,
@@ -90,6 +118,12 @@ pub enum Error {
         digits: usize,
     },
     /// A key pair's encryption key equals its MAC key.
+    #[error(
+        "keyring file {}: `{}` equals `{}`; the encryption and MAC keys must differ",
+        path.display(),
+        join(field, "encryption_key"),
+        join(field, "hmac_key")
+    )]
     SameKeys {
         /// The keyring file.
         path: PathBuf,
@@ -97,6 +131,10 @@ pub enum Error {
         field: String,
     },
     /// A channel pattern is not a valid subscription pattern.
+    #[error(
+        "keyring file {}: `{field}` {pattern:?} is not a valid channel pattern: {error}",
+        path.display()
+    )]
     BadPattern {
         /// The keyring file.
         path: PathBuf,
@@ -108,6 +146,11 @@ pub enum Error {
         error: ChannelError,
     },
     /// Two channel entries have the same pattern.
+    #[error(
+        "keyring file {}: `{field}` {pattern:?} repeats the pattern of `channels[{first}]`; \
+         each pattern may appear once",
+        path.display()
+    )]
     DuplicatePattern {
         /// The keyring file.
         path: PathBuf,
@@ -119,13 +162,34 @@ pub enum Error {
         first: usize,
     },
     /// The `version` field names a format this build does not know.
+    #[error(
+        "keyring file {}: unsupported `version` {found}; this build reads version {}",
+        path.display(),
+        crate::FORMAT_VERSION
+    )]
     UnknownVersion {
         /// The keyring file.
         path: PathBuf,
         /// The version as written.
         found: String,
     },
+    /// Content that serde itself refuses: a field given twice, say (which of the two
+    /// would be meant?).
+    #[error("keyring file {}: {message} in {}", path.display(), Field(field))]
+    Content {
+        /// The keyring file.
+        path: PathBuf,
+        /// JSON path of the object or value; empty for the whole document.
+        field: String,
+        /// What the JSON parser said.
+        message: String,
+    },
     /// The keyring has more channel entries than the core keyring can hold.
+    #[error(
+        "{}{channels} channel {}, but this keyring holds at most {capacity}",
+        Source(path.as_deref()),
+        if *channels == 1 { "entry" } else { "entries" }
+    )]
     TooManyChannels {
         /// The file the keyring was loaded from, if it was.
         path: Option<PathBuf>,
@@ -137,6 +201,11 @@ pub enum Error {
     /// Two different key pairs of the keyring have the same key id (the 4-byte id packets
     /// carry, `nomq::KeySet::key_id`), so the core keyring refuses them. About one chance in
     /// 2³² for any two pairs; new keys for one of them cure it.
+    #[error(
+        "{}two different key pairs have the same key id (a one in 2^32 chance); \
+         generate new keys for one of them",
+        Source(path.as_deref())
+    )]
     KeyIdCollision {
         /// The file the keyring was loaded from, if it was.
         path: Option<PathBuf>,
@@ -156,102 +225,29 @@ pub(crate) fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() { name.to_owned() } else { format!("{prefix}.{name}") }
 }
 
-impl fmt::Display for Error {
+/// `31 bytes (62 hex digits)`, or `65 hex digits (an odd number)`.
+struct Length(usize);
+impl fmt::Display for Length {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io { path, action, error } => {
-                write!(f, "cannot {action} keyring file {}: {error}", path.display())
-            }
-            Self::Exists { path } => write!(
-                f,
-                "keyring file {} already exists; refusing to overwrite it (overwrite was not requested)",
-                path.display()
-            ),
-            Self::NotAFile { path, kind } => {
-                write!(f, "keyring file {} is {kind}, not a regular file", path.display())
-            }
-            Self::TooLarge { path } => write!(
-                f,
-                "keyring file {} is larger than {} bytes; is it the right file?",
-                path.display(),
-                crate::MAX_FILE_LEN
-            ),
-            Self::Syntax { path, line, column, message } => write!(
-                f,
-                "keyring file {} is not valid JSON: {message} at line {line}, column {column}",
-                path.display()
-            ),
-            Self::MissingField { path, field } => {
-                write!(f, "keyring file {}: missing field `{field}`", path.display())
-            }
-            Self::WrongType { path, field, expected, found } => write!(
-                f,
-                "keyring file {}: {} must be {expected}, found {found}",
-                path.display(),
-                Field(field)
-            ),
-            Self::BadHex { path, field, position, found } => write!(
-                f,
-                "keyring file {}: `{field}` is not hex: character {found:?} at position {position} \
-                 (counting from 0) is not a hex digit",
-                path.display()
-            ),
-            Self::WrongLength { path, field, digits } => {
-                write!(f, "keyring file {}: `{field}` has the wrong length: got ", path.display())?;
-                if digits % 2 == 0 {
-                    write!(f, "{} bytes ({digits} hex digits)", digits / 2)?;
-                } else {
-                    write!(f, "{digits} hex digits (an odd number)")?;
-                }
-                write!(f, ", need {} bytes (64 hex digits)", crate::hex::KEY_LEN)
-            }
-            Self::SameKeys { path, field } => write!(
-                f,
-                "keyring file {}: `{}` equals `{}`; the encryption and MAC keys must differ",
-                path.display(),
-                join(field, "encryption_key"),
-                join(field, "hmac_key")
-            ),
-            Self::BadPattern { path, field, pattern, error } => write!(
-                f,
-                "keyring file {}: `{field}` {pattern:?} is not a valid channel pattern: {error}",
-                path.display()
-            ),
-            Self::DuplicatePattern { path, field, pattern, first } => write!(
-                f,
-                "keyring file {}: `{field}` {pattern:?} repeats the pattern of `channels[{first}]`; \
-                 each pattern may appear once",
-                path.display()
-            ),
-            Self::UnknownVersion { path, found } => write!(
-                f,
-                "keyring file {}: unsupported `version` {found}; this build reads version {}",
-                path.display(),
-                crate::FORMAT_VERSION
-            ),
-            Self::TooManyChannels { path, channels, capacity } => {
-                match path {
-                    Some(p) => write!(f, "keyring file {}: ", p.display())?,
-                    None => f.write_str("keyring: ")?,
-                }
-                let entries = if *channels == 1 { "entry" } else { "entries" };
-                write!(f, "{channels} channel {entries}, but this keyring holds at most {capacity}")
-            }
-            Self::KeyIdCollision { path } => {
-                match path {
-                    Some(p) => write!(f, "keyring file {}: ", p.display())?,
-                    None => f.write_str("keyring: ")?,
-                }
-                f.write_str(
-                    "two different key pairs have the same key id (a one in 2^32 chance); \
-                     generate new keys for one of them",
-                )
-            }
+        let digits = self.0;
+        if digits.is_multiple_of(2) {
+            write!(f, "{} bytes ({digits} hex digits)", digits / 2)
+        } else {
+            write!(f, "{digits} hex digits (an odd number)")
         }
     }
 }
 
-impl std::error::Error for Error {}
+/// `keyring file PATH: `, or `keyring: ` for a keyring built in memory.
+struct Source<'a>(Option<&'a Path>);
+impl fmt::Display for Source<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, "keyring file {}: ", p.display()),
+            None => f.write_str("keyring: "),
+        }
+    }
+}
 
 impl Error {
     /// The keyring file this error is about, if any.
@@ -269,17 +265,24 @@ impl Error {
             | Self::SameKeys { path, .. }
             | Self::BadPattern { path, .. }
             | Self::DuplicatePattern { path, .. }
-            | Self::UnknownVersion { path, .. } => Some(path),
+            | Self::UnknownVersion { path, .. }
+            | Self::Content { path, .. } => Some(path),
             Self::TooManyChannels { path, .. } | Self::KeyIdCollision { path } => path.as_deref(),
         }
     }
 }
 
 /// Something worth telling the user about a keyring file that still loaded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Warning {
     /// The file is readable or writable by its group or by others.
+    #[error(
+        "keyring file {} is accessible by group or others (mode {mode:04o}); \
+         restrict it with `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
     Permissions {
         /// The keyring file.
         path: PathBuf,
@@ -287,6 +290,7 @@ pub enum Warning {
         mode: u32,
     },
     /// A field this format does not define; it was ignored (a typo of `previous`, say).
+    #[error("keyring file {}: unknown field `{field}` ignored", path.display())]
     UnknownField {
         /// The keyring file.
         path: PathBuf,
@@ -295,42 +299,23 @@ pub enum Warning {
     },
 }
 
-impl fmt::Display for Warning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Permissions { path, mode } => write!(
-                f,
-                "keyring file {0} is accessible by group or others (mode {mode:04o}); \
-                 restrict it with `chmod 600 {0}`",
-                path.display()
-            ),
-            Self::UnknownField { path, field } => {
-                write!(f, "keyring file {}: unknown field `{field}` ignored", path.display())
-            }
-        }
-    }
-}
-
 /// The operating system's random number generator failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the operating system's random number generator failed: {0}")]
 pub struct RandomError(pub(crate) getrandom::Error);
 
-impl fmt::Display for RandomError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the operating system's random number generator failed: {}", self.0)
-    }
-}
-impl std::error::Error for RandomError {}
-
 /// Why an in-memory change to a [`KeyringFile`](crate::KeyringFile) was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EditError {
     /// Fresh keys could not be drawn.
-    Random(RandomError),
+    #[error(transparent)]
+    Random(#[from] RandomError),
     /// The encryption key equals the MAC key.
+    #[error("the encryption and MAC keys must differ")]
     SameKeys,
     /// The pattern is not a valid subscription pattern.
+    #[error("{pattern:?} is not a valid channel pattern: {error}")]
     BadPattern {
         /// The pattern.
         pattern: String,
@@ -338,38 +323,15 @@ pub enum EditError {
         error: ChannelError,
     },
     /// A channel entry with this pattern exists already.
+    #[error("the keyring already has keys for channel pattern {pattern:?}")]
     DuplicatePattern {
         /// The pattern.
         pattern: String,
     },
     /// No channel entry has this pattern.
+    #[error("the keyring has no keys for channel pattern {pattern:?}")]
     UnknownChannel {
         /// The pattern.
         pattern: String,
     },
-}
-
-impl fmt::Display for EditError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Random(e) => e.fmt(f),
-            Self::SameKeys => f.write_str("the encryption and MAC keys must differ"),
-            Self::BadPattern { pattern, error } => {
-                write!(f, "{pattern:?} is not a valid channel pattern: {error}")
-            }
-            Self::DuplicatePattern { pattern } => {
-                write!(f, "the keyring already has keys for channel pattern {pattern:?}")
-            }
-            Self::UnknownChannel { pattern } => {
-                write!(f, "the keyring has no keys for channel pattern {pattern:?}")
-            }
-        }
-    }
-}
-impl std::error::Error for EditError {}
-
-impl From<RandomError> for EditError {
-    fn from(e: RandomError) -> Self {
-        Self::Random(e)
-    }
 }

@@ -81,7 +81,8 @@ impl KeyringFile {
     /// # Errors
     /// [`Error::Syntax`], [`Error::WrongType`], [`Error::MissingField`],
     /// [`Error::UnknownVersion`], [`Error::BadHex`], [`Error::WrongLength`],
-    /// [`Error::SameKeys`], [`Error::BadPattern`], [`Error::DuplicatePattern`].
+    /// [`Error::SameKeys`], [`Error::BadPattern`], [`Error::DuplicatePattern`],
+    /// [`Error::Content`].
     pub fn from_json(json: &[u8], path: impl AsRef<Path>) -> Result<Loaded, Error> {
         json::parse(json, path.as_ref())
     }

@@ -25,11 +25,12 @@ fn nibble(c: char) -> Option<u8> {
     c.to_digit(16).map(|d| d as u8)
 }
 
-/// Decodes exactly 64 hex digits (either case) into a key.
+/// Decodes exactly 64 hex digits (either case) into `key`, which the caller owns (and
+/// wipes): no copy of the key is made here.
 ///
 /// Characters are checked before the length, so a pasted key in another encoding (base64,
-/// say) is reported at its first foreign character.
-pub(crate) fn decode_key(s: &str) -> Result<[u8; KEY_LEN], HexError> {
+/// say) is reported at its first foreign character. On error `key` may be partly written.
+pub(crate) fn decode_key(s: &str, key: &mut [u8; KEY_LEN]) -> Result<(), HexError> {
     if let Some((position, found)) = s.chars().enumerate().find(|&(_, c)| nibble(c).is_none()) {
         return Err(HexError::BadDigit { position, found });
     }
@@ -37,10 +38,8 @@ pub(crate) fn decode_key(s: &str) -> Result<[u8; KEY_LEN], HexError> {
     if s.len() != 2 * KEY_LEN {
         return Err(HexError::WrongLength { digits: s.len() });
     }
-    let mut key = [0u8; KEY_LEN];
     // Digits and length were checked above, so this cannot fail.
-    hex::decode_to_slice(s, &mut key).map_err(|_| HexError::WrongLength { digits: s.len() })?;
-    Ok(key)
+    hex::decode_to_slice(s, key).map_err(|_| HexError::WrongLength { digits: s.len() })
 }
 
 /// Appends the lowercase hex digits of `bytes` to `out`.
@@ -53,6 +52,12 @@ pub(crate) fn encode_into(bytes: &[u8], out: &mut String) {
 mod tests {
     use super::*;
 
+    /// [`decode_key`] returning the key.
+    fn decode(s: &str) -> Result<[u8; KEY_LEN], HexError> {
+        let mut key = [0u8; KEY_LEN];
+        decode_key(s, &mut key).map(|()| key)
+    }
+
     #[test]
     fn round_trip_and_case() {
         let key: [u8; 32] = core::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xa5);
@@ -60,15 +65,15 @@ mod tests {
         encode_into(&key, &mut s);
         assert_eq!(s.len(), 64);
         assert!(s.chars().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
-        assert_eq!(decode_key(&s), Ok(key));
-        assert_eq!(decode_key(&s.to_uppercase()), Ok(key));
+        assert_eq!(decode(&s), Ok(key));
+        assert_eq!(decode(&s.to_uppercase()), Ok(key));
     }
 
     #[test]
     fn fixture() {
         let s = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
         let key: [u8; 32] = core::array::from_fn(|i| i as u8);
-        assert_eq!(decode_key(s), Ok(key));
+        assert_eq!(decode(s), Ok(key));
         let mut out = String::new();
         encode_into(&key, &mut out);
         assert_eq!(out, s);
@@ -76,13 +81,13 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert_eq!(decode_key(""), Err(HexError::WrongLength { digits: 0 }));
-        assert_eq!(decode_key(&"ab".repeat(31)), Err(HexError::WrongLength { digits: 62 }));
-        assert_eq!(decode_key(&"a".repeat(65)), Err(HexError::WrongLength { digits: 65 }));
-        assert_eq!(decode_key("0g"), Err(HexError::BadDigit { position: 1, found: 'g' }));
+        assert_eq!(decode(""), Err(HexError::WrongLength { digits: 0 }));
+        assert_eq!(decode(&"ab".repeat(31)), Err(HexError::WrongLength { digits: 62 }));
+        assert_eq!(decode(&"a".repeat(65)), Err(HexError::WrongLength { digits: 65 }));
+        assert_eq!(decode("0g"), Err(HexError::BadDigit { position: 1, found: 'g' }));
         // Positions count characters, not bytes.
-        assert_eq!(decode_key("éa+"), Err(HexError::BadDigit { position: 0, found: 'é' }));
-        assert_eq!(decode_key("aé"), Err(HexError::BadDigit { position: 1, found: 'é' }));
-        assert_eq!(decode_key(" 00"), Err(HexError::BadDigit { position: 0, found: ' ' }));
+        assert_eq!(decode("éa+"), Err(HexError::BadDigit { position: 0, found: 'é' }));
+        assert_eq!(decode("aé"), Err(HexError::BadDigit { position: 1, found: 'é' }));
+        assert_eq!(decode(" 00"), Err(HexError::BadDigit { position: 0, found: ' ' }));
     }
 }

@@ -539,3 +539,208 @@ fn special_files_are_refused_without_blocking() {
     let e = r.expect_err("a FIFO is no keyring");
     assert!(e.to_string().contains("FIFO"), "{e}");
 }
+
+// ---- Cases the serde-based parser must get right ---------------------------------------
+
+#[test]
+fn unknown_fields_in_nested_objects_warn_in_file_order() {
+    let dir = TempDir::new();
+    let rest = format!(
+        r#", "previous": {{"encryption_key": "{}", "hmac_key": "{}", "note": "x"}}, "channels": [{}, {{"pattern": "b", "encryption_key": "{}", "hmac_key": "{}", "previous": {{"encryption_key": "{}", "hmac_key": "{}", "extra": [1, {{"deep": 2}}]}}}}], "zzz": null"#,
+        k(5),
+        k(6),
+        channel("a", 3, 4),
+        k(7),
+        k(8),
+        k(9),
+        k(10)
+    );
+    let path = dir.file("ring.json", &doc(&rest));
+    let loaded = KeyringFile::load(&path).unwrap();
+    let want: Vec<Warning> = ["previous.note", "channels[1].previous.extra", "zzz"]
+        .iter()
+        .map(|f| Warning::UnknownField { path: path.clone(), field: (*f).to_owned() })
+        .collect();
+    assert_eq!(loaded.warnings, want);
+    assert_eq!(
+        loaded.warnings[1].to_string(),
+        format!(
+            "keyring file {}: unknown field `channels[1].previous.extra` ignored",
+            path.display()
+        )
+    );
+    // The known fields around the unknown ones were read.
+    let ring = loaded.keyring;
+    assert_eq!(ring.previous(), Some(&KeyPair::new([5; 32], [6; 32])));
+    assert_eq!(ring.channels()[1].previous(), Some(&KeyPair::new([9; 32], [10; 32])));
+}
+
+#[test]
+fn error_wrong_type_in_nested_fields() {
+    let dir = TempDir::new();
+    let rest = format!(
+        r#", "channels": [{}, {{"pattern": "b", "encryption_key": "{}", "hmac_key": "{}", "previous": {{"encryption_key": "{}", "hmac_key": 12}}}}]"#,
+        channel("a", 3, 4),
+        k(5),
+        k(6),
+        k(7)
+    );
+    let path = dir.file("nested.json", &doc(&rest));
+    let err = load_err(
+        &path,
+        &["`channels[1].previous.hmac_key` must be a string of 64 hex digits, found a number"],
+    );
+    assert!(
+        matches!(&err, Error::WrongType { field, expected: "a string of 64 hex digits", found: "a number", .. }
+            if field == "channels[1].previous.hmac_key"),
+        "{err:?}"
+    );
+
+    // Objects where a string belongs, arrays where an object belongs, null in a list.
+    let cases = [
+        (
+            r#", "channels": [{"pattern": {"a": 1}}]"#,
+            "`channels[0].pattern` must be a string, found an object",
+        ),
+        (r#", "channels": [null]"#, "`channels[0]` must be an object, found null"),
+        (
+            r#", "channels": [{"pattern": "a", "previous": [1, 2]}]"#,
+            "`channels[0].previous` must be an object, found an array",
+        ),
+        (r#", "previous": 1.5"#, "`previous` must be an object, found a number"),
+        (r#", "channels": "a/#""#, "`channels` must be an array, found a string"),
+    ];
+    for (i, (rest, needle)) in cases.iter().enumerate() {
+        let path = dir.file(&format!("case{i}.json"), &doc(rest));
+        let err = load_err(&path, &[needle]);
+        assert!(matches!(err, Error::WrongType { .. }), "{err:?}");
+    }
+    // A derived struct would take an array of its fields in order; a keyring file has none.
+    let text = format!(r#"["{}", "{}"]"#, k(1), k(2));
+    let path = dir.file("array.json", &text);
+    load_err(&path, &["the document must be an object, found an array"]);
+}
+
+#[test]
+fn a_key_in_the_wrong_place_is_not_echoed() {
+    let dir = TempDir::new();
+    // A key pasted where the `previous` object belongs, and one with a typo.
+    let rest = format!(r#", "previous": "{}""#, k(0x5c));
+    let path = dir.file("prev.json", &doc(&rest));
+    let err = load_err(&path, &["`previous` must be an object, found a string"]);
+    assert!(!err.to_string().contains("5c5c"), "{err}");
+    let mut bad = k(0x5d);
+    bad.replace_range(40..41, "x");
+    let text = format!(r#"{{"encryption_key": "{bad}", "hmac_key": "{}"}}"#, k(2));
+    let path = dir.file("hex.json", &text);
+    let err = load_err(&path, &["`encryption_key` is not hex", "'x'", "position 40"]);
+    assert!(!err.to_string().contains("5d5d") && !format!("{err:?}").contains("5d5d"), "{err}");
+}
+
+#[test]
+fn error_bad_hex_in_a_channel_key() {
+    let dir = TempDir::new();
+    let rest = format!(
+        r#", "channels": [{}, {{"pattern": "b", "encryption_key": "{}", "hmac_key": "{}"}}]"#,
+        channel("a", 3, 4),
+        "zz".repeat(32),
+        k(6)
+    );
+    let path = dir.file("ring.json", &doc(&rest));
+    let err = load_err(&path, &["`channels[1].encryption_key` is not hex", "'z'", "position 0"]);
+    assert!(matches!(err, Error::BadHex { position: 0, found: 'z', .. }), "{err:?}");
+}
+
+#[test]
+fn error_missing_field_null_counts_as_absent() {
+    let dir = TempDir::new();
+    let text = format!(r#"{{"encryption_key": "{}", "hmac_key": null}}"#, k(1));
+    let path = dir.file("null.json", &text);
+    let err = load_err(&path, &["missing field `hmac_key`"]);
+    assert!(matches!(&err, Error::MissingField { field, .. } if field == "hmac_key"), "{err:?}");
+    let rest = r#", "channels": [{"pattern": null, "encryption_key": null}]"#;
+    let path = dir.file("chan.json", &doc(rest));
+    load_err(&path, &["missing field `channels[0].pattern`"]);
+    let path = dir.file("empty.json", "{}");
+    load_err(&path, &["missing field `encryption_key`"]);
+}
+
+#[test]
+fn error_field_given_twice() {
+    let dir = TempDir::new();
+    let rest = format!(r#", "previous": {{"hmac_key": "{}", "hmac_key": "{}"}}"#, k(3), k(4));
+    let path = dir.file("ring.json", &doc(&rest));
+    let err = load_err(&path, &["duplicate field `hmac_key` in `previous`"]);
+    assert!(matches!(&err, Error::Content { field, .. } if field == "previous"), "{err:?}");
+    assert!(!err.to_string().contains("0303"), "{err}");
+    let text = format!(r#"{{"encryption_key": "{}", "encryption_key": "{}"}}"#, k(1), k(2));
+    let path = dir.file("root.json", &text);
+    load_err(&path, &["duplicate field `encryption_key` in the document"]);
+}
+
+#[test]
+fn version_and_syntax_are_checked_before_the_rest() {
+    let dir = TempDir::new();
+    // The bad key comes first in the file, but the version decides how to read it.
+    let path = dir.file("v2.json", r#"{"encryption_key": "zz", "channels": 5, "version": 2}"#);
+    let err = load_err(&path, &["unsupported `version` 2"]);
+    assert!(matches!(err, Error::UnknownVersion { .. }), "{err:?}");
+    let path = dir.file("float.json", r#"{"version": 1.0}"#);
+    let err = load_err(&path, &["unsupported `version` 1.0"]);
+    assert!(matches!(&err, Error::UnknownVersion { found, .. } if found == "1.0"), "{err:?}");
+    let path = dir.file("neg.json", r#"{"version": -1}"#);
+    load_err(&path, &["unsupported `version` -1"]);
+    // A syntax error late in the file wins over a content error early in it.
+    let path = dir.file("late.json", "{\"encryption_key\": 5,\n \"hmac_key\": tru}");
+    let err = load_err(&path, &["not valid JSON", "line 2"]);
+    assert!(matches!(err, Error::Syntax { line: 2, .. }), "{err:?}");
+    // Even when the version before it is wrong.
+    let path = dir.file("cut.json", r#"{"version": 2, "encryption_key": "ab"#);
+    let err = load_err(&path, &["not valid JSON"]);
+    assert!(matches!(err, Error::Syntax { .. }), "{err:?}");
+    let text = format!("{} x", doc(""));
+    let path = dir.file("trailing.json", &text);
+    let err = load_err(&path, &["not valid JSON", "trailing characters"]);
+    assert!(matches!(err, Error::Syntax { .. }), "{err:?}");
+}
+
+/// The exact texts of the messages whose wording is assembled from parts.
+#[test]
+fn message_texts() {
+    let dir = TempDir::new();
+    let text = format!(r#"{{"encryption_key": "{}", "hmac_key": "{}"}}"#, k(1), "ab".repeat(31));
+    let path = dir.file("short.json", &text);
+    assert_eq!(
+        load_err(&path, &[]).to_string(),
+        format!(
+            "keyring file {}: `hmac_key` has the wrong length: got 31 bytes (62 hex digits), \
+             need 32 bytes (64 hex digits)",
+            path.display()
+        )
+    );
+    let text = format!(r#"{{"encryption_key": "{}", "hmac_key": "{}"}}"#, k(1), "a".repeat(63));
+    let path = dir.file("odd.json", &text);
+    assert_eq!(
+        load_err(&path, &[]).to_string(),
+        format!(
+            "keyring file {}: `hmac_key` has the wrong length: got 63 hex digits (an odd \
+             number), need 32 bytes (64 hex digits)",
+            path.display()
+        )
+    );
+    let path = dir.file("loose.json", &doc(""));
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    let p = path.display();
+    assert_eq!(
+        KeyringFile::load(&path).unwrap().warnings[0].to_string(),
+        format!(
+            "keyring file {p} is accessible by group or others (mode 0640); restrict it with \
+             `chmod 600 {p}`"
+        )
+    );
+    let path = dir.file("root.json", "7");
+    assert_eq!(
+        load_err(&path, &[]).to_string(),
+        format!("keyring file {}: the document must be an object, found a number", path.display())
+    );
+}

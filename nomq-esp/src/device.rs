@@ -303,18 +303,19 @@ mod tests {
         for _ in 0..8 {
             while let Some(t) = dev.poll_transmit(now, &mut buf) {
                 if t.target == Target::Fanout || t.target == Target::Unicast(HOST) {
-                    let Some(m) = host.handle_datagram(now, DEV, &mut buf[..t.len]) else {
-                        continue;
-                    };
-                    got.push((m.name.as_str().into(), m.body.into(), m.retained));
+                    host.handle_datagram(now, DEV, &mut buf[..t.len], |m| {
+                        got.push((m.name.as_str().into(), m.body.into(), m.retained));
+                        true
+                    });
                 }
             }
             while let Some(t) = host.poll_transmit(now, &mut buf) {
                 if t.target == Target::Fanout || t.target == Target::Unicast(DEV) {
-                    let Some(m) = dev.handle_datagram(now, HOST, &mut buf[..t.len]) else {
-                        continue;
-                    };
-                    app.on_message(now, dev, &m);
+                    for packet in nomq::node::Packets::new(&mut buf[..t.len]) {
+                        if let Some(m) = dev.handle_packet(now, HOST, packet) {
+                            app.on_message(now, dev, &m);
+                        }
+                    }
                 }
             }
         }

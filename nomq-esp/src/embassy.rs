@@ -104,6 +104,9 @@ struct Pending {
 struct Shared<N> {
     node: N,
     rx: [u8; MAX_DATAGRAM],
+    /// The packets of the datagram in `rx` not handled yet, and where it came from.
+    rest: core::ops::Range<usize>,
+    from: nomq::Addr,
     pending: Option<Pending>,
     /// Something was queued: the runner should flush and recompute its deadline.
     kick: bool,
@@ -127,6 +130,8 @@ impl<M: RawMutex, N: Engine> State<M, N> {
             inner: Mutex::new(RefCell::new(Shared {
                 node,
                 rx: [0; MAX_DATAGRAM],
+                rest: 0..0,
+                from: nomq::Addr::V4([0; 4], 0),
                 pending: None,
                 kick: false,
                 runner: WakerRegistration::new(),
@@ -208,37 +213,49 @@ impl<M: RawMutex, N: Engine> Runner<'_, M, N> {
         if s.pending.is_some() {
             return Poll::Pending;
         }
-        match socket.poll_recv_from(&mut s.rx, cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(RecvError::Truncated)) => {
-                s.flush.truncated();
-                Poll::Ready(())
-            }
-            Poll::Ready(Ok((len, meta))) => {
-                let base = s.rx.as_ptr() as usize;
-                let from = from_endpoint(meta.endpoint);
-                if let Some(m) = s.node.handle_datagram(now(), from, &mut s.rx[..len]) {
-                    let range = |b: &[u8]| {
-                        let start = b.as_ptr() as usize - base;
-                        start..start + b.len()
-                    };
-                    s.pending = Some(Pending {
-                        name: range(m.name.as_str().as_bytes()),
-                        body: range(m.body),
-                        from: m.from,
-                        session: m.session,
-                        msg: m.msg,
-                        qos: m.qos,
-                        retained: m.retained,
-                        ttl: m.ttl,
-                        dup: m.dup,
-                        subscriptions: m.subscriptions,
-                    });
-                    s.receiver.wake();
+        if s.rest.is_empty() {
+            match socket.poll_recv_from(&mut s.rx, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(RecvError::Truncated)) => {
+                    s.flush.truncated();
+                    return Poll::Ready(());
                 }
-                Poll::Ready(())
+                Poll::Ready(Ok((len, meta))) => {
+                    s.rest = 0..len;
+                    s.from = from_endpoint(meta.endpoint);
+                }
             }
         }
+        // The datagram's packets, up to the first message delivered: the rest waits in
+        // the buffer until the client took it.
+        let base = s.rx.as_ptr() as usize;
+        while s.pending.is_none() && !s.rest.is_empty() {
+            let at = s.rest.clone();
+            let n = nomq::wire::packet_len(&s.rx[at.clone()]).map_or(at.len(), |n| n.min(at.len()));
+            s.rest.start += n;
+            let Some(m) = s.node.handle_packet(now(), s.from, &mut s.rx[at.start..at.start + n])
+            else {
+                continue;
+            };
+            let range = |b: &[u8]| {
+                let start = b.as_ptr() as usize - base;
+                start..start + b.len()
+            };
+            s.pending = Some(Pending {
+                name: range(m.name.as_str().as_bytes()),
+                body: range(m.body),
+                from: m.from,
+                session: m.session,
+                msg: m.msg,
+                qos: m.qos,
+                retained: m.retained,
+                ttl: m.ttl,
+                dup: m.dup,
+                subscriptions: m.subscriptions,
+            });
+            s.receiver.wake();
+        }
+        Poll::Ready(())
     }
 
     /// Sends everything the engine has queued.

@@ -105,8 +105,10 @@ impl<'a, N: Engine> Poller<'a, N> {
             match socket.recv_slice(&mut self.rx) {
                 Ok((len, meta)) => {
                     let from = from_endpoint(meta.endpoint);
-                    if let Some(m) = self.node.handle_datagram(t, from, &mut self.rx[..len]) {
-                        on_message(m, &mut self.node);
+                    for packet in nomq::node::Packets::new(&mut self.rx[..len]) {
+                        if let Some(m) = self.node.handle_packet(t, from, packet) {
+                            on_message(m, &mut self.node);
+                        }
                     }
                 }
                 Err(RecvError::Truncated) => self.flush.truncated(),

@@ -18,11 +18,11 @@ pub const DEFAULT_PORT: u16 = 8888;
 ///   "broadcast": ["255.255.255.255:8888"], "multicast": "239.77.0.1", "multicast_ttl": 1,
 ///   "heartbeat_ms": 5000, "liveness_ms": 15000, "default_ttl_s": 60,
 ///   "clock_skew_s": 30, "unsynced_clock": false, "retransmit_initial_ms": 200,
-///   "retransmit_max_ms": 3000, "max_attempts": 8, "rate_limit": 50000 }
+///   "retransmit_max_ms": 3000, "max_attempts": 8, "rate_limit": 1000000, "max_datagram": 1472 }
 /// ```
 /// Environment: `NOMQ_BIND`, `NOMQ_UNICAST_PORT`, `NOMQ_KEYRING`, `NOMQ_PEERS` (comma-separated),
 /// `NOMQ_BROADCAST` (comma-separated), `NOMQ_MULTICAST`, `NOMQ_HEARTBEAT_MS`,
-/// `NOMQ_LIVENESS_MS`, `NOMQ_DEFAULT_TTL_S`, `NOMQ_MAX_ATTEMPTS`, `NOMQ_RATE_LIMIT`,
+/// `NOMQ_LIVENESS_MS`, `NOMQ_DEFAULT_TTL_S`, `NOMQ_MAX_ATTEMPTS`, `NOMQ_RATE_LIMIT`, `NOMQ_MAX_DATAGRAM`,
 /// `NOMQ_CLOCK_SKEW_S`, `NOMQ_UNSYNCED_CLOCK` (`1`/`true`/`yes` or `0`/`false`/`no`).
 /// Environment overrides the file; explicit builder calls override both.
 ///
@@ -55,18 +55,43 @@ pub struct HostConfig {
     pub multicast_ttl: u32,
     /// IPv6 interface index for link-local multicast (default 0: the system's choice).
     pub multicast_if: u32,
+    /// Largest datagram the node accepts and sends, bytes: packets queued for one
+    /// destination are coalesced up to it (docs/PROTOCOL.md §1.2). `None` (default):
+    /// [`LAN_MAX_DATAGRAM`], or [`LOOPBACK_MAX_DATAGRAM`] when bound to a loopback
+    /// address. Overrides `engine.max_datagram`.
+    pub max_datagram: Option<usize>,
     /// Engine settings (timeouts, TTL, clock mode, rate limit). The defaults are the
     /// core's, except `rate_limit`: [`HOST_RATE_LIMIT`].
     pub engine: nomq::Config,
 }
 
+/// Default [`HostConfig::max_datagram`] on a LAN: the UDP payload of one 1500-byte
+/// Ethernet frame over IPv4, so no datagram is ever fragmented.
+pub const LAN_MAX_DATAGRAM: usize = 1472;
+/// Default [`HostConfig::max_datagram`] on loopback (MTU 65 536): 16 KiB datagrams carry
+/// about a hundred 64-byte messages, one system call for all of them.
+pub const LOOPBACK_MAX_DATAGRAM: usize = 16 * 1024;
+/// The range [`HostConfig::max_datagram`] may take.
+pub const MAX_DATAGRAM_RANGE: RangeInclusive<usize> =
+    nomq::wire::MIN_PACKET_LEN..=nomq::node::MAX_UDP_PAYLOAD;
+
+impl HostConfig {
+    /// The datagram limit in effect: [`HostConfig::max_datagram`] or its default for
+    /// the bind address.
+    pub fn effective_max_datagram(&self) -> usize {
+        let auto =
+            if self.bind.ip().is_loopback() { LOOPBACK_MAX_DATAGRAM } else { LAN_MAX_DATAGRAM };
+        self.max_datagram.unwrap_or(auto)
+    }
+}
+
 /// Packets per second one peer may send a host node before the excess is dropped
 /// (default of [`HostConfig::engine`]`.rate_limit`). The core's default (1000) suits an
-/// MCU; a host verifies a packet in about 2 µs, so this bounds one flooding member to
-/// about a tenth of a core, while a flow-controlled QoS 1/2 stream of a few thousand
-/// messages a second (each message is 2 to 4 packets) is never throttled into
-/// retransmissions that could exhaust its attempts.
-pub const HOST_RATE_LIMIT: u32 = 50_000;
+/// MCU; a host verifies and decrypts a small packet in well under a microsecond (AES-NI,
+/// SHA-NI), so this bounds one flooding member to well under a core, while a windowed
+/// stream of several hundred thousand messages a second, coalesced many per datagram, is
+/// never throttled into retransmissions.
+pub const HOST_RATE_LIMIT: u32 = 1_000_000;
 
 fn host_engine() -> nomq::Config {
     let mut c = nomq::Config::default();
@@ -85,6 +110,7 @@ impl Default for HostConfig {
             multicast: None,
             multicast_ttl: 1,
             multicast_if: 0,
+            max_datagram: None,
             engine: host_engine(),
         }
     }
@@ -130,6 +156,7 @@ struct FileConfig {
     retransmit_max_ms: Option<u64>,
     max_attempts: Option<u8>,
     rate_limit: Option<u32>,
+    max_datagram: Option<usize>,
 }
 
 impl FileConfig {
@@ -167,6 +194,7 @@ impl FileConfig {
         e.retransmit_max = self.retransmit_max_ms.map_or(e.retransmit_max, ms);
         e.max_attempts = self.max_attempts.unwrap_or(e.max_attempts);
         e.rate_limit = self.rate_limit.unwrap_or(e.rate_limit);
+        c.max_datagram = self.max_datagram.or(c.max_datagram);
         Ok(())
     }
 }
@@ -196,12 +224,21 @@ impl HostConfig {
         f.apply(self, &file())
     }
 
-    /// Applies `NOMQ_*` environment variables.
+    /// Applies `NOMQ_*` environment variables, for programs built on this library:
+    /// `NOMQ_BIND`, `NOMQ_UNICAST_PORT`, `NOMQ_KEYRING`, `NOMQ_PEERS`, `NOMQ_BROADCAST`,
+    /// `NOMQ_MULTICAST`, `NOMQ_HEARTBEAT_MS`, `NOMQ_LIVENESS_MS`, `NOMQ_DEFAULT_TTL_S`,
+    /// `NOMQ_MAX_ATTEMPTS`, `NOMQ_RATE_LIMIT`, `NOMQ_MAX_DATAGRAM`, `NOMQ_CLOCK_SKEW_S`, `NOMQ_UNSYNCED_CLOCK`
+    /// (see [`apply_vars`](Self::apply_vars)). A variable that is empty or blank counts
+    /// as unset.
+    ///
+    /// The `nomq` command does not call this: it reads the variables that stand for one
+    /// of its flags (`NOMQ_KEYRING` for `--keys`, …) as that flag, through clap, and hands
+    /// only the others to [`apply_vars`](Self::apply_vars).
     ///
     /// # Errors
     /// [`HostError::Config`] naming the variable.
     pub fn apply_env(&mut self) -> Result<(), HostError> {
-        self.apply_vars(|k| std::env::var(k).ok())
+        self.apply_vars(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
     }
 
     /// Applies variables from any source (testable form of [`HostConfig::apply_env`]).
@@ -249,6 +286,12 @@ impl HostConfig {
         if let Some(v) = get("NOMQ_MAX_ATTEMPTS") {
             self.engine.max_attempts = u8::try_from(num("NOMQ_MAX_ATTEMPTS", &v)?)
                 .map_err(|_| HostError::config("NOMQ_MAX_ATTEMPTS", "above 255"))?;
+        }
+        if let Some(v) = get("NOMQ_MAX_DATAGRAM") {
+            self.max_datagram = Some(
+                usize::try_from(num("NOMQ_MAX_DATAGRAM", &v)?)
+                    .map_err(|_| HostError::config("NOMQ_MAX_DATAGRAM", "too large"))?,
+            );
         }
         if let Some(v) = get("NOMQ_RATE_LIMIT") {
             self.engine.rate_limit = u32::try_from(num("NOMQ_RATE_LIMIT", &v)?)
@@ -389,6 +432,7 @@ impl HostConfig {
     /// | `rate_window` | 1 ms ..= 1 h |
     /// | clock skew (`clock_skew_s`, `NOMQ_CLOCK_SKEW_S`) | 1 ..= 86400 s |
     /// | `max_payload` | a multiple of 16 in 16 ..= [`MAX_PAYLOAD_LIMIT`] |
+    /// | `max_datagram` (`max_datagram`, `NOMQ_MAX_DATAGRAM`) | [`MAX_DATAGRAM_RANGE`] |
     /// | `lockout` | threshold ≥ 1; 1 ms ≤ base ≤ cap ≤ 24 h |
     /// | `qos2_window` | ≥ 1 |
     /// | `multicast_ttl` | 0 ..= 255 |
@@ -464,6 +508,18 @@ impl HostConfig {
                     ),
                 ));
             }
+        }
+        if let Some(md) = self.max_datagram
+            && !MAX_DATAGRAM_RANGE.contains(&md)
+        {
+            return Err(HostError::config(
+                "max_datagram (max_datagram, NOMQ_MAX_DATAGRAM)",
+                format!(
+                    "{md} bytes is outside {}..={} (one packet at least, one UDP datagram at most)",
+                    MAX_DATAGRAM_RANGE.start(),
+                    MAX_DATAGRAM_RANGE.end()
+                ),
+            ));
         }
         let mp = e.max_payload;
         if mp == 0 || !mp.is_multiple_of(nomq::wire::BLOCK_LEN) || mp > MAX_PAYLOAD_LIMIT {
@@ -655,6 +711,23 @@ mod tests {
         let m = e.to_string();
         for n in needles {
             assert!(m.contains(n), "expected {n:?} in: {m}");
+        }
+    }
+
+    #[test]
+    fn max_datagram_defaults_by_bind_address_and_is_checked() {
+        let mut c = HostConfig::default();
+        assert_eq!(c.effective_max_datagram(), LAN_MAX_DATAGRAM);
+        c.bind = "127.0.0.1:7000".parse().unwrap();
+        assert_eq!(c.effective_max_datagram(), LOOPBACK_MAX_DATAGRAM);
+        c.apply_vars(|k| (k == "NOMQ_MAX_DATAGRAM").then(|| "9000".to_string())).unwrap();
+        assert_eq!(c.effective_max_datagram(), 9000);
+        c.validate().unwrap();
+        for bad in [10, 65_508] {
+            refused(
+                &with(|c| c.max_datagram = Some(bad)),
+                &["max_datagram", "NOMQ_MAX_DATAGRAM", "65507"],
+            );
         }
     }
 

@@ -52,12 +52,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Errors of the host adapter, grouped by who is to blame. Every variant that wraps
 /// another error returns it from [`std::error::Error::source`].
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HostError {
     /// The caller's configuration: `field` names the setting (a builder method, a JSON
     /// field, an environment variable or a command-line option) and `problem` says what
     /// is wrong with it, including the allowed range where there is one.
+    #[error("configuration: {field}: {problem}")]
     Config {
         /// The setting.
         field: String,
@@ -65,8 +66,10 @@ pub enum HostError {
         problem: String,
     },
     /// The keyring could not be loaded or used.
-    Keys(BoxError),
+    #[error("keyring: {0}")]
+    Keys(#[source] BoxError),
     /// A socket operation failed: `op` names it ("bind", "join multicast group").
+    #[error("{op}: {source}")]
     Network {
         /// The operation.
         op: &'static str,
@@ -75,13 +78,17 @@ pub enum HostError {
     },
     /// The engine refused the publish (the caller's request: invalid channel, too large,
     /// outbox full).
-    Publish(nomq::node::PublishError),
+    #[error("publish refused: {0}")]
+    Publish(#[source] nomq::node::PublishError),
     /// The engine refused the subscription (invalid pattern, table full).
-    Subscribe(nomq::node::SubscribeError),
+    #[error("subscribe refused: {0}")]
+    Subscribe(#[source] nomq::node::SubscribeError),
     /// A typed payload could not be encoded or decoded.
-    Codec(BoxError),
+    #[error("payload: {0}")]
+    Codec(#[source] BoxError),
     /// The state file ([`NodeBuilder::state_file`]) could not be read or written, or
     /// holds no state this node can restore.
+    #[error("state file {}: {source}", path.display())]
     Store {
         /// The state file.
         path: std::path::PathBuf,
@@ -89,6 +96,7 @@ pub enum HostError {
         source: BoxError,
     },
     /// The node's driver has stopped.
+    #[error("node has shut down")]
     Closed,
 }
 
@@ -100,33 +108,6 @@ impl HostError {
     /// A socket error of operation `op`.
     pub fn network(op: &'static str, source: std::io::Error) -> Self {
         Self::Network { op, source }
-    }
-}
-
-impl fmt::Display for HostError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Config { field, problem } => write!(f, "configuration: {field}: {problem}"),
-            Self::Keys(e) => write!(f, "keyring: {e}"),
-            Self::Network { op, source } => write!(f, "{op}: {source}"),
-            Self::Publish(e) => write!(f, "publish refused: {e}"),
-            Self::Subscribe(e) => write!(f, "subscribe refused: {e}"),
-            Self::Codec(e) => write!(f, "payload: {e}"),
-            Self::Store { path, source } => write!(f, "state file {}: {source}", path.display()),
-            Self::Closed => f.write_str("node has shut down"),
-        }
-    }
-}
-
-impl std::error::Error for HostError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Keys(e) | Self::Codec(e) | Self::Store { source: e, .. } => Some(&**e),
-            Self::Network { source, .. } => Some(source),
-            Self::Publish(e) => Some(e),
-            Self::Subscribe(e) => Some(e),
-            Self::Config { .. } | Self::Closed => None,
-        }
     }
 }
 
@@ -514,6 +495,7 @@ impl NodeBuilder {
             cfg.bind = s.local_addr().map_err(|e| HostError::network("local address", e))?;
         }
         cfg.validate()?;
+        cfg.engine.max_datagram = cfg.effective_max_datagram();
         let sockets = match self.socket {
             Some(s) => Sockets { unicast: configure(s, &cfg, Role::Single)?, discovery: None },
             None => open(&cfg)?,
@@ -1281,8 +1263,14 @@ impl Driver {
     /// stream is full, the engine takes the message back unacknowledged (the publisher
     /// retransmits QoS 1/2), so nothing is acknowledged and then lost.
     fn on_datagram(&mut self, buf: &mut [u8], from: SocketAddr) {
+        for packet in nomq::node::Packets::new(buf) {
+            self.on_packet(packet, from);
+        }
+    }
+
+    fn on_packet(&mut self, buf: &mut [u8], from: SocketAddr) {
         let now = self.clock.now();
-        let Some(m) = self.node.handle_datagram(now, Addr::from(from), buf) else { return };
+        let Some(m) = self.node.handle_packet(now, Addr::from(from), buf) else { return };
         let name = m.name;
         // The engine matched the patterns already: `m.subscriptions` names them by index.
         let (node, matched) = (&self.node, m.subscriptions);
@@ -1574,6 +1562,35 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::error::Error as _;
+
+    /// The texts and sources of `HostError`, as they were before thiserror wrote them.
+    #[test]
+    fn host_error_texts_and_sources() {
+        let io = || std::io::Error::new(std::io::ErrorKind::AddrInUse, "in use");
+        let cases: Vec<(HostError, &str, bool)> = vec![
+            (HostError::config("NOMQ_X", "bad"), "configuration: NOMQ_X: bad", false),
+            (HostError::Keys("no file".into()), "keyring: no file", true),
+            (HostError::network("bind", io()), "bind: in use", true),
+            (HostError::Codec("not utf-8".into()), "payload: not utf-8", true),
+            (
+                HostError::Store { path: "/s".into(), source: "torn".into() },
+                "state file /s: torn",
+                true,
+            ),
+            (HostError::Closed, "node has shut down", false),
+        ];
+        for (e, text, has_source) in cases {
+            assert_eq!(e.to_string(), text);
+            assert_eq!(e.source().is_some(), has_source, "{e}");
+        }
+        let e = HostError::Publish(nomq::node::PublishError::OutboxFull);
+        assert!(e.to_string().starts_with("publish refused: "), "{e}");
+        assert!(e.source().is_some());
+        let f = store::FileStoreError { path: "/s".into(), op: "fsync", source: io() };
+        assert_eq!(f.to_string(), "state file /s: fsync: in use");
+        assert!(f.source().is_some());
+    }
 
     #[test]
     fn names_resolve_by_the_bind_family() {

@@ -2,7 +2,6 @@
 //! store").
 
 use nomq::node::StateStore;
-use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,7 +16,8 @@ pub struct FileStore {
 }
 
 /// A failed load or save of a [`FileStore`]: the file, the operation, the OS error.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("state file {}: {op}: {source}", path.display())]
 pub struct FileStoreError {
     /// The state file (or its temporary file or directory, for `op`).
     pub path: PathBuf,
@@ -25,18 +25,6 @@ pub struct FileStoreError {
     pub op: &'static str,
     /// The OS error.
     pub source: io::Error,
-}
-
-impl fmt::Display for FileStoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "state file {}: {}: {}", self.path.display(), self.op, self.source)
-    }
-}
-
-impl std::error::Error for FileStoreError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
 }
 
 impl FileStore {

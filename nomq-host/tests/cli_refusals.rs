@@ -44,7 +44,7 @@ impl OldClockSender {
         let mut buf = vec![0u8; 2048];
         while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
             let now = self.now();
-            let _ = self.node.handle_datagram(now, from.into(), &mut buf[..n]);
+            self.node.handle_datagram(now, from.into(), &mut buf[..n], |_| true);
         }
     }
 

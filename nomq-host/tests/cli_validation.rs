@@ -249,3 +249,118 @@ fn help_documents_exit_codes_and_units() {
         assert!(stdout.contains(n), "pub --help lacks {n:?}: {stdout}");
     }
 }
+
+/// Issue 14: the `NOMQ_*` variable of a flag is read by clap as that flag: honoured when
+/// the flag is absent, overridden when it is given, empty meaning unset, shown in
+/// `--help`, and named when its value is refused.
+#[test]
+fn environment_variables_stand_for_their_flags() {
+    let dir = Scratch::new("env-flags");
+    let good = dir.keys("good.json");
+    let missing = dir.path("missing.json");
+    let missing = missing.to_str().unwrap();
+    // Runs quietly for 0.3 s and exits 1 (nothing arrived) when everything was accepted.
+    let sub = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec!["sub", "-c", "a", "-W", "0.3"];
+        v.extend_from_slice(extra);
+        v
+    };
+    let g: &'static str = Box::leak(good.clone().into_boxed_str());
+    let m: &'static str = Box::leak(missing.to_string().into_boxed_str());
+    let b = "127.0.0.1:0";
+
+    // NOMQ_KEYRING and NOMQ_BIND alone are enough.
+    check_cases(&dir, &[(sub(&[]), 1, vec![])], &[("NOMQ_KEYRING", g), ("NOMQ_BIND", b)]);
+    // NOMQ_KEYRING is used: a missing file is named.
+    check_cases(&dir, &[(sub(&["--bind", b]), 2, vec!["missing.json"])], &[("NOMQ_KEYRING", m)]);
+    // --keys wins over NOMQ_KEYRING, either way round.
+    check_cases(
+        &dir,
+        &[(sub(&["--keys", g]), 1, vec![])],
+        &[("NOMQ_KEYRING", m), ("NOMQ_BIND", b)],
+    );
+    check_cases(
+        &dir,
+        &[(sub(&["--keys", m, "--bind", b]), 2, vec!["missing.json"])],
+        &[("NOMQ_KEYRING", g)],
+    );
+    // --bind wins over a NOMQ_BIND that could not be bound.
+    check_cases(
+        &dir,
+        &[(sub(&["--bind", b]), 1, vec![])],
+        &[("NOMQ_KEYRING", g), ("NOMQ_BIND", "192.0.2.1:9")],
+    );
+    check_cases(
+        &dir,
+        &[(sub(&[]), 3, vec!["192.0.2.1:9"])],
+        &[("NOMQ_KEYRING", g), ("NOMQ_BIND", "192.0.2.1:9")],
+    );
+    // Empty means unset: the default keyring name, not an empty path; a library
+    // variable (no flag) likewise.
+    check_cases(&dir, &[(sub(&["--bind", b]), 2, vec!["nomq-keys.json"])], &[("NOMQ_KEYRING", "")]);
+    check_cases(
+        &dir,
+        &[(sub(&["--bind", b, "--keys", g]), 1, vec![])],
+        &[("NOMQ_HEARTBEAT_MS", " ")],
+    );
+
+    // Booleans: 1/true/yes/on and 0/false/no/off; anything else is refused, naming the
+    // variable; the flag itself needs no variable and ignores it.
+    let with = |extra: &[&'static str]| {
+        let mut v = sub(&["--bind", b, "--keys", g]);
+        v.extend_from_slice(extra);
+        v
+    };
+    for v in ["1", "TRUE", "yes", "0", "off"] {
+        check_cases(
+            &dir,
+            &[(with(&[]), 1, vec![])],
+            &[("NOMQ_UNSYNCED_CLOCK", v), ("NOMQ_REFUSALS", v)],
+        );
+    }
+    check_cases(
+        &dir,
+        &[(with(&[]), 2, vec!["NOMQ_REFUSALS", "maybe"])],
+        &[("NOMQ_REFUSALS", "maybe")],
+    );
+    check_cases(&dir, &[(with(&["--refusals"]), 1, vec![])], &[("NOMQ_REFUSALS", "maybe")]);
+    // A refused value from the environment says where it came from; from the command
+    // line it does not.
+    check_cases(
+        &dir,
+        &[(
+            with(&[]),
+            2,
+            vec!["--unicast-port", "70000", "environment variable NOMQ_UNICAST_PORT"],
+        )],
+        &[("NOMQ_UNICAST_PORT", "70000")],
+    );
+    let out = run(&dir, &with(&["--unicast-port", "70000"]));
+    let (code, _, stderr) = outcome(&out);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(!stderr.contains("environment variable"), "{stderr}");
+    // NOMQ_PEERS is a comma-separated list, as the repeated flag.
+    check_cases(
+        &dir,
+        &[(with(&[]), 2, vec!["127.0.0.1:0", "port 0"])],
+        &[("NOMQ_PEERS", "127.0.0.1:9001, 127.0.0.1:0")],
+    );
+
+    // clap writes the variables into --help (and so into the man page).
+    let help = outcome(&run(&dir, &["sub", "--help"])).1;
+    for var in [
+        "NOMQ_KEYRING",
+        "NOMQ_BIND",
+        "NOMQ_UNICAST_PORT",
+        "NOMQ_PEERS",
+        "NOMQ_BROADCAST",
+        "NOMQ_MULTICAST",
+        "NOMQ_UNSYNCED_CLOCK",
+        "NOMQ_REFUSALS",
+        "NOMQ_STATE",
+    ] {
+        assert!(help.contains(&format!("[env: {var}=")), "{var} missing from --help:\n{help}");
+    }
+    let man = outcome(&run(&dir, &["man"])).1;
+    assert!(man.contains("NOMQ_KEYRING"), "the man page lacks the variables");
+}

@@ -329,8 +329,8 @@ async fn tshark_decodes_real_traffic() {
     }
 
     // Hand-made datagrams, made from real packets, and the expert info each must carry.
-    // Those to random ports go through the heuristic (magic and version 1, 2 or 3); those
-    // to port 8888 with version 4 can only be decoded by the port registration.
+    // Those to random ports go through the heuristic (magic and version 1 to 4); those
+    // to port 8888 with version 5 can only be decoded by the port registration.
     let mut template = records[0].clone();
     template.time = records[real - 1].time;
     let edit = |f: &dyn Fn(&mut Record)| {
@@ -343,14 +343,15 @@ async fn tshark_decodes_real_traffic() {
     let made: Vec<(Record, &[&str])> = vec![
         (edit(&|r| r.data[2] = 1), &["Unsupported version 1"]),
         (edit(&|r| r.data[2] = 2), &["Unsupported version 2"]),
+        (edit(&|r| r.data[2] = 3), &["Unsupported version 3"]),
         (edit(&|r| r.data.extend_from_slice(&[0xee; 5])), &["Length mismatch: 57 + "]),
         (edit(&|r| r.data.truncate(r.data.len() - 1)), &["Length mismatch: 57 + "]),
         (
             edit(&|r| {
-                r.data[2] = 4;
+                r.data[2] = 5;
                 r.dst.set_port(8888);
             }),
-            &["Unsupported version 4"],
+            &["Unsupported version 5"],
         ),
         (
             edit(&|r| {
@@ -444,7 +445,7 @@ async fn tshark_decodes_real_traffic() {
         let ctx = format!("frame {}: {line}", i + 1);
         assert_eq!(f[0], (i + 1).to_string(), "{ctx}");
         assert_eq!(f[1], "0x4e4d", "{ctx}");
-        assert_eq!(f[2], "3", "{ctx}");
+        assert_eq!(f[2], "4", "{ctx}");
         assert_eq!(f[3], format!("0x{:02x}", d[3]), "{ctx}");
         assert_eq!(f[4], format!("0x{:02x}", d[4]), "{ctx}");
         assert_eq!(f[5], (d[4] & 3).to_string(), "{ctx}");
@@ -495,7 +496,8 @@ async fn tshark_decodes_real_traffic() {
         "MAC (HMAC-SHA256): ",
         "Unsupported version 1",
         "Unsupported version 2",
-        "Unsupported version 4",
+        "Unsupported version 3",
+        "Unsupported version 5",
         "Length mismatch: 57 + ",
     ] {
         assert!(tree.contains(want), "no {want:?} in tshark -V output:\n{tree}");

@@ -82,7 +82,7 @@ pub const PUBLISH_PREFIX_LEN: usize = MESSAGE_ID_LEN + 4 + 1;
 /// and [`PUBLISH_PREFIX_LEN`].
 pub const PUBLISH_OVERHEAD: usize = RECIPIENT_LEN + PUBLISH_PREFIX_LEN;
 /// Bytes of a HEARTBEAT plaintext before the patterns.
-pub const HEARTBEAT_PREFIX_LEN: usize = 9;
+pub const HEARTBEAT_PREFIX_LEN: usize = 11;
 
 /// Why a plaintext body is malformed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +97,8 @@ pub enum BodyError {
     Channel(ChannelError),
     /// The output buffer is too small.
     BufferTooSmall,
+    /// An ack run of no message, or one whose packet ids pass `u32::MAX`.
+    InvalidRun,
 }
 impl fmt::Display for BodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -105,6 +107,7 @@ impl fmt::Display for BodyError {
             Self::TrailingBytes => f.write_str("unexpected bytes after body"),
             Self::Channel(e) => fmt::Display::fmt(e, f),
             Self::BufferTooSmall => f.write_str("buffer too small for body"),
+            Self::InvalidRun => f.write_str("ack run of no message or past the last packet id"),
         }
     }
 }
@@ -217,22 +220,53 @@ impl<'a> Publish<'a> {
     }
 }
 
-/// Body of PUBACK, PUBREC, PUBREL and PUBCOMP: the message acknowledged.
+/// Length of an ack body: a run of message ids ([`Ack`]).
+pub const ACK_LEN: usize = MESSAGE_ID_LEN + 2;
+
+/// Body of PUBACK, PUBREC, PUBREL and PUBCOMP: a run of `count` messages of one session
+/// with consecutive packet ids, `msg` the first. One message is a run of 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ack {
-    /// The message.
+    /// The first message of the run.
     pub msg: MessageId,
+    /// Messages in the run, at least 1; the last one's packet id fits a `u32`.
+    pub count: u16,
 }
 impl Ack {
+    /// A run of one message.
+    pub const fn one(msg: MessageId) -> Self {
+        Self { msg, count: 1 }
+    }
     /// Parses an ack plaintext.
     ///
     /// # Errors
-    /// [`BodyError::Truncated`], [`BodyError::TrailingBytes`].
+    /// [`BodyError::Truncated`], [`BodyError::TrailingBytes`], [`BodyError::InvalidRun`]
+    /// (count 0, or packet ids past `u32::MAX`).
     pub fn parse(b: &[u8]) -> Result<Self, BodyError> {
         let mut r = Reader(b);
         let msg = r.msg()?;
+        let count = r.u16()?;
         r.end()?;
-        Ok(Self { msg })
+        let last = msg.packet_id.0.checked_add(u32::from(count).saturating_sub(1));
+        if count == 0 || last.is_none() {
+            return Err(BodyError::InvalidRun);
+        }
+        Ok(Self { msg, count })
+    }
+    /// The messages of the run, in order.
+    pub fn ids(&self) -> impl Iterator<Item = MessageId> + use<> {
+        let (session, first) = (self.msg.session, self.msg.packet_id.0);
+        (0..u32::from(self.count)).map_while(move |k| {
+            Some(MessageId { session, packet_id: PacketId(first.checked_add(k)?) })
+        })
+    }
+    /// Whether `m` is one of the run's messages.
+    pub fn contains(&self, m: MessageId) -> bool {
+        m.session == self.msg.session
+            && m.packet_id
+                .0
+                .checked_sub(self.msg.packet_id.0)
+                .is_some_and(|d| d < u32::from(self.count))
     }
     /// Writes the body; returns its length.
     ///
@@ -241,6 +275,7 @@ impl Ack {
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, BodyError> {
         let mut w = Writer::new(buf);
         w.msg(self.msg)?;
+        w.put(&self.count.to_be_bytes())?;
         Ok(w.at)
     }
 }
@@ -329,6 +364,9 @@ impl<'a> Subscription<'a> {
 pub struct Heartbeat<'a> {
     /// Sender's heartbeat interval, seconds.
     pub interval_s: u16,
+    /// Largest datagram the sender accepts, bytes: others may coalesce packets to it up to
+    /// this length (see docs/PROTOCOL.md, "Datagrams").
+    pub max_datagram: u16,
     /// Digest of the sender's whole subscription set.
     pub digest: u32,
     /// Patterns in the whole set.
@@ -348,6 +386,7 @@ impl<'a> Heartbeat<'a> {
     pub fn parse(b: &'a [u8]) -> Result<Self, BodyError> {
         let mut r = Reader(b);
         let interval_s = r.u16()?;
+        let max_datagram = r.u16()?;
         let digest = r.u32()?;
         let total = r.u8()?;
         let first = r.u8()?;
@@ -357,7 +396,7 @@ impl<'a> Heartbeat<'a> {
             Pattern::from_bytes(r.short_str()?).map_err(BodyError::Channel)?;
         }
         r.end()?;
-        Ok(Self { interval_s, digest, total, first, count, raw })
+        Ok(Self { interval_s, max_datagram, digest, total, first, count, raw })
     }
 
     /// The patterns in this packet (validated by [`Heartbeat::parse`]).
@@ -372,13 +411,14 @@ impl<'a> Heartbeat<'a> {
     /// [`BodyError::BufferTooSmall`].
     pub fn writer(
         buf: &mut [u8],
-        interval_s: u16,
+        (interval_s, max_datagram): (u16, u16),
         digest: u32,
         total: u8,
         first: u8,
     ) -> Result<HeartbeatWriter<'_>, BodyError> {
         let mut w = Writer::new(buf);
         w.put(&interval_s.to_be_bytes())?;
+        w.put(&max_datagram.to_be_bytes())?;
         w.put(&digest.to_be_bytes())?;
         w.put(&[total, first, 0])?;
         Ok(HeartbeatWriter { w })
@@ -439,11 +479,28 @@ mod tests {
 
     #[test]
     fn ack_round_trip() {
-        let mut buf = [0u8; 8];
-        assert_eq!(Ack { msg: MSG }.emit(&mut buf).unwrap(), 8);
-        assert_eq!(Ack::parse(&buf).unwrap().msg, MSG);
-        assert_eq!(Ack::parse(&buf[..7]), Err(BodyError::Truncated));
-        assert_eq!(Ack::parse(&[0; 9]), Err(BodyError::TrailingBytes));
+        let mut buf = [0u8; 12];
+        assert_eq!(Ack::one(MSG).emit(&mut buf).unwrap(), ACK_LEN);
+        assert_eq!(Ack::parse(&buf[..ACK_LEN]).unwrap(), Ack::one(MSG));
+        assert_eq!(Ack::parse(&buf[..9]), Err(BodyError::Truncated));
+        assert_eq!(Ack::parse(&[0; 11]), Err(BodyError::TrailingBytes));
+        let run = Ack { msg: MSG, count: 3 };
+        run.emit(&mut buf).unwrap();
+        assert_eq!(&buf[..ACK_LEN], &[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 7, 0, 3]);
+        let ids: std::vec::Vec<u32> = run.ids().map(|m| m.packet_id.0).collect();
+        assert_eq!(ids, [7, 8, 9]);
+        let at = |p| MessageId { session: MSG.session, packet_id: PacketId(p) };
+        assert!(run.contains(at(7)) && run.contains(at(9)));
+        assert!(!run.contains(at(6)) && !run.contains(at(10)));
+        assert!(!run.contains(MessageId { session: SessionId(1), packet_id: PacketId(8) }));
+        // A run of nothing, and one past the last packet id, are refused.
+        Ack { msg: MSG, count: 0 }.emit(&mut buf).unwrap();
+        assert_eq!(Ack::parse(&buf[..ACK_LEN]), Err(BodyError::InvalidRun));
+        let top = MessageId { session: MSG.session, packet_id: PacketId(u32::MAX) };
+        Ack { msg: top, count: 2 }.emit(&mut buf).unwrap();
+        assert_eq!(Ack::parse(&buf[..ACK_LEN]), Err(BodyError::InvalidRun));
+        Ack { msg: top, count: 1 }.emit(&mut buf).unwrap();
+        assert_eq!(Ack::parse(&buf[..ACK_LEN]).unwrap().ids().count(), 1);
     }
 
     #[test]
@@ -460,24 +517,25 @@ mod tests {
 
     #[test]
     fn heartbeat_round_trip_and_limits() {
-        let mut buf = [0u8; 20];
-        let mut w = Heartbeat::writer(&mut buf, 5, 0x0102_0304, 3, 1).unwrap();
+        let mut buf = [0u8; 22];
+        let mut w = Heartbeat::writer(&mut buf, (5, 1472), 0x0102_0304, 3, 1).unwrap();
         assert!(w.push(Pattern::new("a/#").unwrap()));
         assert!(w.push(Pattern::new("bb").unwrap()));
         assert!(!w.push(Pattern::new("cccccccc").unwrap()), "does not fit");
         assert_eq!(w.count(), 2);
         let n = w.finish();
-        assert_eq!(&buf[..n], b"\x00\x05\x01\x02\x03\x04\x03\x01\x02\x03a/#\x02bb");
+        assert_eq!(&buf[..n], b"\x00\x05\x05\xc0\x01\x02\x03\x04\x03\x01\x02\x03a/#\x02bb");
         let h = Heartbeat::parse(&buf[..n]).unwrap();
-        assert_eq!((h.interval_s, h.digest, h.total, h.first, h.count), (5, 0x0102_0304, 3, 1, 2));
+        assert_eq!((h.interval_s, h.max_datagram), (5, 1472));
+        assert_eq!((h.digest, h.total, h.first, h.count), (0x0102_0304, 3, 1, 2));
         let mut it = h.patterns();
         assert_eq!(it.next().unwrap().as_str(), "a/#");
         assert_eq!(it.next().unwrap().as_str(), "bb");
         assert!(it.next().is_none());
         drop(it);
-        buf[8] = 3; // claims 3 patterns, holds 2
+        buf[10] = 3; // claims 3 patterns, holds 2
         assert_eq!(Heartbeat::parse(&buf[..n]), Err(BodyError::Truncated));
-        buf[8] = 1; // claims 1, holds more
+        buf[10] = 1; // claims 1, holds more
         assert_eq!(Heartbeat::parse(&buf[..n]), Err(BodyError::TrailingBytes));
     }
 }

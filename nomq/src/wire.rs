@@ -1,4 +1,4 @@
-//! Wire format version 3: the 57-byte header, zero-copy.
+//! Wire format version 4: the 57-byte header, zero-copy.
 //!
 //! ```text
 //!  0       2   3   4   5               9              13      15
@@ -28,8 +28,9 @@ use core::fmt;
 
 /// `"NM"`.
 pub const MAGIC: u16 = 0x4E4D;
-/// The version this crate speaks. Versions 2 (no key id) and 1 are refused.
-pub const VERSION: u8 = 0x03;
+/// The version this crate speaks. Versions 3 (one packet per datagram, single acks), 2
+/// (no key id) and 1 are refused.
+pub const VERSION: u8 = 0x04;
 /// Version of the reference MicroPython NoMQ, reserved for a legacy profile.
 pub const VERSION_LEGACY: u8 = 0x01;
 /// Bytes before the ciphertext.
@@ -40,6 +41,21 @@ pub const MAC_LEN: usize = 32;
 pub const BLOCK_LEN: usize = 16;
 /// Header and MAC: the fixed cost of one packet on the wire.
 pub const OVERHEAD: usize = HEADER_LEN + MAC_LEN;
+/// The smallest packet: header, one block, MAC.
+pub const MIN_PACKET_LEN: usize = OVERHEAD + BLOCK_LEN;
+
+/// The length of the packet at the start of `datagram`, which carries one or more packets
+/// back to back (docs/PROTOCOL.md, "Datagrams"): `57 + n + 32`, `n` from the length field.
+/// `None` when the datagram is too short to hold a header, or its magic or version is
+/// not this protocol's: then the rest of the datagram cannot be split, and the caller
+/// treats it as one (malformed) packet.
+pub fn packet_len(datagram: &[u8]) -> Option<usize> {
+    let b = datagram.get(..HEADER_LEN)?;
+    if be16(&b[field::MAGIC]) != MAGIC || b[field::VERSION] != VERSION {
+        return None;
+    }
+    Some(OVERHEAD + usize::from(be16(&b[field::PAYLOAD_LEN])))
+}
 
 pub(crate) mod field {
     use core::ops::Range;
@@ -58,7 +74,7 @@ pub(crate) mod field {
     pub const PAYLOAD_START: usize = 57;
 }
 
-/// Why a buffer is not a well-formed v3 packet header. Checked in this order.
+/// Why a buffer is not a well-formed v4 packet header. Checked in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
@@ -248,7 +264,7 @@ impl Flags {
     }
 }
 
-/// A read/write view of a v3 packet in a buffer.
+/// A read/write view of a v4 packet in a buffer.
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
@@ -533,7 +549,7 @@ mod tests {
     use super::*;
 
     /// A PUBACK-sized packet (one block) with every field distinct, in hex.
-    const FIXTURE: &str = "4e4d0303c6\
+    const FIXTURE: &str = "4e4d0403c6\
         01020304\
         a1b2c3d4\
         0e10\
@@ -579,7 +595,7 @@ mod tests {
         let bytes = hex(FIXTURE);
         let p = Packet::new_checked(&bytes[..], 1024).unwrap();
         assert_eq!(p.magic(), MAGIC);
-        assert_eq!(p.version(), 3);
+        assert_eq!(p.version(), 4);
         assert_eq!(p.type_byte(), 0x03);
         assert_eq!(p.flags_byte(), 0xc6);
         assert_eq!(p.packet_id(), PacketId(0x0102_0304));
@@ -654,6 +670,24 @@ mod tests {
     }
 
     #[test]
+    fn packet_len_splits_datagrams() {
+        let good = hex(FIXTURE);
+        let mut two = [0u8; 210];
+        two[..105].copy_from_slice(&good);
+        two[105..].copy_from_slice(&good);
+        assert_eq!(packet_len(&two), Some(105));
+        assert_eq!(packet_len(&two[105..]), Some(105));
+        assert_eq!(packet_len(&good[..56]), None, "no whole header");
+        assert_eq!(packet_len(&good[..57]), Some(105), "the length field is enough");
+        let mut b = good;
+        b[2] = 3;
+        assert_eq!(packet_len(&b), None, "another version cannot be split");
+        b = good;
+        b[1] = 0;
+        assert_eq!(packet_len(&b), None);
+    }
+
+    #[test]
     fn checks_in_order() {
         let good = hex(FIXTURE);
         let mut longer = [0u8; 106];
@@ -664,7 +698,7 @@ mod tests {
         let mut b = good;
         b[0] = 0;
         assert_eq!(Packet::new_checked(&b[..], 1024).unwrap_err(), WireError::BadMagic);
-        for v in [0, 1, 2, 4, 0xff] {
+        for v in [0, 1, 2, 3, 0xff] {
             let mut b = good;
             b[2] = v;
             assert_eq!(

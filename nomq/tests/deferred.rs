@@ -119,7 +119,8 @@ fn qos0_is_not_deferred() {
     let t = s.members[0].node.poll_transmit(now, &mut buf).unwrap();
     let from = s.members[0].addr;
     let b = &mut s.members[1].node;
-    assert!(b.handle_datagram(now, from, &mut buf[..t.len]).is_some());
+    let packet = nomq::node::Packets::new(&mut buf[..t.len]).next().unwrap();
+    assert!(b.handle_packet(now, from, packet).is_some());
     assert!(b.defer_delivery().is_none(), "QoS 0 has no ack to withhold");
     assert!(b.refuse_delivery(), "and the caller may still refuse it");
 }

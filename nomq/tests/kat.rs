@@ -209,7 +209,7 @@ const PINNED_IV: [u8; 16] = [
 const PINNED_CHANNEL_ID: &str = "1435f1c102176a2c6309797cbeaad2b6";
 const PINNED_FINGERPRINT: &str = "6057982be6a6e666";
 const PINNED_KEY_ID: u32 = 0x1bd4_714b;
-/// Version 3 plaintexts begin with the recipient session id, 0 for every member
+/// Plaintexts (since version 3) begin with the recipient session id, 0 for every member
 /// (docs/PROTOCOL.md §4); it is written by hand here, ahead of the body codec.
 const PINNED_RECIPIENT: [u8; 4] = [0; 4];
 /// recipient (00000000) | message id (c0ffee01 00000001) | low-water mark (00000001) |
@@ -218,10 +218,10 @@ const PINNED_PLAINTEXT: &str =
     "00000000c0ffee0100000001000000010d666163746f72792f6c696e653132312e35";
 /// The 137 bytes of the packet, in wire order (see docs/PROTOCOL.md for the table).
 const PINNED_PACKET: &str = "
-4e4d03015100000001c0ffee01003c404142434445464748494a4b4c4d4e4f6553f1001435f1c102
+4e4d04015100000001c0ffee01003c404142434445464748494a4b4c4d4e4f6553f1001435f1c102
 176a2c6309797cbeaad2b61bd4714b003065fb34fb1882201d7d01c6920c403cbdd1ad768a9b5876
-dc553e4ae8405e9320bc82996c037c3714727fe6e276a929f548902d1d7a3fa8b17e813ffd3f43a8
-5069fd9527584fb408f9fbf6e677c88517";
+dc553e4ae8405e9320bc82996c037c3714727fe6e276a929f50868ce064c61fedf34c8e02b4d3864
+5130e9e4fad2ef0bdf7d30f43e6e763078";
 
 fn pinned_header(keys: &KeySet) -> Header {
     Header {

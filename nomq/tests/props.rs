@@ -173,11 +173,18 @@ proptest! {
     }
 
     #[test]
-    fn ack_round_trip(msg in msg_id()) {
-        let a = Ack { msg };
-        let mut buf = [0u8; 8];
-        prop_assert_eq!(a.emit(&mut buf), Ok(8));
-        prop_assert_eq!(Ack::parse(&buf), Ok(a));
+    fn ack_round_trip(msg in msg_id(), count in 1u16..) {
+        let a = Ack { msg, count };
+        let mut buf = [0u8; 10];
+        prop_assert_eq!(a.emit(&mut buf), Ok(10));
+        let fits = msg.packet_id.0.checked_add(u32::from(count) - 1).is_some();
+        if fits {
+            prop_assert_eq!(Ack::parse(&buf), Ok(a));
+            prop_assert_eq!(a.ids().count(), usize::from(count));
+            prop_assert!(a.ids().all(|m| a.contains(m)));
+        } else {
+            prop_assert!(Ack::parse(&buf).is_err());
+        }
     }
 
     #[test]
@@ -193,13 +200,14 @@ proptest! {
     #[test]
     fn heartbeat_round_trip(
         interval_s in any::<u16>(),
+        max_datagram in any::<u16>(),
         digest in any::<u32>(),
         total in any::<u8>(),
         first in any::<u8>(),
         patterns in prop::collection::vec(pattern(), 0..12),
     ) {
         let mut buf = vec![0u8; max_plaintext(MAX_PAYLOAD)];
-        let mut w = Heartbeat::writer(&mut buf, interval_s, digest, total, first).unwrap();
+        let mut w = Heartbeat::writer(&mut buf, (interval_s, max_datagram), digest, total, first).unwrap();
         for p in &patterns {
             prop_assert!(w.push(Pattern::new(p).unwrap()), "12 × 97 bytes fit a packet");
         }
@@ -207,8 +215,8 @@ proptest! {
         let n = w.finish();
         let h = Heartbeat::parse(&buf[..n]).unwrap();
         prop_assert_eq!(
-            (h.interval_s, h.digest, h.total, h.first, usize::from(h.count)),
-            (interval_s, digest, total, first, patterns.len())
+            (h.interval_s, h.max_datagram, h.digest, h.total, h.first, usize::from(h.count)),
+            (interval_s, max_datagram, digest, total, first, patterns.len())
         );
         let got: Vec<&str> = h.patterns().map(|p| p.as_str()).collect();
         prop_assert_eq!(got, patterns.iter().map(String::as_str).collect::<Vec<_>>());

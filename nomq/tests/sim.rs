@@ -65,7 +65,8 @@ fn qos0_delivery_rates() {
     s.publish_many(0, 10_000, PublishOptions::qos(Qos::AtMostOnce));
     for b in [1, 2] {
         let got = s.counts(b).len() as f64 / 10_000.0;
-        assert!((0.67..=0.73).contains(&got), "delivered {got}");
+        // Losses hit whole datagrams, several messages each: a wider spread than per message.
+        assert!((0.62..=0.78).contains(&got), "delivered {got}");
     }
 }
 
@@ -122,7 +123,7 @@ fn replays_are_never_accepted() {
             // A replayed CHALLENGE may be answered (echoing a stale nonce proves nothing),
             // but nothing else may pass uncounted.
             let challenge = data[3] == 0x09;
-            if m.node.handle_datagram(now, from, &mut d).is_some()
+            if m.node.handle_packet(now, from, &mut d).is_some()
                 || (!challenge && m.node.stats().total_drops() != drops + 1)
             {
                 accepted += 1;
@@ -343,7 +344,7 @@ fn unsynced_clock_mode_delivers_and_refuses_replays() {
     for (to, from, data) in rec {
         let mut d = data;
         let now = s.now;
-        assert!(s.members[to].node.handle_datagram(now, from, &mut d).is_none());
+        assert!(s.members[to].node.handle_packet(now, from, &mut d).is_none());
     }
     assert_eq!(s.members[b].node.stats().delivered, d0);
 }

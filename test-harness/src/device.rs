@@ -889,8 +889,10 @@ pub fn run_std_device_late_peers(
         match socket.recv_from(&mut rbuf) {
             Ok((n, from)) => {
                 let now = clock();
-                if let Some(m) = node.handle_datagram(now, from.into(), &mut rbuf[..n]) {
-                    app.on_message(now, &mut *node, &m);
+                for packet in nomq::node::Packets::new(&mut rbuf[..n]) {
+                    if let Some(m) = node.handle_packet(now, from.into(), packet) {
+                        app.on_message(now, &mut *node, &m);
+                    }
                 }
             }
             Err(e)

@@ -20,7 +20,6 @@
 //! the bridge and the veth pairs.
 
 use std::ffi::OsStr;
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -39,19 +38,24 @@ pub const MAX_HOSTS: usize = 250;
 const PREFIX: &str = "nomq-";
 
 /// Why a lab could not be built or used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LabError {
     /// The `ip` command (iproute2) is not installed.
+    #[error("the `ip` command is missing: install iproute2 (apt-get install -y iproute2)")]
     IpMissing,
     /// Network namespaces cannot be created here (not root, no `CAP_SYS_ADMIN`, or a sandbox
     /// that forbids them). Holds what `ip` said.
+    #[error("network namespaces are not permitted here (run as root): {0}")]
     NotPermitted(String),
     /// The host count is 0 or more than [`MAX_HOSTS`].
+    #[error("a lab holds 1 to {MAX_HOSTS} hosts, not {0}")]
     BadSize(usize),
     /// A host index past the end of the lab.
+    #[error("no host {0} in this lab")]
     NoSuchHost(usize),
     /// A setup or exec command failed. Holds the command line and what it printed.
+    #[error("`{command}` failed: {stderr}")]
     Command {
         /// The command that failed.
         command: String,
@@ -68,24 +72,6 @@ impl LabError {
         matches!(self, LabError::IpMissing | LabError::NotPermitted(_))
     }
 }
-
-impl fmt::Display for LabError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LabError::IpMissing => f.write_str(
-                "the `ip` command is missing: install iproute2 (apt-get install -y iproute2)",
-            ),
-            LabError::NotPermitted(why) => {
-                write!(f, "network namespaces are not permitted here (run as root): {why}")
-            }
-            LabError::BadSize(n) => write!(f, "a lab holds 1 to {MAX_HOSTS} hosts, not {n}"),
-            LabError::NoSuchHost(i) => write!(f, "no host {i} in this lab"),
-            LabError::Command { command, stderr } => write!(f, "`{command}` failed: {stderr}"),
-        }
-    }
-}
-
-impl std::error::Error for LabError {}
 
 /// A set of namespace hosts on one bridge. Dropping it deletes everything it created.
 #[derive(Debug)]
@@ -396,6 +382,21 @@ pub fn lab_namespace() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lab_error_texts() {
+        assert_eq!(
+            LabError::BadSize(0).to_string(),
+            format!("a lab holds 1 to {MAX_HOSTS} hosts, not 0")
+        );
+        assert_eq!(LabError::NoSuchHost(3).to_string(), "no host 3 in this lab");
+        let e = LabError::Command { command: "ip x".into(), stderr: "nope".into() };
+        assert_eq!(e.to_string(), "`ip x` failed: nope");
+        assert!(
+            LabError::NotPermitted("EPERM".into()).to_string().ends_with("(run as root): EPERM")
+        );
+        assert!(LabError::IpMissing.to_string().contains("install iproute2"));
+    }
 
     #[test]
     fn addresses_follow_host_index() {

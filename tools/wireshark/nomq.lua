@@ -1,11 +1,12 @@
--- Wireshark dissector for the NoMQ wire protocol, version 3 (docs/PROTOCOL.md §1).
+-- Wireshark dissector for the NoMQ wire protocol, version 4 (docs/PROTOCOL.md §1).
 --
 --   tshark -X lua_script:tools/wireshark/nomq.lua -r capture.pcap -Y nomq -V
 --
 -- or copy this file to ~/.local/lib/wireshark/plugins/ (see tools/wireshark/README.md).
 -- Registered on UDP port 8888 and as a heuristic UDP dissector (magic 0x4E4D followed by
--- version 0x01, 0x02 or 0x03), so traffic on any port decodes. Versions 1 and 2 are shown
--- as unsupported, as NoMQ refuses them. Requires Wireshark >= 3.6 (Lua 5.2
+-- version 0x01 to 0x04), so traffic on any port decodes. Versions 1 to 3 are shown as
+-- unsupported, as NoMQ refuses them. A datagram may carry several packets back to back
+-- (PROTOCOL.md §1.2): each is a NoMQ tree of its own. Requires Wireshark >= 3.6 (Lua 5.2
 -- to 5.4).
 --
 -- The header is decoded field by field; the ciphertext and MAC are shown as bytes. There
@@ -17,7 +18,7 @@ local HEADER_LEN = 57
 local MAC_LEN = 32
 local OVERHEAD = HEADER_LEN + MAC_LEN
 local MAGIC = 0x4E4D
-local VERSION = 3
+local VERSION = 4
 local DEFAULT_PORT = 8888
 
 local type_names = {
@@ -35,7 +36,8 @@ local type_names = {
 local version_names = {
     [0x01] = "Legacy: reference MicroPython NoMQ, refused",
     [0x02] = "NoMQ v2 (no key id), refused",
-    [0x03] = "NoMQ v3",
+    [0x03] = "NoMQ v3 (one packet per datagram), refused",
+    [0x04] = "NoMQ v4",
 }
 
 local qos_names = {
@@ -145,7 +147,7 @@ local function dissect_one(tvb, pinfo, root, offset, index)
     tree:append_text(", " .. summary)
     if index > 1 then
         tree:add_proto_expert_info(e.several, string.format(
-            "Packet %d of this datagram: version 3 receivers require one packet per datagram",
+            "Packet %d of this datagram (coalesced, PROTOCOL.md §1.2)",
             index))
     end
 
@@ -204,7 +206,7 @@ local function dissect_one(tvb, pinfo, root, offset, index)
             "Length mismatch: 57 + %d + 32 = %d, but the datagram has %d bytes%s",
             n, total, remaining, offset > 0 and " left" or ""))
     elseif total < remaining then
-        -- Either another packet follows (a later version may do that), or trailing junk.
+        -- Either another packet follows (coalesced), or trailing junk.
         local rest = remaining - total
         local next_ok = rest >= 3 and tvb(offset + total, 2):uint() == MAGIC
         if not next_ok then
@@ -246,7 +248,7 @@ local function heuristic(tvb, pinfo, root)
         return false
     end
     local v = tvb(2, 1):uint()
-    if v < 1 or v > 3 then
+    if v < 1 or v > 4 then
         return false
     end
     nomq.dissector(tvb, pinfo, root)

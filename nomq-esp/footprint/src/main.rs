@@ -6,7 +6,7 @@
 //! receive and a transmit buffer, and a loop that echoes a checksum of each frame.
 //! With `caps-default` or `caps-mcu` the same loop also drives one [`nomq::Node`] held
 //! in static RAM (so it shows in `.bss`): subscribe, publish at QoS 0, 1 and 2,
-//! `handle_datagram`, `poll_transmit`, `poll_event`, `poll_timeout`, `handle_timeout`.
+//! `handle_packet`, `poll_transmit`, `poll_event`, `poll_timeout`, `handle_timeout`.
 //!
 //! Every input (frames, time, keys, seed, configuration, options) passes through
 //! [`core::hint::black_box`], so the optimizer can neither constant-fold a branch of the
@@ -110,9 +110,11 @@ mod engine {
     pub fn step(node: &mut Engine, frame: &mut [u8], tx: &mut [u8; FRAME]) {
         let now = now();
         let from = Addr::V4(black_box([192, 168, 1, 2]), black_box(8888));
-        if let Some(m) = node.handle_datagram(now, from, frame) {
-            black_box((m.name.as_str(), m.body, m.from, m.session, m.msg, m.qos));
-            black_box((m.retained, m.dup));
+        for packet in nomq::node::Packets::new(frame) {
+            if let Some(m) = node.handle_packet(now, from, packet) {
+                black_box((m.name.as_str(), m.body, m.from, m.session, m.msg, m.qos));
+                black_box((m.retained, m.dup));
+            }
         }
         if black_box(false) {
             // A sensor reading, published at every QoS; the options are opaque so no

@@ -68,13 +68,15 @@ fn exchange() {
                     _ => false,
                 };
                 if ok {
-                    let mut d = [0u8; 200];
-                    d[..t.len].copy_from_slice(&buf[..t.len]);
-                    if let Some(m) = nodes[to].handle_datagram(now, addr[from], &mut d[..t.len]) {
+                    let mut d = [0u8; 1472];
+                    let Some(d) = d.get_mut(..t.len) else { continue };
+                    d.copy_from_slice(&buf[..t.len]);
+                    nodes[to].handle_datagram(now, addr[from], d, |m| {
                         if let Some(&q) = m.body.first() {
                             delivered[usize::from(q) % 3] += 1;
                         }
-                    }
+                        true
+                    });
                 }
             }
         }

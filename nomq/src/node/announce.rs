@@ -4,9 +4,11 @@
 
 use super::peers::set_digest;
 use super::types::SubscriptionSet;
+use super::types::Target;
 use crate::addr::Addr;
-use crate::body::MessageId;
+use crate::body::{self, MessageId};
 use crate::channel::{ChannelId, ChannelName, MAX_NAME_LEN, Pattern};
+use crate::envelope;
 use crate::keys::ScopeIndex;
 use crate::time::{Duration, Instant};
 use crate::wire::{PacketType, SessionId};
@@ -20,9 +22,12 @@ const EARLY_HEARTBEAT: Duration = Duration::from_millis(100);
 /// A packet waiting in the control queue, serialized only when it is sent.
 #[derive(Clone, Debug)]
 pub(super) enum Control {
+    /// A run of `count` acknowledgements of one kind, for messages with consecutive
+    /// packet ids from `msg` on (merged as they are queued: [`Announce::queue`]).
     Ack {
         kind: PacketType,
         msg: MessageId,
+        count: u16,
         to: Addr,
         session: SessionId,
         channel_id: ChannelId,
@@ -32,6 +37,27 @@ pub(super) enum Control {
     Challenge { to: Addr, session: SessionId, challenge: Option<u64>, echo: Option<u64> },
     /// Sealed under `scope`: the keys of the scope that covers the pattern.
     Sub { unsubscribe: bool, pattern: String<MAX_NAME_LEN>, id: ChannelId, scope: ScopeIndex },
+}
+
+impl Control {
+    /// Where it goes.
+    pub(super) fn target(&self) -> Target {
+        match self {
+            Self::Ack { to, .. } | Self::Challenge { to, .. } => Target::Unicast(*to),
+            Self::Sub { .. } => Target::Fanout,
+        }
+    }
+
+    /// Its length once sealed.
+    pub(super) fn sealed_len(&self) -> usize {
+        let body = match self {
+            Self::Ack { .. } => body::ACK_LEN,
+            Self::Challenge { .. } => body::CHALLENGE_LEN,
+            // Options byte, length byte, pattern.
+            Self::Sub { pattern, .. } => 2 + pattern.len(),
+        };
+        envelope::sealed_len(body::RECIPIENT_LEN + body)
+    }
 }
 
 #[derive(Debug)]
@@ -119,8 +145,51 @@ impl<const S: usize> Announce<S> {
     ///
     /// # Errors
     /// [`QueueFull`]: the control queue is full; the caller counts the drop.
-    pub(super) fn queue(&mut self, c: Control) -> Result<(), QueueFull> {
-        self.control.push_back(c).map_err(|_| QueueFull)
+    /// Queues `c`. An acknowledgement that continues the run at the back of the queue
+    /// (same kind, recipient, channel and scope; the next packet id of the same session)
+    /// joins it instead of taking an entry: a burst of messages from one publisher is
+    /// acknowledged by one packet. Returns whether it joined a run.
+    pub(super) fn queue(&mut self, c: Control) -> Result<bool, QueueFull> {
+        if let Control::Ack { kind, msg, to, session, channel_id, scope, .. } = &c
+            && let Some(Control::Ack {
+                kind: k,
+                msg: m,
+                count,
+                to: t,
+                session: s,
+                channel_id: ch,
+                scope: sc,
+            }) = self.control.back_mut()
+        {
+            let next = m.packet_id.0.checked_add(u32::from(*count));
+            let continues = (&*k, &*t, &*s, &*ch, &*sc) == (kind, to, session, channel_id, scope)
+                && m.session == msg.session
+                && next == Some(msg.packet_id.0);
+            if continues && *count < u16::MAX {
+                *count += 1;
+                return Ok(true);
+            }
+        }
+        self.control.push_back(c).map(|()| false).map_err(|_| QueueFull)
+    }
+
+    /// Takes back the last acknowledgement queued (of `msg`): shortens the run at the back,
+    /// or removes it if it was the run's only message.
+    pub(super) fn unqueue_ack(&mut self, msg: MessageId) {
+        match self.control.back_mut() {
+            Some(Control::Ack { msg: m, count, .. }) if *count > 1 => {
+                debug_assert_eq!(
+                    m.packet_id.0.wrapping_add(u32::from(*count) - 1),
+                    msg.packet_id.0
+                );
+                *count -= 1;
+            }
+            Some(Control::Ack { msg: m, .. }) => {
+                debug_assert_eq!(*m, msg);
+                self.control.pop_back();
+            }
+            _ => debug_assert!(false, "no ack queued"),
+        }
     }
 
     /// A new peer showed up: heartbeat now, or, if an early heartbeat went out less than

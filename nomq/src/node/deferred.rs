@@ -170,8 +170,7 @@ where
         }
         self.last_delivery = None;
         if d.ack_queued {
-            let last = self.announce.control.pop_back();
-            debug_assert!(matches!(last, Some(Control::Ack { msg, .. }) if msg == d.msg));
+            self.announce.unqueue_ack(d.msg);
         }
         if d.qos2_state {
             // It promised nothing yet: completion creates the receive state.
@@ -264,14 +263,14 @@ where
             }
             return false;
         }
-        self.queue_control(Control::Ack { kind, msg, to, session, channel_id, scope })
+        self.queue_control(Control::Ack { kind, msg, count: 1, to, session, channel_id, scope })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use crate::keys::{KeyPair, Keyring};
-    use crate::node::{Config, Node, PublishOptions};
+    use crate::node::{Config, Node, Packets, PublishOptions};
     use crate::wire::{PacketType, Qos};
     use crate::{Addr, Instant};
 
@@ -290,21 +289,33 @@ mod tests {
         let mut buf = [0u8; 1500];
         for _ in 0..20 {
             while let Some(t) = a.poll_transmit(Instant::ZERO, &mut buf) {
-                let _ = b.handle_datagram(Instant::ZERO, A, &mut buf[..t.len]);
+                for p in Packets::new(&mut buf[..t.len]) {
+                    let _ = b.handle_packet(Instant::ZERO, A, p);
+                }
             }
             while let Some(t) = b.poll_transmit(Instant::ZERO, &mut buf) {
-                let _ = a.handle_datagram(Instant::ZERO, B, &mut buf[..t.len]);
+                for p in Packets::new(&mut buf[..t.len]) {
+                    let _ = a.handle_packet(Instant::ZERO, B, p);
+                }
             }
         }
         assert_eq!(a.subscribers("t/x").count(), 1);
         (a, b)
     }
 
-    /// The type of the next datagram `n` sends, if any.
+    /// The type of the first packet of the next datagram `n` sends, if any, and the
+    /// datagram's length.
     fn next_type(n: &mut Small, buf: &mut [u8]) -> Option<(PacketType, usize)> {
         let t = n.poll_transmit(Instant::ZERO, buf)?;
-        // The type is the fourth header byte (docs/PROTOCOL.md §2).
+        // The type is the fourth header byte (docs/PROTOCOL.md §1).
         Some((PacketType::from_u8(buf[3]).ok()?, t.len))
+    }
+
+    /// Hands the one packet of `datagram` to `n`; whether it delivered a message.
+    fn deliver(n: &mut Small, datagram: &mut [u8]) -> bool {
+        let mut packets = Packets::new(datagram);
+        let p = packets.next().expect("one packet");
+        n.handle_packet(Instant::ZERO, A, p).is_some()
     }
 
     #[test]
@@ -316,7 +327,7 @@ mod tests {
             a.publish(Instant::ZERO, "t/x", &[i], opts).unwrap();
             let (ty, len) = next_type(&mut a, &mut buf).unwrap();
             assert_eq!(ty, PacketType::Publish);
-            assert!(b.handle_datagram(Instant::ZERO, A, &mut buf[..len]).is_some());
+            assert!(deliver(&mut b, &mut buf[..len]));
             if i < 2 {
                 assert!(b.defer_delivery().is_some());
                 assert!(!b.refuse_delivery(), "a deferred message is not refused");
@@ -340,7 +351,7 @@ mod tests {
         let mut buf = [0u8; 1500];
         a.publish(Instant::ZERO, "t/x", b"v", PublishOptions::qos(Qos::ExactlyOnce)).unwrap();
         let (_, len) = next_type(&mut a, &mut buf).unwrap();
-        assert!(b.handle_datagram(Instant::ZERO, A, &mut buf[..len]).is_some());
+        assert!(deliver(&mut b, &mut buf[..len]));
         let token = b.defer_delivery().unwrap();
         b.export_state(Instant::ZERO, &mut state).unwrap();
         while let Some((ty, _)) = next_type(&mut b, &mut buf) {

@@ -23,13 +23,39 @@ pub trait Engine {
     /// The node's event type ([`Event`] with its peer capacity).
     type Event;
 
-    /// [`Node::handle_datagram`].
-    fn handle_datagram<'a>(
+    /// [`Node::handle_packet`].
+    fn handle_packet<'a>(
         &mut self,
         now: Instant,
         from: Addr,
         buf: &'a mut [u8],
     ) -> Option<Message<'a>>;
+    /// [`Node::refuse_delivery`].
+    fn refuse_delivery(&mut self) -> bool;
+    /// [`Node::handle_datagram`]: every packet of a datagram, each delivered message
+    /// handed to `deliver` (refused when it returns `false`); returns how many were taken.
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: Addr,
+        datagram: &mut [u8],
+        mut deliver: impl FnMut(Message<'_>) -> bool,
+    ) -> usize
+    where
+        Self: Sized,
+    {
+        let mut taken = 0;
+        for packet in Packets::new(datagram) {
+            if let Some(m) = self.handle_packet(now, from, packet) {
+                if deliver(m) {
+                    taken += 1;
+                } else {
+                    self.refuse_delivery();
+                }
+            }
+        }
+        taken
+    }
     /// [`Node::handle_timeout`].
     fn handle_timeout(&mut self, now: Instant);
     /// [`Node::poll_timeout`].
@@ -75,13 +101,16 @@ impl<
 {
     type Event = Event<P>;
 
-    fn handle_datagram<'a>(
+    fn handle_packet<'a>(
         &mut self,
         now: Instant,
         from: Addr,
         buf: &'a mut [u8],
     ) -> Option<Message<'a>> {
-        Node::handle_datagram(self, now, from, buf)
+        Node::handle_packet(self, now, from, buf)
+    }
+    fn refuse_delivery(&mut self) -> bool {
+        Node::refuse_delivery(self)
     }
     fn handle_timeout(&mut self, now: Instant) {
         Node::handle_timeout(self, now);
@@ -118,6 +147,47 @@ impl<
             Event::Outcome(o) => Some((o.handle, o.status)),
             _ => None,
         }
+    }
+}
+
+/// The packets of one received datagram, in order, each a disjoint slice of it (a
+/// datagram carries one or more packets back to back: docs/PROTOCOL.md, "Datagrams").
+/// Hand each to [`Node::handle_packet`]:
+///
+/// ```text
+/// for packet in Packets::new(&mut buf[..n]) {
+///     if let Some(m) = node.handle_packet(now, from, packet) { /* deliver */ }
+/// }
+/// ```
+///
+/// Splitting trusts only the cleartext length field: each packet is then authenticated
+/// on its own, so a forged length can only make the rest of that datagram fail its
+/// checks (counted), never make anything accepted. When a header cannot be read (too
+/// short, not this protocol's magic or version) the rest of the datagram is yielded as
+/// one packet, which the node refuses with the matching reason.
+#[derive(Debug)]
+pub struct Packets<'a> {
+    rest: &'a mut [u8],
+}
+
+impl<'a> Packets<'a> {
+    /// Splits `datagram`.
+    pub fn new(datagram: &'a mut [u8]) -> Self {
+        Self { rest: datagram }
+    }
+}
+
+impl<'a> Iterator for Packets<'a> {
+    type Item = &'a mut [u8];
+    fn next(&mut self) -> Option<&'a mut [u8]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let rest = core::mem::take(&mut self.rest);
+        let n = crate::wire::packet_len(rest).map_or(rest.len(), |n| n.min(rest.len()));
+        let (packet, tail) = rest.split_at_mut(n);
+        self.rest = tail;
+        Some(packet)
     }
 }
 
@@ -261,13 +331,16 @@ mod tests {
     struct Script(heapless::Deque<Transmit, 4>, Stats);
     impl Engine for Script {
         type Event = ();
-        fn handle_datagram<'a>(
+        fn handle_packet<'a>(
             &mut self,
             _: Instant,
             _: Addr,
             _: &'a mut [u8],
         ) -> Option<Message<'a>> {
             None
+        }
+        fn refuse_delivery(&mut self) -> bool {
+            false
         }
         fn handle_timeout(&mut self, _: Instant) {}
         fn poll_timeout(&self) -> Option<Instant> {

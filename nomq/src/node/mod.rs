@@ -39,7 +39,7 @@ mod verify;
 
 pub use announce::CONTROL_QUEUE;
 pub use deferred::{CompleteError, DeliveryToken};
-pub use flush::{Datagram, Engine, Flush, Routes, TxStats};
+pub use flush::{Datagram, Engine, Flush, Packets, Routes, TxStats};
 pub use limits::{LockoutConfig, REPLAY_WINDOW};
 pub use store::{ExportError, RestoreError, STATE_VERSION, StateStore, state_len};
 pub use types::*;
@@ -50,7 +50,7 @@ use crate::channel::{ChannelId, ChannelName, Pattern};
 use crate::envelope;
 use crate::keys::KeyLookup;
 use crate::time::Instant;
-use crate::wire::{HEADER_LEN, PacketType, SessionId};
+use crate::wire::{self, HEADER_LEN, PacketType, SessionId};
 use announce::{Announce, Control};
 use deferred::{DeferredAcks, OwedAck};
 use heapless::{Deque, Vec};
@@ -59,8 +59,12 @@ use outbox::Entry;
 use peers::Peers;
 use qos2_rx::Qos2Receiver;
 use retained::RetainedStore;
+use send::Step;
 use tx::Tx;
 use verify::Verifier;
+
+/// The largest UDP payload over IPv4: the most [`Config::max_datagram`] can mean.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// Event queue depth. Outcomes wait in their outbox slot while it is full.
 pub const EVENT_QUEUE: usize = 8;
@@ -74,7 +78,7 @@ pub const EVENT_QUEUE: usize = 8;
 ///    what it saved last, then [`Node::enable_persistence`]; whenever
 ///    [`Node::state_unsaved`], [`Node::export_state`] and save before draining
 ///    `poll_transmit` (docs/PROTOCOL.md, "State store").
-/// 2. On every datagram: [`Node::handle_datagram`]`(now, from, &mut buf)`; a returned
+/// 2. On every datagram: [`Node::handle_packet`]`(now, from, &mut buf)`; a returned
 ///    [`Message`] borrows the buffer (decrypted in place). If the application cannot
 ///    take it, call [`Node::refuse_delivery`] before anything else; to acknowledge a
 ///    QoS 1/2 message only once the application is done with it, call
@@ -132,7 +136,7 @@ pub struct Node<
     /// MAC checks of datagrams from unknown sessions in the current rate window.
     unverified_work: limits::RateWindow,
     stats: Stats,
-    /// What the message `handle_datagram` just returned committed this node to, so that
+    /// What the message `handle_packet` just returned committed this node to, so that
     /// [`Node::refuse_delivery`] can take it back. Cleared by every other input.
     last_delivery: Option<Delivered>,
     /// The adapter saves this node's state ([`Node::enable_persistence`]).
@@ -142,6 +146,9 @@ pub struct Node<
     /// A peer is known to hold the current session (it bound a packet to it), so it
     /// retired the one this session replaces. Reset by a session renewal.
     session_known: bool,
+    /// Finished entries wait for room in the event queue, and the `now` they were found
+    /// finished at: [`Node::poll_event`] reports them as it makes room.
+    outcomes_waiting: Option<Instant>,
 }
 
 /// The commitments of the last delivered message.
@@ -196,6 +203,7 @@ where
             persist: false,
             unsaved: false,
             session_known: false,
+            outcomes_waiting: None,
         }
     }
 
@@ -275,9 +283,12 @@ where
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
     }
-    /// The largest datagram this node produces or accepts.
+    /// The largest datagram this node produces or accepts: its largest packet, or
+    /// [`Config::max_datagram`] if that is larger. Buffers given to
+    /// [`Node::poll_transmit`] and receive buffers need this many bytes.
     pub fn max_datagram_len(&self) -> usize {
-        HEADER_LEN + self.config.max_payload + crate::wire::MAC_LEN
+        (HEADER_LEN + self.config.max_payload + crate::wire::MAC_LEN)
+            .max(self.config.max_datagram.min(MAX_UDP_PAYLOAD))
     }
     /// Resets the wall clock (after an SNTP sync, say).
     pub fn set_unix_time(&mut self, now: Instant, unix_time: u32) {
@@ -334,8 +345,10 @@ where
         self.announce.subs.get(i).map(|s| s.pattern.as_str())
     }
 
-    /// Processes one datagram from `from`. Returns the message it carried, if it is a
-    /// publish this node subscribes to that is delivered now (decrypted in `buf`).
+    /// Processes one packet received from `from` (a datagram carries one or more: split
+    /// it with [`Packets`], or use [`Node::handle_datagram`]). Returns the message it
+    /// carried, if it is a publish this node subscribes to that is delivered now
+    /// (decrypted in `buf`).
     /// Everything else (acks, announcements, drops) updates state and counters.
     ///
     /// With [`Node::enable_persistence`], a delivered QoS 2 message makes the state
@@ -343,7 +356,7 @@ where
     /// until the adapter saved it (see [`Node::poll_transmit`]). An adapter that hands
     /// messages to the application only after that save delivers each QoS 2 message
     /// exactly once across crashes.
-    pub fn handle_datagram<'a>(
+    pub fn handle_packet<'a>(
         &mut self,
         now: Instant,
         from: Addr,
@@ -406,6 +419,7 @@ where
             }
             PacketType::PubAck | PacketType::PubRec | PacketType::PubComp => {
                 self.on_ack(&opened, plaintext);
+                self.finish_ready(now);
             }
             PacketType::PubRel => self.on_pubrel(&opened, plaintext),
             PacketType::Subscribe | PacketType::Unsubscribe => {
@@ -417,20 +431,33 @@ where
         None
     }
 
-    /// Takes back the message the last [`Node::handle_datagram`] returned, because the
+    /// Processes every packet of one received datagram ([`Packets`]), handing each
+    /// message delivered to `deliver`; a message for which `deliver` returns `false` is
+    /// refused ([`Node::refuse_delivery`]: the publisher retransmits it). Returns how many
+    /// messages were taken. [`Node::handle_packet`] is the same one packet at a time.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: Addr,
+        datagram: &mut [u8],
+        deliver: impl FnMut(Message<'_>) -> bool,
+    ) -> usize {
+        Engine::handle_datagram(self, now, from, datagram, deliver)
+    }
+
+    /// Takes back the message the last [`Node::handle_packet`] returned, because the
     /// application cannot take it now (its queue is full): its PUBACK/PUBREC is not sent
     /// and a QoS 2 receive state made for it is forgotten, so the publisher retransmits
     /// it (as a new packet, which the replay window lets through) and it is delivered
     /// then. A refused QoS 0 message is lost. Either way it is counted as
     /// [`DropReason::DeliveryRefused`] instead of [`Stats::delivered`].
     ///
-    /// Call it right after `handle_datagram`, before any other input or poll; returns
+    /// Call it right after `handle_packet`, before any other input or poll; returns
     /// `false` (and does nothing) if there is no such message any more.
     pub fn refuse_delivery(&mut self) -> bool {
         let Some(d) = self.last_delivery.take() else { return false };
         if d.ack_queued {
-            let last = self.announce.control.pop_back();
-            debug_assert!(matches!(last, Some(Control::Ack { msg, .. }) if msg == d.msg));
+            self.announce.unqueue_ack(d.msg);
         }
         if d.qos2_state {
             self.qos2.forget(d.msg);
@@ -455,15 +482,21 @@ where
         self.finish_ready(now);
     }
 
-    /// Emits outcomes of entries that are done, as far as the event queue has room.
+    /// Emits outcomes of entries that are done, as far as the event queue has room; the
+    /// rest follow as [`Node::poll_event`] drains it.
     fn finish_ready(&mut self, now: Instant) {
         let max_attempts = self.config.max_attempts;
+        self.outcomes_waiting = None;
         let mut i = 0;
-        while i < self.outbox.len() && !self.events.is_full() {
+        while i < self.outbox.len() {
             let Some(status) = self.outbox[i].status(now, max_attempts) else {
                 i += 1;
                 continue;
             };
+            if self.events.is_full() {
+                self.outcomes_waiting = Some(now);
+                return;
+            }
             // Order among entries lives in their handles, so a swap keeps FIFO intact and
             // avoids shifting every entry behind this one.
             let e = self.outbox.swap_remove(i);
@@ -489,12 +522,27 @@ where
     /// The next event, if any.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event<P>> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if let Some(now) = self.outcomes_waiting.filter(|_| e.is_some()) {
+            // A burst of acknowledgements (a run) can finish more entries at once than
+            // the queue holds: report them now, not at the next input or timer.
+            self.finish_ready(now);
+        }
+        e
     }
 
     /// Writes the next datagram to send into `buf` (at least [`Node::max_datagram_len`]
     /// bytes). Order: acknowledgements and announcements, then heartbeats, then the
     /// outbox by priority (higher first, then oldest).
+    ///
+    /// # Coalescing
+    /// When the packet after the first goes to the same target too and everything fits
+    /// the destination's datagram limit ([`Config::max_datagram`], and what the peers
+    /// there announced), it is appended to the same datagram, and so on, in exactly the
+    /// order they would have left one by one: coalescing changes how many datagrams
+    /// carry the packets, never which packets or in what order. A lone packet leaves at
+    /// once (there is no delay to wait for more). HEARTBEAT and CHALLENGE packets travel
+    /// alone, so a node that does not know this one yet (nor its limit) reads them.
     ///
     /// # Write-ahead rule
     /// With [`Node::enable_persistence`], nothing at all is sent (`None`) while
@@ -509,21 +557,61 @@ where
         if self.state_unsaved() {
             return None;
         }
-        let mut t = self.transmit_control(now, buf);
+        let t = self.transmit_first_packet(now, buf);
+        if let Some((first, false)) = t {
+            let limit = self.coalesce_limit(first.target).min(buf.len());
+            let mut len = first.len;
+            while len + wire::MIN_PACKET_LEN <= limit {
+                let (room, want) = (&mut buf[len..limit], Some(first.target));
+                let mut step = self.transmit_control(now, room, want);
+                if matches!(step, Step::Nothing) && self.announce.heartbeat_due(now).is_none() {
+                    step = self.transmit_outbox(now, room, want);
+                }
+                let Step::Sent(next) = step else { break };
+                len += next.len;
+            }
+            self.finish_ready(now);
+            return Some(Transmit { target: first.target, len });
+        }
+        t.map(|(first, _)| first)
+    }
+
+    /// The first packet of a datagram, and whether it travels alone.
+    fn transmit_first_packet(&mut self, now: Instant, buf: &mut [u8]) -> Option<(Transmit, bool)> {
+        let challenge = matches!(self.announce.control.front(), Some(Control::Challenge { .. }));
+        let mut t = match self.transmit_control(now, buf, None) {
+            Step::Sent(t) => Some((t, challenge)),
+            _ => None,
+        };
         if t.is_none() {
-            t = self.transmit_heartbeat(now, buf);
+            t = self.transmit_heartbeat(now, buf).map(|t| (t, true));
         }
         let from_outbox = t.is_none();
-        if from_outbox {
-            t = self.transmit_outbox(now, buf);
+        if from_outbox && let Step::Sent(p) = self.transmit_outbox(now, buf, None) {
+            t = Some((p, false));
         }
         if let Some((old, new)) = self.tx.take_renewal() {
             self.on_renewal(old, new);
         }
-        if from_outbox {
+        if from_outbox && t.is_none() {
             self.finish_ready(now);
         }
         t
+    }
+
+    /// The largest datagram that may go to `target`: this node's own limit and the
+    /// smallest that the peers it reaches announced; 0 (nothing coalesced) if it reaches
+    /// no known peer.
+    fn coalesce_limit(&self, target: Target) -> usize {
+        let reached = self.peers.iter().filter(|p| match target {
+            Target::Unicast(a) => p.addr == a,
+            Target::Fanout | Target::Group(_) => true,
+        });
+        let own = self.config.max_datagram.min(MAX_UDP_PAYLOAD);
+        reached
+            .map(|p| usize::from(p.max_datagram))
+            .fold(None, |m: Option<usize>, l| Some(m.unwrap_or(own).min(l)))
+            .unwrap_or(0)
     }
 }
 

@@ -66,6 +66,9 @@ pub(super) struct Peer<const S: usize> {
     resync: bool,
     /// Highest QoS 2 low-water mark announced by this session.
     pub(super) qos2_low: u32,
+    /// The largest datagram it announced it accepts (0 until its first heartbeat:
+    /// nothing is coalesced to it before).
+    pub(super) max_datagram: u16,
 }
 
 /// A session that left the table.
@@ -173,6 +176,7 @@ impl<const P: usize, const S: usize> Peers<P, S> {
             sync_seen: 0,
             resync: false,
             qos2_low: 0,
+            max_datagram: 0,
         };
         // Room was made above.
         let _ = self.list.push(peer);

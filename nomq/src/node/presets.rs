@@ -8,10 +8,10 @@
 //!
 //! | preset | `P` peers | `S` subs | `O` outbox | `R` retained | `Q` QoS 2 rx | `L` lockouts | `M` bytes | node RAM, 32-bit | node RAM, x86_64 |
 //! |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|
-//! | [`Mcu`] | 2 | 2 | 4 | 1 | 4 | 2 | 48 | ≈ 6.9 KB | 11 184 B |
-//! | [`Device`] | 8 | 4 | 8 | 4 | 8 | 8 | 128 | ≈ 12.4 KB | 16 992 B |
-//! | [`Node<K>`](Node) (defaults) | 32 | 20 | 50 | 16 | 32 | 64 | 256 | ≈ 70 KB | 76 608 B |
-//! | [`Host`] | 64 | 32 | 128 | 32 | 512 | 256 | 1 362 | ≈ 415 KB | 433 088 B |
+//! | [`Mcu`] | 2 | 2 | 4 | 1 | 4 | 2 | 48 | ≈ 6.9 KB | 11 216 B |
+//! | [`Device`] | 8 | 4 | 8 | 4 | 8 | 8 | 128 | ≈ 12.4 KB | 17 008 B |
+//! | [`Node<K>`](Node) (defaults) | 32 | 20 | 50 | 16 | 32 | 64 | 256 | ≈ 70 KB | 76 624 B |
+//! | [`Host`] | 64 | 32 | 128 | 32 | 512 | 256 | 1 362 | ≈ 415 KB | 433 104 B |
 //!
 //! RAM is `size_of` the node with a `Keyring<0>` (each channel key scope adds about
 //! 1.6 KB); `cargo test -p nomq --lib presets -- --nocapture` prints it on the machine
@@ -65,7 +65,7 @@ mod tests {
         #[cfg(target_pointer_width = "32")]
         assert!(mcu <= 8 * 1024, "Mcu preset: {mcu} bytes");
         #[cfg(target_pointer_width = "64")]
-        assert!(mcu <= 11_300, "Mcu preset grew: {mcu} bytes");
+        assert!(mcu <= 11_400, "Mcu preset grew: {mcu} bytes");
         assert!(mcu < device && device < default && default < host);
         assert_eq!(HOST_MESSAGE_LEN, 1358);
     }

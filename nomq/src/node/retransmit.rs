@@ -27,32 +27,53 @@ pub(super) enum Action {
     GiveUp,
 }
 
+/// Where an entry is in its round: what [`Entry::next_action`] advances.
+#[derive(Clone, Copy)]
+struct Round {
+    cursor: usize,
+    in_round: bool,
+    attempts: u8,
+}
+
 impl<const P: usize, const M: usize> Entry<P, M> {
     /// Decides the next transmission and advances the round. Targets must have been
     /// collected first where [`Entry::needs_targets`] says so.
     pub(super) fn next_action(&mut self) -> Action {
+        let mut r = Round { cursor: self.cursor, in_round: self.in_round, attempts: self.attempts };
+        let a = self.step(&mut r);
+        (self.cursor, self.in_round, self.attempts) = (r.cursor, r.in_round, r.attempts);
+        a
+    }
+
+    /// What [`Entry::next_action`] would return, without advancing anything.
+    pub(super) fn peek_action(&self) -> Action {
+        let mut r = Round { cursor: self.cursor, in_round: self.in_round, attempts: self.attempts };
+        self.step(&mut r)
+    }
+
+    fn step(&self, r: &mut Round) -> Action {
         if self.msg.is_none() {
             return Action::First;
         }
-        if !self.in_round {
-            self.cursor = 0;
+        if !r.in_round {
+            r.cursor = 0;
             if self.targets.is_empty() {
-                self.attempts += 1;
-                if self.attempts > NO_SUBSCRIBER_ROUNDS {
+                r.attempts += 1;
+                if r.attempts > NO_SUBSCRIBER_ROUNDS {
                     return Action::GiveUp;
                 }
                 return Action::Fanout;
             }
-            self.in_round = true;
+            r.in_round = true;
         }
-        while let Some(t) = self.targets.get(self.cursor).copied() {
-            self.cursor += 1;
+        while let Some(t) = self.targets.get(r.cursor).copied() {
+            r.cursor += 1;
             if t.state != TState::Done && t.state != TState::Lost {
                 return Action::Target(t.session, t.state);
             }
         }
-        self.in_round = false;
-        self.attempts += 1;
+        r.in_round = false;
+        r.attempts += 1;
         Action::RoundEnd
     }
 }
@@ -83,6 +104,8 @@ mod tests {
         for (s, state) in [(1, TState::AwaitRec), (2, TState::Done), (3, TState::AwaitComp)] {
             e.targets.push(TargetPeer { session: SessionId(s), state }).unwrap();
         }
+        assert_eq!(e.peek_action(), Action::Target(SessionId(1), TState::AwaitRec));
+        assert!(!e.in_round, "peeking advances nothing");
         assert_eq!(e.next_action(), Action::Target(SessionId(1), TState::AwaitRec));
         assert!(e.in_round);
         assert_eq!(e.next_action(), Action::Target(SessionId(3), TState::AwaitComp));

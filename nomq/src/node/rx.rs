@@ -15,6 +15,7 @@ use crate::envelope::{self, OpenError};
 use crate::keys::{Generation, KeyLookup, ScopeIndex};
 use crate::time::{Duration, Instant};
 use crate::wire::{Header, PacketType, Qos, SessionId, WireError};
+use heapless::Vec;
 
 /// An authenticated, admitted packet: its header, the key scope that verified it, and
 /// who sent it.
@@ -336,7 +337,7 @@ where
 
     fn queue_ack(&mut self, kind: PacketType, msg: MessageId, to: Addr, o: &Opened<'_>) -> bool {
         let (channel_id, scope, session) = (o.header.channel_id, o.scope, o.sender.session);
-        self.queue_control(Control::Ack { kind, msg, to, session, channel_id, scope })
+        self.queue_control(Control::Ack { kind, msg, count: 1, to, session, channel_id, scope })
     }
 
     /// Whether `id` is the channel id of `name` under the current or previous network keys.
@@ -462,16 +463,30 @@ where
         }
     }
 
+    /// A PUBACK, PUBREC or PUBCOMP: a run of messages, each handled on its own.
     pub(super) fn on_ack(&mut self, o: &Opened<'_>, plaintext: &[u8]) {
         let Ok(a) = Ack::parse(plaintext) else {
             self.stats.drop(DropReason::MalformedBody);
             return;
         };
+        // The entries the run acknowledges, found in one pass over the outbox (the work
+        // is bounded by the outbox, not by a run's length).
+        let hits: Vec<(MessageId, usize), O> = (self.outbox.iter().enumerate())
+            .filter_map(|(i, e)| e.msg.filter(|m| a.contains(*m)).map(|m| (m, i)))
+            .collect();
+        for msg in a.ids() {
+            let at = hits.iter().find(|(m, _)| *m == msg).map(|&(_, i)| i);
+            self.on_ack_of(o, msg, at);
+        }
+    }
+
+    /// The acknowledgement of `msg`, which is outbox entry `at` if any.
+    fn on_ack_of(&mut self, o: &Opened<'_>, msg: MessageId, at: Option<usize>) {
         let (h, scope, session, addr) = (o.header, o.scope, o.sender.session, o.sender.addr);
-        let Some(e) = self.outbox.iter_mut().find(|e| e.msg == Some(a.msg)) else {
+        let Some(e) = at.and_then(|i| self.outbox.get_mut(i)) else {
             if h.packet_type == PacketType::PubRec {
                 // We finished (or gave up) but the receiver still holds state: release it.
-                self.queue_ack(PacketType::PubRel, a.msg, addr, o);
+                self.queue_ack(PacketType::PubRel, msg, addr, o);
             }
             self.stats.drop(DropReason::StrayAck);
             return;
@@ -504,7 +519,7 @@ where
             (PacketType::PubAck, TState::AwaitAck) => t.state = TState::Done,
             (PacketType::PubRec, TState::AwaitRec | TState::AwaitComp | TState::Lost) => {
                 t.state = TState::AwaitComp;
-                self.queue_ack(PacketType::PubRel, a.msg, addr, o);
+                self.queue_ack(PacketType::PubRel, msg, addr, o);
             }
             (PacketType::PubComp, TState::AwaitComp | TState::AwaitRec | TState::Lost) => {
                 t.state = TState::Done;
@@ -518,11 +533,13 @@ where
             self.stats.drop(DropReason::MalformedBody);
             return;
         };
-        if self.qos2.release(a.msg, (o.sender.session, o.scope)).is_err() {
-            self.stats.drop(DropReason::WrongSender);
-            return;
+        for msg in a.ids() {
+            if self.qos2.release(msg, (o.sender.session, o.scope)).is_err() {
+                self.stats.drop(DropReason::WrongSender);
+                continue;
+            }
+            self.queue_ack(PacketType::PubComp, msg, o.sender.addr, o);
         }
-        self.queue_ack(PacketType::PubComp, a.msg, o.sender.addr, o);
     }
 
     pub(super) fn on_subscription(&mut self, now: Instant, o: &Opened<'_>, plaintext: &[u8]) {
@@ -572,6 +589,7 @@ where
         let keys = &self.keys;
         let covers = |p: crate::channel::Pattern<'_>| keys.scope_for_pattern(p) == scope;
         let maps = (|p: &str| keys.channel_id(p), covers);
+        self.peers.get_mut(sender.id).max_datagram = hb.max_datagram;
         let Some(sync) = self.peers.sync((sender.id, scope), &hb, liveness, maps) else {
             return;
         };
@@ -610,11 +628,11 @@ mod tests {
             let mut moved = false;
             while let Some(t) = a.poll_transmit(now, &mut buf) {
                 moved = true;
-                let _ = b.handle_datagram(now, addr_a, &mut buf[..t.len]);
+                let _ = b.handle_packet(now, addr_a, &mut buf[..t.len]);
             }
             while let Some(t) = b.poll_transmit(now, &mut buf) {
                 moved = true;
-                if let Some(m) = a.handle_datagram(now, addr_b, &mut buf[..t.len]) {
+                if let Some(m) = a.handle_packet(now, addr_b, &mut buf[..t.len]) {
                     got = Some(m.name.as_str() == "t/x" && m.body == b"hello");
                 }
             }
@@ -644,7 +662,7 @@ mod tests {
         a.subscribe("t/y").unwrap();
         let mut buf = [0u8; 1500];
         let t = a.poll_transmit(now, &mut buf).unwrap();
-        assert!(b.handle_datagram(now, Addr::V4([10, 0, 0, 1], 1), &mut buf[..t.len]).is_none());
+        assert!(b.handle_packet(now, Addr::V4([10, 0, 0, 1], 1), &mut buf[..t.len]).is_none());
         assert_eq!(b.stats().drops(DropReason::BadMac), bad_mac + 1);
         // B's publish, under the old keys, reaches A.
         let drops = a.stats().total_drops();

@@ -16,6 +16,19 @@ use crate::time::{Duration, Instant};
 use crate::wire::{Flags, PacketId, PacketType, Qos, SessionId};
 use heapless::Vec;
 
+/// Plaintext of an ack packet: recipient and one run.
+const ACK_PLAINTEXT: usize = body::RECIPIENT_LEN + body::ACK_LEN;
+
+/// What one source of `poll_transmit` did.
+pub(super) enum Step {
+    /// Sealed a packet.
+    Sent(Transmit),
+    /// Has nothing to send now.
+    Nothing,
+    /// Has a packet that does not belong in the datagram being filled: it waits.
+    Held,
+}
+
 /// Flags of acknowledgements and releases: QoS 0, highest priority.
 const CONTROL_FLAGS: Flags =
     Flags { qos: Qos::AtMostOnce, retain: false, dup: false, priority: 15 };
@@ -159,10 +172,10 @@ where
     fn seal_control(&mut self, now: Instant, buf: &mut [u8], c: Control) -> Option<Transmit> {
         let ttl = self.config.default_ttl;
         match c {
-            Control::Ack { kind, msg, to, session, channel_id, scope } => {
+            Control::Ack { kind, msg, count, to, session, channel_id, scope } => {
                 let flags = CONTROL_FLAGS;
                 let spec = Spec { kind, flags, channel_id, scope, ttl, to: Some(session) };
-                let write = |b: &mut [u8]| Ack { msg }.emit(b).ok();
+                let write = |b: &mut [u8]| Ack { msg, count }.emit(b).ok();
                 let len = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write)?;
                 Some(Transmit { target: Target::Unicast(to), len })
             }
@@ -194,13 +207,28 @@ where
         }
     }
 
-    pub(super) fn transmit_control(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        while let Some(c) = self.announce.control.pop_front() {
+    /// The next control packet. With `want` (a datagram being filled), only if it goes
+    /// to that target and fits `buf`; else nothing is taken (`Held`).
+    pub(super) fn transmit_control(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        want: Option<Target>,
+    ) -> Step {
+        loop {
+            let Some(c) = self.announce.control.front() else { return Step::Nothing };
+            if let Some(w) = want {
+                // CHALLENGE travels alone: its recipient does not know us yet.
+                let alone = matches!(c, Control::Challenge { .. });
+                if alone || c.target() != w || c.sealed_len() > buf.len() {
+                    return Step::Held;
+                }
+            }
+            let Some(c) = self.announce.control.pop_front() else { return Step::Nothing };
             if let Some(t) = self.seal_control(now, buf, c) {
-                return Some(t);
+                return Step::Sent(t);
             }
         }
-        None
     }
 
     pub(super) fn transmit_heartbeat(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -219,9 +247,11 @@ where
         };
         let mut written = 0usize;
         let group = self.announce.group(scope);
+        let max = self.config.max_datagram.min(super::MAX_UDP_PAYLOAD);
+        let limit = u16::try_from(max).unwrap_or(u16::MAX);
         let write = |b: &mut [u8]| {
-            let mut w =
-                Heartbeat::writer(b, interval_s, digest, total, first.min(255) as u8).ok()?;
+            let at = first.min(255) as u8;
+            let mut w = Heartbeat::writer(b, (interval_s, limit), digest, total, at).ok()?;
             for s in group.skip(first) {
                 let Ok(p) = Pattern::new(s.pattern.as_str()) else { continue };
                 if !w.push(p) {
@@ -262,12 +292,22 @@ where
             .is_none_or(|o| self.qos2_next_seq.wrapping_sub(o) < u32::from(self.config.qos2_window))
     }
 
-    pub(super) fn transmit_outbox(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+    /// The next packet of the outbox; with `want`, only one to that target that fits
+    /// `buf` (as [`Node::transmit_control`]).
+    pub(super) fn transmit_outbox(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        want: Option<Target>,
+    ) -> Step {
         loop {
             let open = self.qos2_window_open();
-            let i = pick(&self.outbox, now, open, self.config.max_attempts)?;
-            if let Some(t) = self.transmit_entry(now, i, buf) {
-                return Some(t);
+            let Some(i) = pick(&self.outbox, now, open, self.config.max_attempts) else {
+                return Step::Nothing;
+            };
+            match self.transmit_entry(now, i, buf, want) {
+                Step::Nothing => {}
+                done => return done,
             }
         }
     }
@@ -329,14 +369,22 @@ where
         let ttl = ttl_left(now, e.body.expires);
         let (kind, to_s) = (PacketType::PubRel, Some(recipient));
         let spec = Spec { kind, flags, channel_id, scope, ttl, to: to_s };
-        let write = |b: &mut [u8]| Ack { msg }.emit(b).ok();
+        let write = |b: &mut [u8]| Ack::one(msg).emit(b).ok();
         let len = self.tx.seal_new(&self.keys, &mut self.stats, (now, spec), buf, write)?;
         self.stats.retransmissions += 1;
         Some(Transmit { target: to, len })
     }
 
-    /// Sends what entry `i`'s state machine ([`Entry::next_action`]) says, and schedules it.
-    fn transmit_entry(&mut self, now: Instant, i: usize, buf: &mut [u8]) -> Option<Transmit> {
+    /// Sends what entry `i`'s state machine ([`Entry::next_action`]) says, and schedules
+    /// it; with `want`, only if that packet goes to `want` and fits `buf` (else `Held`,
+    /// with nothing advanced).
+    fn transmit_entry(
+        &mut self,
+        now: Instant,
+        i: usize,
+        buf: &mut [u8],
+        want: Option<Target>,
+    ) -> Step {
         if self.outbox[i].needs_targets() {
             self.collect_targets(i);
         }
@@ -348,31 +396,61 @@ where
             Destination::Peer(a) => (Target::Unicast(a), self.recipient_at(i, a)),
         };
         loop {
-            match self.outbox[i].next_action() {
-                Action::First => return self.transmit_first(now, i, buf, dest),
+            if let Some(w) = want {
+                let (to, len) = match self.outbox[i].peek_action() {
+                    Action::First | Action::Fanout => (dest.0, self.publish_len(i)),
+                    Action::Target(session, state) => {
+                        let Some(addr) = self.peers.addr_of(session) else {
+                            // Skipped whether or not a datagram is being filled.
+                            self.outbox[i].next_action();
+                            continue;
+                        };
+                        let len = match state {
+                            TState::AwaitComp => envelope::sealed_len(ACK_PLAINTEXT),
+                            _ => self.publish_len(i),
+                        };
+                        (Target::Unicast(addr), len)
+                    }
+                    // Sends nothing: taken as it would be without a datagram to fill.
+                    Action::GiveUp | Action::RoundEnd => (w, 0),
+                };
+                if to != w || len > buf.len() {
+                    return Step::Held;
+                }
+            }
+            let sent = match self.outbox[i].next_action() {
+                Action::First => self.transmit_first(now, i, buf, dest),
                 Action::Fanout => {
                     let t = self.send_publish(now, i, buf, true, dest);
                     self.schedule(now, i);
-                    return t;
+                    t
                 }
                 Action::GiveUp => {
                     self.outbox[i].body.expires = now;
-                    return None;
+                    None
                 }
                 Action::RoundEnd => {
                     self.schedule(now, i);
-                    return None;
+                    None
                 }
                 Action::Target(session, state) => {
                     let Some(addr) = self.peers.addr_of(session) else { continue };
                     let to = Target::Unicast(addr);
-                    return match state {
+                    match state {
                         TState::AwaitComp => self.send_pubrel(now, i, buf, (to, session)),
                         _ => self.send_publish(now, i, buf, true, (to, Some(session))),
-                    };
+                    }
                 }
-            }
+            };
+            return sent.map_or(Step::Nothing, Step::Sent);
         }
+    }
+
+    /// The sealed length of entry `i`'s PUBLISH.
+    fn publish_len(&self, i: usize) -> usize {
+        let b = &self.outbox[i].body;
+        let name = b.name().map_or(0, |n| n.as_str().len());
+        envelope::sealed_len(body::PUBLISH_OVERHEAD + name + b.body().len())
     }
 
     /// The session a publish to address `a` is bound to: entry `i`'s preset target (a

@@ -35,6 +35,14 @@ pub struct Config {
     /// Largest ciphertext accepted or sent, bytes (default 1376: a packet then fits a
     /// 1472-byte UDP payload, i.e. one Ethernet frame).
     pub max_payload: usize,
+    /// Largest datagram this node accepts, bytes (default 1472: one Ethernet frame),
+    /// announced in its heartbeats; at most 65 507. The adapter's receive buffer must be
+    /// at least [`Node::max_datagram_len`](super::Node::max_datagram_len). When several
+    /// packets are ready for one destination, the node coalesces them into one datagram
+    /// up to the smaller of this and what that destination announced (for a fan-out: every
+    /// known peer); a lone packet always leaves alone, at once. Below
+    /// `2 ×` the smallest packet, nothing is coalesced.
+    pub max_datagram: usize,
     /// Interval between heartbeats (default 5 s).
     pub heartbeat_interval: Duration,
     /// A peer silent for longer is dropped (default 15 s; never below 3 × the peer's own
@@ -74,6 +82,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             max_payload: 1376,
+            max_datagram: 1472,
             heartbeat_interval: Duration::from_secs(5),
             liveness_timeout: Duration::from_secs(15),
             clock: ClockMode::Synced { skew: Duration::from_secs(30) },
@@ -469,7 +478,7 @@ drop_reasons! {
     TooShort,
     /// Not `NM`.
     BadMagic,
-    /// Not version 3.
+    /// Not version 4.
     UnsupportedVersion,
     /// Unknown packet type.
     UnknownType,
@@ -555,7 +564,7 @@ drop_reasons! {
 /// Counters of the node. Every dropped datagram is counted under exactly one reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
-    /// Datagrams handed to `handle_datagram`.
+    /// Datagrams handed to `handle_packet`.
     pub rx_datagrams: u64,
     /// Messages returned to the application.
     pub delivered: u64,

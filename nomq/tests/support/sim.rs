@@ -14,6 +14,8 @@ pub type SimNode = Node<Keyring<2>, 8, 8, 128, 4, 512, 8, 64>;
 pub const UNIX_START: u32 = 1_700_000_000;
 
 /// A datagram on the virtual wire: (arrival µs, sequence, to, from, bytes).
+/// A datagram a member sent: (sender, its packets' type bytes and lengths, target).
+pub type Sent = (usize, Vec<(u8, usize)>, Target);
 pub type InFlight = (u64, u64, usize, Addr, Vec<u8>);
 
 #[derive(Clone, Copy)]
@@ -77,6 +79,8 @@ pub struct Sim {
     /// Every datagram delivered: (to, from, bytes).
     pub recorded: Vec<(usize, Addr, Vec<u8>)>,
     pub trace: u64,
+    /// Every datagram a member sent: (sender, its packets' type bytes and lengths, target).
+    pub sent: Vec<Sent>,
 }
 
 pub fn keys(k: u8) -> Keyring<2> {
@@ -102,6 +106,7 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             recorded: Vec::new(),
+            sent: Vec::new(),
             trace: 0xcbf2_9ce4_8422_2325,
         }
     }
@@ -250,7 +255,9 @@ impl Sim {
         loop {
             let now = self.now;
             let Some(t) = self.members[i].node.poll_transmit(now, &mut buf) else { break };
-            let data = buf[..t.len].to_vec();
+            let mut data = buf[..t.len].to_vec();
+            let lens = nomq::node::Packets::new(&mut data).map(|p| (p[3], p.len())).collect();
+            self.sent.push((i, lens, t.target));
             for b in &data {
                 self.trace = (self.trace ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
             }
@@ -282,13 +289,25 @@ impl Sim {
         }
     }
 
+    /// Hands a datagram to member `to`, packet by packet (a crash after a delivery ends
+    /// it: the rest of the datagram is lost with the process).
     pub fn deliver(&mut self, to: usize, from: Addr, mut data: Vec<u8>) {
-        self.recorded.push((to, from, data.clone()));
+        for packet in nomq::node::Packets::new(&mut data) {
+            // Recorded packet by packet: a replay sends each on its own.
+            self.recorded.push((to, from, packet.to_vec()));
+            if self.deliver_packet(to, from, packet) {
+                break;
+            }
+        }
+    }
+
+    /// One packet to member `to`; returns whether the member crashed after it.
+    fn deliver_packet(&mut self, to: usize, from: Addr, data: &mut [u8]) -> bool {
         let now = self.now;
         let refuse = self.members[to].refuse > 0.0 && self.rng.chance(self.members[to].refuse);
         let m = &mut self.members[to];
         let mut got = false;
-        if let Some(msg) = m.node.handle_datagram(now, from, &mut data) {
+        if let Some(msg) = m.node.handle_packet(now, from, data) {
             got = !refuse;
             if !refuse && m.defer && msg.qos != nomq::Qos::AtMostOnce {
                 match m.node.defer_delivery() {
@@ -317,8 +336,10 @@ impl Sim {
             if *n == 0 {
                 m.crash_after_delivery = None;
                 self.restart_with_state(to);
+                return true;
             }
         }
+        false
     }
 
     /// Runs until `end` (virtual time).
@@ -435,14 +456,15 @@ pub fn three(seed: u64, faults: Faults) -> Sim {
 }
 
 pub fn assert_all_acked(s: &Sim, a: usize, n: usize) {
-    let sessions = [s.members[1].node.session(), s.members[2].node.session()];
+    let others = s.members.iter().enumerate().filter(|(i, _)| *i != a);
+    let sessions: Vec<_> = others.map(|(_, m)| m.node.session()).collect();
     let outcomes = &s.members[a].log.outcomes;
     assert_eq!(outcomes.len(), n);
     for o in outcomes {
         assert_eq!(o.status, Status::Acknowledged, "{o:?}");
         assert!(o.missing.is_empty());
-        for sess in sessions {
-            assert!(o.acked.contains(&sess), "{o:?}");
+        for sess in &sessions {
+            assert!(o.acked.contains(sess), "{o:?}");
         }
     }
 }

@@ -4,14 +4,14 @@ use nomq::node::{ClockMode, DropReason};
 use nomq_host::config::{HostConfig, parse_addr, require_regular_file};
 use nomq_host::{HOST_CHANNEL_KEYS, Handle, HostError, NodeBuilder, NodeEvent, SessionId};
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Why a command failed, with the exit code it maps to.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct Failure {
     /// Process exit code.
     pub code: u8,
@@ -35,12 +35,6 @@ impl Failure {
     /// Stopped by a signal: exit `code` (128 + the signal number), nothing more to say.
     pub fn signalled(code: u8) -> Self {
         Self { code, message: String::new() }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
     }
 }
 
@@ -105,6 +99,8 @@ pub struct AddrArg {
 /// command line is read.
 pub fn addr_arg(s: &str) -> Result<AddrArg, String> {
     use std::net::ToSocketAddrs;
+    // `NOMQ_PEERS=a, b` splits into "a" and " b".
+    let s = s.trim();
     if let Ok(a) = parse_addr("address", s) {
         return Ok(AddrArg { text: s.to_string(), addrs: vec![a] });
     }
@@ -160,67 +156,106 @@ impl AddrArg {
     }
 }
 
+/// `clap` parser for a boolean flag's environment variable `var`: `1`/`true`/`yes`/`on`
+/// or `0`/`false`/`no`/`off` (any case; the flag itself arrives as `true`). Anything else
+/// is refused, naming the variable.
+pub fn env_bool(var: &'static str) -> impl Fn(&str) -> Result<bool, String> + Clone + Send + Sync {
+    move |s: &str| match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(format!("{var}='{s}' is not a boolean (expected 1/true or 0/false)")),
+    }
+}
+
 /// Flags of every command that runs a node. Precedence: flags > `NOMQ_*` environment >
 /// `--config` file > defaults.
+///
+/// The environment has one reader per variable. A variable that stands for a flag is
+/// declared on the flag (`env = "NOMQ_…"`), so clap reads it, parses it as the flag, and
+/// shows it in `--help`, the man page and completions. The others (engine tuning:
+/// `NOMQ_HEARTBEAT_MS`, `NOMQ_LIVENESS_MS`, …) have no flag and are read by the library,
+/// [`HostConfig::apply_vars`], which [`host_config`](Self::host_config) asks for no
+/// variable a flag declares. An empty variable counts as unset (see [`without_empty_env`]).
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodeArgs {
-    /// Keyring file [default: $NOMQ_KEYRING, else the config file's `keyring`, else
-    /// nomq-keys.json]
-    #[arg(long, value_name = "FILE")]
+    /// Keyring file [default: the config file's `keyring`, else nomq-keys.json]
+    #[arg(long, value_name = "FILE", env = "NOMQ_KEYRING")]
     pub keys: Option<PathBuf>,
     /// Local address to bind, IP:PORT or HOST:PORT (a name of several addresses: its IPv4
     /// one). With broadcast or multicast, the discovery port that every node of the host
-    /// shares; with --peer only, the node's one socket [default: $NOMQ_BIND, else
-    /// 0.0.0.0:8888]
-    #[arg(long, value_name = "ADDR", value_parser = addr_arg)]
+    /// shares; with --peer only, the node's one socket [default: 0.0.0.0:8888]
+    #[arg(long, value_name = "ADDR", value_parser = addr_arg, env = "NOMQ_BIND")]
     pub bind: Option<AddrArg>,
     /// With broadcast or multicast: the port of this node's own unicast socket, which
-    /// sends everything and gets the replies (at --bind's IP) [default: $NOMQ_UNICAST_PORT,
-    /// else 0: one the system picks, so that any number of nodes share a host]
-    #[arg(long, value_name = "PORT")]
+    /// sends everything and gets the replies (at --bind's IP) [default: 0: one the system
+    /// picks, so that any number of nodes share a host]
+    #[arg(long, value_name = "PORT", env = "NOMQ_UNICAST_PORT")]
     pub unicast_port: Option<u16>,
-    /// A static peer, reached by unicast fan-out (repeatable), IP:PORT or HOST:PORT (a
-    /// name of several addresses: the one of --bind's family) [default: $NOMQ_PEERS]
-    #[arg(long = "peer", value_name = "ADDR", value_parser = addr_arg)]
+    /// A static peer, reached by unicast fan-out (repeatable, or comma-separated), IP:PORT
+    /// or HOST:PORT (a name of several addresses: the one of --bind's family)
+    #[arg(long = "peer", value_name = "ADDR", value_parser = addr_arg, value_delimiter = ',',
+          env = "NOMQ_PEERS")]
     pub peers: Vec<AddrArg>,
-    /// A broadcast address for fan-out (repeatable) [default: 255.255.255.255:PORT when
-    /// bound to a non-loopback address with no peers or multicast group]
-    #[arg(long = "broadcast", value_name = "ADDR", value_parser = addr_arg)]
+    /// A broadcast address for fan-out (repeatable, or comma-separated) [default:
+    /// 255.255.255.255:PORT when bound to a non-loopback address with no peers or
+    /// multicast group]
+    #[arg(long = "broadcast", value_name = "ADDR", value_parser = addr_arg,
+          value_delimiter = ',', env = "NOMQ_BROADCAST")]
     pub broadcast: Vec<AddrArg>,
     /// A multicast group to join and fan out to
-    #[arg(long, value_name = "IP")]
+    #[arg(long, value_name = "IP", env = "NOMQ_MULTICAST")]
     pub multicast: Option<IpAddr>,
     /// JSON configuration file (every field optional; see the nomq-host docs)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Accept packets whatever their timestamp: for senders without a synchronised clock,
     /// such as the ESP32-C3 firmware. Replay protection then rests on the per-session
-    /// windows [default: $NOMQ_UNSYNCED_CLOCK (1/true), else the config file's
+    /// windows. The variable takes 1/true or 0/false [default: the config file's
     /// `unsynced_clock`, else off: packets more than 30 s off our clock are refused as Stale]
-    #[arg(long)]
+    #[arg(long, env = "NOMQ_UNSYNCED_CLOCK", value_parser = env_bool("NOMQ_UNSYNCED_CLOCK"))]
     pub unsynced_clock: bool,
     /// Print to stderr, at most once a second and only when the counts change, how many
-    /// datagrams were refused and why (wrong keyring, stale clock, replay, ...)
-    /// [default: $NOMQ_REFUSALS (1/true), else off]
-    #[arg(long = "refusals")]
+    /// datagrams were refused and why (wrong keyring, stale clock, replay, ...). The
+    /// variable takes 1/true or 0/false
+    #[arg(long = "refusals", env = "NOMQ_REFUSALS", value_parser = env_bool("NOMQ_REFUSALS"))]
     pub refusals: bool,
 }
 
-impl NodeArgs {
-    /// `--refusals`, or `NOMQ_REFUSALS=1`/`true`.
-    pub fn refusals(&self) -> bool {
-        self.refusals
-            || std::env::var("NOMQ_REFUSALS")
-                .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"))
-    }
+/// Clears the `env` of every argument (of `cmd` and its subcommands) whose variable is
+/// set but empty or blank, so that such a variable means "unset", as in a shell's
+/// `NOMQ_KEYRING= nomq …`, instead of an empty value for the flag.
+pub fn without_empty_env(cmd: clap::Command) -> clap::Command {
+    let blank = |name: &std::ffi::OsStr| {
+        std::env::var_os(name).is_some_and(|v| v.to_string_lossy().trim().is_empty())
+    };
+    cmd.mut_args(|a| match a.get_env() {
+        Some(name) if blank(name) => a.env(None::<&str>),
+        _ => a,
+    })
+    .mut_subcommands(without_empty_env)
+}
 
-    /// Defaults, then the file, then the environment, then these flags.
+/// A `NOMQ_*` variable for [`HostConfig::apply_vars`]: `None` if a flag of [`NodeArgs`]
+/// declares it (clap has read it already), or if it is unset, empty or blank.
+fn library_var(name: &str) -> Option<String> {
+    use clap::Args;
+    let cmd = NodeArgs::augment_args(clap::Command::new("nomq"));
+    let declared = cmd.get_arguments().any(|a| a.get_env().is_some_and(|e| e == name));
+    if declared {
+        return None;
+    }
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl NodeArgs {
+    /// Defaults, then the file, then the environment variables without a flag, then
+    /// these flags (each filled from its own variable by clap when not given).
     pub fn host_config(&self) -> Result<HostConfig, Failure> {
         let mut cfg = HostConfig::default();
         if let Some(f) = &self.config {
             cfg.apply_file(f).map_err(|e| Failure::usage(e.to_string()))?;
         }
-        cfg.apply_env().map_err(|e| Failure::usage(e.to_string()))?;
+        cfg.apply_vars(library_var).map_err(|e| Failure::usage(e.to_string()))?;
         if let Some(k) = &self.keys {
             cfg.keyring.clone_from(k);
         }

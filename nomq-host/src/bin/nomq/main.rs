@@ -13,7 +13,7 @@ mod peers;
 mod publish;
 mod subscribe;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use common::Failure;
 use std::process::ExitCode;
 
@@ -70,7 +70,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cmd = common::without_empty_env(Cli::command());
+    let cli = cmd
+        .clone()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+        .unwrap_or_else(|e| name_env_source(&cmd, e).exit());
     init_logging();
     let result = match cli.command {
         Command::Keys(cmd) => keys::run(cmd),
@@ -94,6 +99,44 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// A value clap refused says which flag it was for; if it came from the flag's
+/// environment variable instead of the command line, add a tip naming the variable.
+fn name_env_source(cmd: &clap::Command, mut e: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return e;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) =
+        (e.get(ContextKind::InvalidArg), e.get(ContextKind::InvalidValue))
+    else {
+        return e;
+    };
+    // "--peer <ADDR>": the flag's long name. (An `Arg` of a command not yet built
+    // cannot be displayed, so compare names.)
+    let Some(long) = arg.split_whitespace().next().and_then(|f| f.strip_prefix("--")) else {
+        return e;
+    };
+    fn env_of<'c>(cmd: &'c clap::Command, long: &str) -> Option<&'c std::ffi::OsStr> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(clap::Arg::get_env)
+            .or_else(|| cmd.get_subcommands().find_map(|c| env_of(c, long)))
+    }
+    let Some(var) = env_of(cmd, long) else { return e };
+    let flag = format!("--{long}");
+    let on_command_line = std::env::args_os().any(|a| {
+        let a = a.to_string_lossy();
+        a == flag || a.starts_with(&format!("{flag}="))
+    });
+    let from_env = std::env::var_os(var).is_some_and(|v| v.to_string_lossy().contains(value));
+    if from_env && !on_command_line {
+        let tip =
+            format!("the value comes from the environment variable {}", var.to_string_lossy());
+        e.insert(ContextKind::Suggested, ContextValue::StyledStrs(vec![tip.into()]));
+    }
+    e
 }
 
 /// `nomq man`: one roff page, from the same clap definitions as `--help`: the page of

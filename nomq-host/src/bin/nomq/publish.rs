@@ -183,7 +183,7 @@ pub async fn run(a: PubArgs) -> Result<(), Failure> {
     let (events, mut events_rx) = mpsc::channel(256);
     let node = common::start(&cfg, keys, Some(events), None).await?;
     let mut refusals = Refusals::new(&cfg);
-    let verbose = a.node.refusals();
+    let verbose = a.node.refusals;
     // Checked by clap: 0..=2.
     let qos = Qos::from_level(a.qos).unwrap_or_default();
     let opts = PublishOptions::qos(qos)

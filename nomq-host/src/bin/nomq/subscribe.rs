@@ -60,9 +60,8 @@ pub struct SubArgs {
     /// one fsync to the next write to stdout) is never printed, as its publisher was told
     /// it arrived. Exactly-once end to end needs the application's effect saved in the
     /// same atomic write as the state (see the nomq StateStore docs). One process per
-    /// FILE [default: $NOMQ_STATE, else none: a restarted subscriber may print a QoS 2
-    /// message again]
-    #[arg(long, value_name = "FILE")]
+    /// FILE [default: none: a restarted subscriber may print a QoS 2 message again]
+    #[arg(long, value_name = "FILE", env = "NOMQ_STATE")]
     state: Option<std::path::PathBuf>,
     #[command(flatten)]
     node: NodeArgs,
@@ -87,10 +86,7 @@ pub async fn run(a: SubArgs) -> Result<(), Failure> {
     let format = Format::from_args(&a)?;
     let cfg = a.node.host_config()?;
     let keys = common::load_keys(&cfg)?;
-    let state = a.state.clone().or_else(|| {
-        std::env::var_os("NOMQ_STATE").filter(|v| !v.is_empty()).map(std::path::PathBuf::from)
-    });
-    let node = common::start(&cfg, keys, None, state.as_deref()).await?;
+    let node = common::start(&cfg, keys, None, a.state.as_deref()).await?;
     let mut subs = Vec::with_capacity(patterns.len());
     for p in &patterns {
         match node.subscribe(p).await {
@@ -170,7 +166,7 @@ async fn receive(
     // `None` past the end of time (not within -W's range): no deadline.
     let deadline = a.timeout_s.and_then(|d| Instant::now().checked_add(d));
     let mut printed = 0u64;
-    let verbose = a.node.refusals();
+    let verbose = a.node.refusals;
     let mut warned_auth = false;
     // One summary line per second at most: the rate limit of --refusals.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
