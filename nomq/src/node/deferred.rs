@@ -151,14 +151,15 @@ where
     K: KeyLookup,
 {
     /// Withholds the acknowledgement of the QoS 1/2 message the last
-    /// [`Node::handle_datagram`] returned: its PUBACK/PUBREC is not sent until
+    /// [`Node::handle_packet`] returned: its PUBACK/PUBREC is not sent until
     /// [`Node::complete_delivery`]; [`Node::abandon_delivery`] forgets it instead (the
     /// publisher retransmits and it is delivered again). Until then, retransmissions of
     /// it are neither delivered nor acknowledged (counted as
     /// [`DropReason::DeferredDuplicate`]). An entry nobody completes ends at the
     /// message's expiry ([`DropReason::DeferralExpired`]).
     ///
-    /// Call it right after `handle_datagram`, before any other input or poll. Returns
+    /// Call it right after `handle_packet`, before any other input or poll (the
+    /// `deliver` callback of [`Node::handle_datagram`] cannot defer). Returns
     /// `None` and changes nothing when there is no such message, when it is QoS 0 (no
     /// acknowledgement to withhold), or when `Q` deliveries are deferred already: then
     /// call [`Node::refuse_delivery`] if the application cannot take it unacknowledged.
