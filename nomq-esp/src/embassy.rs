@@ -96,6 +96,7 @@ struct Pending {
     msg: MessageId,
     qos: Qos,
     retained: bool,
+    ttl: u16,
     dup: bool,
     subscriptions: nomq::node::SubscriptionSet,
 }
@@ -248,6 +249,7 @@ impl<M: RawMutex, N: Engine> Runner<'_, M, N> {
                 msg: m.msg,
                 qos: m.qos,
                 retained: m.retained,
+                ttl: m.ttl,
                 dup: m.dup,
                 subscriptions: m.subscriptions,
             });
@@ -369,6 +371,7 @@ impl<M: RawMutex, N: Engine> Client<'_, M, N> {
                 msg: p.msg,
                 qos: p.qos,
                 retained: p.retained,
+                ttl: p.ttl,
                 dup: p.dup,
                 subscriptions: p.subscriptions,
             };

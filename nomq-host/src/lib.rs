@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bridge;
 pub mod config;
 pub mod store;
 
@@ -127,9 +128,82 @@ pub struct Message {
     pub qos: Qos,
     /// A retained value.
     pub retained: bool,
+    /// The TTL its publisher gave it, seconds.
+    pub ttl: u16,
     /// A retransmission (QoS 1 may deliver twice).
     pub dup: bool,
+    /// For a QoS 1/2 message delivered to a subscription made with
+    /// [`Handle::subscribe_acked`]: its acknowledgement, which the node withholds from
+    /// the publisher until this is completed ([`Ack::complete`]). `None` otherwise.
+    pub ack: Option<Ack>,
 }
+
+/// The withheld acknowledgement of one QoS 1/2 message ([`Handle::subscribe_acked`]).
+///
+/// The node sends the message's PUBACK (QoS 1) or PUBREC (QoS 2) once every holder of
+/// this acknowledgement completed it: the message itself and every clone of it (several
+/// subscriptions of this node that match the message share one). A holder dropped
+/// without [`Ack::complete`] abandons it: the node forgets the message unacknowledged,
+/// the publisher retransmits it, and it is delivered again. Until then retransmissions
+/// of it are not delivered. A message not completed before it expires (its TTL; by then
+/// its publisher gave up) is forgotten by the node, and a late completion is counted in
+/// [`HostStats::acks_late`].
+pub struct Ack {
+    inner: std::sync::Arc<AckInner>,
+    done: bool,
+}
+
+struct AckInner {
+    token: nomq::node::DeliveryToken,
+    abandoned: std::sync::atomic::AtomicBool,
+    tx: mpsc::UnboundedSender<(nomq::node::DeliveryToken, bool)>,
+}
+
+impl Ack {
+    /// Acknowledges the message (once every other holder did too).
+    pub fn complete(mut self) {
+        self.done = true;
+    }
+    /// Gives it up: the publisher retransmits it and it is delivered again.
+    pub fn abandon(self) {}
+}
+
+impl Clone for Ack {
+    /// Another holder, which must complete it too.
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), done: false }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if !self.done {
+            self.inner.abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for AckInner {
+    fn drop(&mut self) {
+        let complete = !self.abandoned.load(std::sync::atomic::Ordering::Relaxed);
+        // Fails only when the driver has stopped, and with it the engine.
+        let _ = self.tx.send((self.token, complete));
+    }
+}
+
+impl fmt::Debug for Ack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ack").field("msg", &self.inner.token.message()).finish()
+    }
+}
+
+impl PartialEq for Ack {
+    /// The same message's acknowledgement.
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+impl Eq for Ack {}
 
 impl Message {
     /// Decodes the body as JSON.
@@ -179,6 +253,15 @@ pub struct HostStats {
     /// QoS 1/2 messages refused unacknowledged because a matching subscription stream
     /// was full; their publishers retransmit them.
     pub app_deferred: u64,
+    /// QoS 1/2 messages for a [`Handle::subscribe_acked`] subscription refused
+    /// unacknowledged because the engine's table of withheld acknowledgements was full
+    /// (its publishers retransmit them).
+    pub acks_full: u64,
+    /// Acknowledgements completed ([`Ack::complete`]) after the engine had forgotten
+    /// their message (it expired): nothing was sent.
+    pub acks_late: u64,
+    /// Acknowledgements abandoned ([`Ack`] dropped without completing).
+    pub acks_abandoned: u64,
     /// Peer and security events the [`NodeBuilder::events`] channel could not take
     /// (plus those the engine's own queue could not: `engine.events_dropped`).
     pub events_dropped: u64,
@@ -205,7 +288,8 @@ pub type NodeEvent = Event<64>;
 type SubId = u64;
 
 enum Command {
-    Subscribe(String, oneshot::Sender<Result<Subscription, HostError>>),
+    /// Pattern, whether its QoS 1/2 acknowledgements wait for [`Ack::complete`].
+    Subscribe(String, bool, oneshot::Sender<Result<Subscription, HostError>>),
     Publish(
         String,
         Vec<u8>,
@@ -216,6 +300,7 @@ enum Command {
     Stats(oneshot::Sender<HostStats>),
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Subscribers(String, oneshot::Sender<Vec<SessionId>>),
+    Session(oneshot::Sender<SessionId>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -444,6 +529,10 @@ impl NodeBuilder {
         // Dropped subscriptions. Unbounded so that `Drop` never loses one, yet bounded in
         // practice: each Subscription sends exactly one id, once.
         let (unsub_tx, unsub_rx) = mpsc::unbounded_channel();
+        // Completed and abandoned acknowledgements. Unbounded so that `Drop` never loses
+        // one, yet bounded in practice: each one sends once, and the engine withholds at
+        // most as many as it has QoS 2 receive states (512).
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let driver = Driver {
             node,
             sockets,
@@ -453,6 +542,7 @@ impl NodeBuilder {
             subs: Vec::new(),
             next_sub: 0,
             unsub: unsub_tx,
+            acks: ack_tx,
             cmd: tx.downgrade(),
             stream_depth: self.stream_depth,
             pending: HashMap::new(),
@@ -462,7 +552,7 @@ impl NodeBuilder {
             store,
             held: Vec::new(),
         };
-        tokio::spawn(driver.run(rx, unsub_rx));
+        tokio::spawn(driver.run(rx, unsub_rx, ack_rx));
         Ok(Handle { tx, local, discovery })
     }
 }
@@ -489,16 +579,28 @@ fn restore(
     Ok(store)
 }
 
-/// Puts `message` in the stream slots reserved for it.
-fn hand_over(message: Message, permits: Vec<mpsc::OwnedPermit<Message>>) {
+/// A reserved place in a subscription stream, and whether that stream is one of
+/// [`Handle::subscribe_acked`].
+type Slot = (mpsc::OwnedPermit<Message>, bool);
+
+/// Puts `message` in the stream slots reserved for it: with its [`Ack`] for the streams
+/// of [`Handle::subscribe_acked`] (each holds a clone), without for the others.
+fn hand_over(mut message: Message, permits: Vec<Slot>) {
+    let ack = message.ack.take();
+    let mut message = Some(message);
     let mut permits = permits.into_iter().peekable();
-    while let Some(p) = permits.next() {
-        if permits.peek().is_some() {
-            p.send(message.clone());
-        } else {
-            p.send(message);
-            return;
+    while let Some((p, acked)) = permits.next() {
+        // The last stream takes the message itself.
+        let m = if permits.peek().is_some() { message.clone() } else { message.take() };
+        if let Some(mut m) = m {
+            m.ack = if acked { ack.clone() } else { None };
+            p.send(m);
         }
+    }
+    // `ack` (the driver's holder) drops here: completed, so only the streams' holders
+    // decide.
+    if let Some(a) = ack {
+        a.complete();
     }
 }
 
@@ -730,9 +832,27 @@ impl Handle {
     /// # Errors
     /// [`HostError::Subscribe`] for an invalid pattern or a full table.
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, HostError> {
+        self.subscribe_mode(pattern, false).await
+    }
+
+    /// Subscribes like [`Handle::subscribe`], but the node acknowledges a QoS 1/2
+    /// message to its publisher only once the application completed it: each such
+    /// [`Message`] carries an [`Ack`] (see there). For end-to-end guarantees through
+    /// this node, a bridge say, which acknowledges only what it passed on.
+    ///
+    /// # Cancel safety
+    /// As [`Handle::subscribe`].
+    ///
+    /// # Errors
+    /// As [`Handle::subscribe`].
+    pub async fn subscribe_acked(&self, pattern: &str) -> Result<Subscription, HostError> {
+        self.subscribe_mode(pattern, true).await
+    }
+
+    async fn subscribe_mode(&self, pattern: &str, acked: bool) -> Result<Subscription, HostError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Subscribe(pattern.to_string(), tx))
+            .send(Command::Subscribe(pattern.to_string(), acked, tx))
             .await
             .map_err(|_| HostError::Closed)?;
         rx.await.map_err(|_| HostError::Closed)?
@@ -876,6 +996,17 @@ impl Handle {
         rx.await.map_err(|_| HostError::Closed)
     }
 
+    /// This node's current session (a new one after every start, and when its packet
+    /// counter runs out).
+    ///
+    /// # Errors
+    /// [`HostError::Closed`].
+    pub async fn session(&self) -> Result<SessionId, HostError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Session(tx)).await.map_err(|_| HostError::Closed)?;
+        rx.await.map_err(|_| HostError::Closed)
+    }
+
     /// Waits until at least `n` known peers subscribe to `channel`, checking every 10 ms.
     /// Returns the subscribers, or `None` if `timeout` passed first.
     ///
@@ -961,6 +1092,8 @@ struct Sub {
     id: SubId,
     pattern: String,
     tx: mpsc::Sender<Message>,
+    /// Its QoS 1/2 messages carry an [`Ack`] ([`Handle::subscribe_acked`]).
+    acked: bool,
 }
 
 struct Driver {
@@ -975,6 +1108,8 @@ struct Driver {
     /// keeps the driver running while it lives (weak here, so the driver still stops
     /// once every handle and subscription is gone).
     unsub: mpsc::UnboundedSender<SubId>,
+    /// Given to each [`Ack`]: how its completion reaches the driver.
+    acks: mpsc::UnboundedSender<(nomq::node::DeliveryToken, bool)>,
     cmd: mpsc::WeakSender<Command>,
     stream_depth: usize,
     pending: HashMap<nomq::node::PublishHandle, oneshot::Sender<Delivery>>,
@@ -987,7 +1122,7 @@ struct Driver {
     store: Option<(FileStore, Vec<u8>)>,
     /// Messages delivered by the engine, with a reserved slot in each stream they go to,
     /// waiting for the state that records them to be saved.
-    held: Vec<(Message, Vec<mpsc::OwnedPermit<Message>>)>,
+    held: Vec<(Message, Vec<Slot>)>,
 }
 
 /// Datagrams read between flushes in a batch: well under the engine's control queue
@@ -1007,6 +1142,7 @@ impl Driver {
         mut self,
         mut rx: mpsc::Receiver<Command>,
         mut unsub: mpsc::UnboundedReceiver<SubId>,
+        mut acks: mpsc::UnboundedReceiver<(nomq::node::DeliveryToken, bool)>,
     ) {
         let mut rbuf = vec![0u8; 65_536];
         let mut tbuf = vec![0u8; self.node.max_datagram_len()];
@@ -1029,6 +1165,10 @@ impl Driver {
             let next = tokio::select! {
                 Some(id) = unsub.recv() => {
                     self.drop_sub(id);
+                    Next::Continue
+                }
+                Some(a) = acks.recv() => {
+                    self.on_ack(a);
                     Next::Continue
                 }
                 cmd = rx.recv() => {
@@ -1062,6 +1202,10 @@ impl Driver {
             self.receive_batch(&mut rbuf, &mut tbuf).await;
             while let Ok(id) = unsub.try_recv() {
                 self.drop_sub(id);
+            }
+            // Bounded: the engine withholds at most 512 acknowledgements.
+            while let Ok(a) = acks.try_recv() {
+                self.on_ack(a);
             }
             while let Ok(c) = rx.try_recv() {
                 if let Next::Stop = self.on_command(c, &mut tbuf).await {
@@ -1138,12 +1282,32 @@ impl Driver {
         let mut closed = None;
         for sub in self.subs.iter().filter(|s| matches(s)) {
             match sub.tx.clone().try_reserve_owned() {
-                Ok(p) => permits.push(p),
+                Ok(p) => permits.push((p, sub.acked)),
                 Err(mpsc::error::TrySendError::Full(_)) => full = Some(sub.pattern.clone()),
                 Err(mpsc::error::TrySendError::Closed(_)) => closed = Some(sub.id),
             }
         }
-        if full.is_some() || permits.is_empty() {
+        let deliver = full.is_none() && !permits.is_empty();
+        let mut ack = None;
+        if deliver && m.qos != Qos::AtMostOnce && permits.iter().any(|p| p.1) {
+            // An acknowledgement the application completes: withheld until then.
+            if let Some(token) = self.node.defer_delivery() {
+                let abandoned = std::sync::atomic::AtomicBool::new(false);
+                let inner = AckInner { token, abandoned, tx: self.acks.clone() };
+                ack = Some(Ack { inner: std::sync::Arc::new(inner), done: false });
+            } else {
+                self.node.refuse_delivery();
+                self.stats.acks_full += 1;
+                if self.stats.acks_full.is_power_of_two() {
+                    tracing::warn!(
+                        refused = self.stats.acks_full,
+                        "too many messages awaiting their acknowledgement: refused (publishers retransmit)"
+                    );
+                }
+                return;
+            }
+        }
+        if !deliver {
             let qos = m.qos;
             self.node.refuse_delivery();
             if let Some(pattern) = full {
@@ -1168,7 +1332,9 @@ impl Driver {
                 msg: m.msg,
                 qos: m.qos,
                 retained: m.retained,
+                ttl: m.ttl,
                 dup: m.dup,
+                ack,
             };
             if self.store.is_some() {
                 // Handed over once the state recording it is saved (`commit`).
@@ -1179,6 +1345,17 @@ impl Driver {
         }
         if let Some(id) = closed {
             self.drop_sub(id);
+        }
+    }
+
+    /// An [`Ack`] was completed or abandoned by all its holders.
+    fn on_ack(&mut self, (token, complete): (nomq::node::DeliveryToken, bool)) {
+        if !complete {
+            self.stats.acks_abandoned += 1;
+            self.node.abandon_delivery(token);
+        } else if self.node.complete_delivery(self.clock.now(), token).is_err() {
+            self.stats.acks_late += 1;
+            tracing::debug!(msg = ?token.message(), "acknowledgement completed after its message expired");
         }
     }
 
@@ -1240,12 +1417,12 @@ impl Driver {
     async fn on_command(&mut self, c: Command, tbuf: &mut [u8]) -> Next {
         let now = self.clock.now();
         match c {
-            Command::Subscribe(pattern, reply) => {
+            Command::Subscribe(pattern, acked, reply) => {
                 let r = self.node.subscribe(&pattern).map_err(HostError::Subscribe).map(|()| {
                     let (tx, rx) = mpsc::channel(self.stream_depth);
                     let id = self.next_sub;
                     self.next_sub += 1;
-                    self.subs.push(Sub { id, pattern: pattern.clone(), tx });
+                    self.subs.push(Sub { id, pattern: pattern.clone(), tx, acked });
                     Subscription {
                         rx,
                         pattern,
@@ -1289,6 +1466,9 @@ impl Driver {
                     })
                     .collect();
                 let _ = reply.send(peers);
+            }
+            Command::Session(reply) => {
+                let _ = reply.send(self.node.session());
             }
             Command::Subscribers(channel, reply) => {
                 let _ = reply.send(self.node.subscribers(&channel).map(|(s, _)| s).collect());
@@ -1447,5 +1627,47 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(&e, HostError::Config { field, .. } if field == "peers"), "{e}");
+    }
+
+    /// A subscription made with `subscribe_acked` holds back the acknowledgement until
+    /// the application completes it; an abandoned one is delivered again.
+    #[tokio::test]
+    async fn acked_subscription_withholds_the_ack_until_completed() {
+        let ring = || Keyring::new(&nomq::KeyPair::new([1; 32], [2; 32])).unwrap();
+        let sa = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sb = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (aa, ab) = (sa.local_addr().unwrap(), sb.local_addr().unwrap());
+        let a = NodeBuilder::new(ring()).socket(sa).peers([ab]).start().await.unwrap();
+        let b = NodeBuilder::new(ring()).socket(sb).peers([aa]).start().await.unwrap();
+        let mut sub = b.subscribe_acked("t/#").await.unwrap();
+        let mut plain = b.subscribe("t/x").await.unwrap();
+        let wait = std::time::Duration::from_secs(30);
+        assert!(a.wait_for_subscribers("t/x", 1, wait).await.unwrap().is_some());
+        let opts = PublishOptions::qos(Qos::AtLeastOnce).ttl(60);
+        let mut outcome = a.start_publish("t/x", b"one".to_vec(), opts).await.unwrap();
+        let m = tokio::time::timeout(wait, sub.recv()).await.unwrap().unwrap();
+        let p = tokio::time::timeout(wait, plain.recv()).await.unwrap().unwrap();
+        assert_eq!((m.body.as_slice(), m.ttl), (&b"one"[..], 60));
+        assert!(p.ack.is_none(), "a plain subscription holds no acknowledgement");
+        // Not acknowledged while the application holds it (retransmissions come and go).
+        let early = tokio::time::timeout(std::time::Duration::from_secs(2), &mut outcome).await;
+        assert!(early.is_err(), "acknowledged before completion: {early:?}");
+        let st = b.stats().await.unwrap();
+        assert!(st.engine.drops(nomq::node::DropReason::DeferredDuplicate) >= 1, "{st:?}");
+        m.ack.expect("QoS 1 on an acked subscription").complete();
+        let d = tokio::time::timeout(wait, outcome).await.unwrap().unwrap();
+        assert_eq!(d.status, Status::Acknowledged);
+        // Abandoned: delivered again, then acknowledged.
+        let outcome = a.start_publish("t/x", b"two".to_vec(), opts).await.unwrap();
+        let m = tokio::time::timeout(wait, sub.recv()).await.unwrap().unwrap();
+        drop(m);
+        let again = tokio::time::timeout(wait, sub.recv()).await.unwrap().unwrap();
+        assert_eq!(again.body, b"two");
+        again.ack.unwrap().complete();
+        let d = tokio::time::timeout(wait, outcome).await.unwrap().unwrap();
+        assert_eq!(d.status, Status::Acknowledged);
+        assert_eq!(b.stats().await.unwrap().acks_abandoned, 1);
+        a.shutdown().await;
+        b.shutdown().await;
     }
 }

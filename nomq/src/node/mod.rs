@@ -20,6 +20,7 @@
 //! | `flush.rs` | what every adapter shares: the `Engine` trait, target resolution, the transmit loop (`Flush`) |
 
 mod announce;
+mod deferred;
 mod drbg;
 pub mod flush;
 pub mod limits;
@@ -37,6 +38,7 @@ mod types;
 mod verify;
 
 pub use announce::CONTROL_QUEUE;
+pub use deferred::{CompleteError, DeliveryToken};
 pub use flush::{Datagram, Engine, Flush, Packets, Routes, TxStats};
 pub use limits::{LockoutConfig, REPLAY_WINDOW};
 pub use store::{ExportError, RestoreError, STATE_VERSION, StateStore, state_len};
@@ -50,6 +52,7 @@ use crate::keys::KeyLookup;
 use crate::time::Instant;
 use crate::wire::{self, HEADER_LEN, PacketType, SessionId};
 use announce::{Announce, Control};
+use deferred::{DeferredAcks, OwedAck};
 use heapless::{Deque, Vec};
 use limits::Lockouts;
 use outbox::Entry;
@@ -77,7 +80,9 @@ pub const EVENT_QUEUE: usize = 8;
 ///    `poll_transmit` (docs/PROTOCOL.md, "State store").
 /// 2. On every datagram: [`Node::handle_packet`]`(now, from, &mut buf)`; a returned
 ///    [`Message`] borrows the buffer (decrypted in place). If the application cannot
-///    take it, call [`Node::refuse_delivery`] before anything else.
+///    take it, call [`Node::refuse_delivery`] before anything else; to acknowledge a
+///    QoS 1/2 message only once the application is done with it, call
+///    [`Node::defer_delivery`] there instead, and later [`Node::complete_delivery`].
 /// 3. After every input: drain [`Node::poll_transmit`] into a buffer of at least
 ///    [`Node::max_datagram_len`] bytes and send each [`Transmit`] ([`Flush`] does this
 ///    and the target resolution for an adapter); drain [`Node::poll_event`].
@@ -121,6 +126,8 @@ pub struct Node<
     qos2_next_seq: u32,
     retained: RetainedStore<R, M>,
     qos2: Qos2Receiver<Q>,
+    /// Deliveries whose acknowledgement the application withholds (`deferred.rs`).
+    deferred: DeferredAcks<Q>,
     events: Deque<Event<P>, EVENT_QUEUE>,
     lockouts: Lockouts<L>,
     verifier: Verifier,
@@ -157,6 +164,8 @@ struct Delivered {
     ack_queued: bool,
     /// A QoS 2 receive state was created for it.
     qos2_state: bool,
+    /// The acknowledgement it is owed (QoS 1/2), for [`Node::defer_delivery`].
+    owed: Option<OwedAck>,
 }
 
 impl<
@@ -188,6 +197,7 @@ where
             qos2_next_seq: 0,
             retained: RetainedStore::default(),
             qos2: Qos2Receiver::default(),
+            deferred: DeferredAcks::default(),
             events: Deque::new(),
             lockouts: Lockouts::new(),
             verifier: Verifier::default(),
@@ -488,6 +498,7 @@ where
         self.peers.gc_wildcards();
         self.retained.expire(now);
         self.qos2.expire(now);
+        self.expire_deferred(now);
         self.lockouts.prune(now, &self.config.lockout);
         self.finish_ready(now);
     }
@@ -524,6 +535,7 @@ where
             .chain(outbox)
             .chain(self.retained.deadlines())
             .chain(self.qos2.deadlines())
+            .chain(self.deferred.deadlines())
             .chain(lockout);
         Some(all.fold(self.announce.next_heartbeat, Instant::min))
     }

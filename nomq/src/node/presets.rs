@@ -8,14 +8,16 @@
 //!
 //! | preset | `P` peers | `S` subs | `O` outbox | `R` retained | `Q` QoS 2 rx | `L` lockouts | `M` bytes | node RAM, 32-bit | node RAM, x86_64 |
 //! |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|
-//! | [`Mcu`] | 2 | 2 | 4 | 1 | 4 | 2 | 48 | 6 592 B | 10 656 B |
-//! | [`Device`] | 8 | 4 | 8 | 4 | 8 | 8 | 128 | ≈ 11.7 KB | 15 952 B |
-//! | [`Node<K>`](Node) (defaults) | 32 | 20 | 50 | 16 | 32 | 64 | 256 | 66 576 B | 72 144 B |
-//! | [`Host`] | 64 | 32 | 128 | 32 | 512 | 256 | 1 362 | ≈ 380 KB | 391 952 B |
+//! | [`Mcu`] | 2 | 2 | 4 | 1 | 4 | 2 | 48 | ≈ 6.9 KB | 11 216 B |
+//! | [`Device`] | 8 | 4 | 8 | 4 | 8 | 8 | 128 | ≈ 12.4 KB | 17 008 B |
+//! | [`Node<K>`](Node) (defaults) | 32 | 20 | 50 | 16 | 32 | 64 | 256 | ≈ 70 KB | 76 624 B |
+//! | [`Host`] | 64 | 32 | 128 | 32 | 512 | 256 | 1 362 | ≈ 415 KB | 433 104 B |
 //!
 //! RAM is `size_of` the node with a `Keyring<0>` (each channel key scope adds about
 //! 1.6 KB); `cargo test -p nomq --lib presets -- --nocapture` prints it on the machine
 //! at hand, and the 32-bit figures come from `scripts/footprint.sh` (docs/FOOTPRINT.md).
+//! The deferred-acknowledgement table (`Q` entries, `node/deferred.rs`) costs about
+//! 64 B per `Q` on x86_64; the 32-bit figures with ≈ add an estimate of it.
 //! [`Mcu`] keeps a node within 8 KiB of static RAM on a microcontroller.
 //!
 //! A preset is a type alias, so `presets::Mcu<Keyring<0>>::new(..)` is an ordinary
@@ -63,7 +65,7 @@ mod tests {
         #[cfg(target_pointer_width = "32")]
         assert!(mcu <= 8 * 1024, "Mcu preset: {mcu} bytes");
         #[cfg(target_pointer_width = "64")]
-        assert!(mcu <= 11_000, "Mcu preset grew: {mcu} bytes");
+        assert!(mcu <= 11_500, "Mcu preset grew: {mcu} bytes");
         assert!(mcu < device && device < default && default < host);
         assert_eq!(HOST_MESSAGE_LEN, 1358);
     }

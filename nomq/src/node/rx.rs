@@ -2,6 +2,7 @@
 //! table, rate limit), then one handler per packet type.
 
 use super::announce::Control;
+use super::deferred::{OwedAck, Retransmission};
 use super::outbox::{TState, TargetPeer};
 use super::peers::{Departure, Sender};
 use super::qos2_rx::Rx;
@@ -370,13 +371,41 @@ where
             self.stats.drop(DropReason::NotSubscribed);
             return None;
         }
+        if h.flags.qos != Qos::AtMostOnce {
+            match self.deferred.on_publish(p.msg, o.sender.addr) {
+                Retransmission::NotDeferred => {}
+                Retransmission::Withheld => {
+                    self.stats.drop(DropReason::DeferredDuplicate);
+                    return None;
+                }
+                Retransmission::Owed(ack) => {
+                    if !self.send_owed(now, ack) {
+                        // Still no room: keep owing it.
+                        let _ = self.deferred.owe(ack);
+                    }
+                    self.stats.drop(DropReason::DeferredDuplicate);
+                    return None;
+                }
+            }
+        }
+        let owed = Some(OwedAck {
+            msg: p.msg,
+            qos: h.flags.qos,
+            to: o.sender.addr,
+            session: o.sender.session,
+            channel_id: h.channel_id,
+            scope: o.scope,
+            expires,
+        });
         let delivered = match h.flags.qos {
-            Qos::AtMostOnce => Delivered { msg: p.msg, ack_queued: false, qos2_state: false },
+            Qos::AtMostOnce => {
+                Delivered { msg: p.msg, ack_queued: false, qos2_state: false, owed: None }
+            }
             Qos::AtLeastOnce => {
                 let ack_queued = self.queue_ack(PacketType::PubAck, p.msg, o.sender.addr, o);
-                Delivered { msg: p.msg, ack_queued, qos2_state: false }
+                Delivered { msg: p.msg, ack_queued, qos2_state: false, owed }
             }
-            Qos::ExactlyOnce => self.receive_qos2(now, o, &p, expires)?,
+            Qos::ExactlyOnce => Delivered { owed, ..self.receive_qos2(now, o, &p, expires)? },
         };
         self.last_delivery = Some(delivered);
         self.stats.delivered += 1;
@@ -388,6 +417,7 @@ where
             msg: p.msg,
             qos: h.flags.qos,
             retained: h.flags.retain,
+            ttl: h.ttl,
             dup: h.flags.dup,
             subscriptions,
         })
@@ -416,7 +446,7 @@ where
         match self.qos2.admit(now, p.msg, (session, o.scope), expires) {
             Rx::New => {
                 let ack_queued = self.queue_ack(PacketType::PubRec, p.msg, addr, o);
-                Some(Delivered { msg: p.msg, ack_queued, qos2_state: true })
+                Some(Delivered { msg: p.msg, ack_queued, qos2_state: true, owed: None })
             }
             Rx::Duplicate { re_ack } => {
                 if re_ack {

@@ -391,6 +391,9 @@ pub struct Message<'a> {
     pub qos: Qos,
     /// It is a retained value.
     pub retained: bool,
+    /// The TTL its publisher gave it, seconds (a bridge passes it on as MQTT's Message
+    /// Expiry Interval).
+    pub ttl: u16,
     /// It is a retransmission (QoS 1 may deliver a message more than once).
     pub dup: bool,
     /// Which local subscriptions it matched, so an adapter can route it without matching
@@ -549,6 +552,13 @@ drop_reasons! {
     /// PUBACK/PUBREC was sent, so a QoS 1/2 publisher retransmits it; a QoS 0 message
     /// is lost (and counted here).
     DeliveryRefused,
+    /// A retransmission of a message whose acknowledgement the application deferred
+    /// ([`Node::defer_delivery`](crate::Node::defer_delivery)) and has not completed:
+    /// neither delivered again nor acknowledged.
+    DeferredDuplicate,
+    /// A deferred delivery nobody completed before its message expired: its
+    /// acknowledgement was never sent (the publisher gave up, or reports it missing).
+    DeferralExpired,
 }
 
 /// Counters of the node. Every dropped datagram is counted under exactly one reason.

@@ -62,6 +62,11 @@ pub struct Member {
     pub crash_before_hand_over: Option<u32>,
     /// Sessions of its earlier lives, oldest first.
     pub past_sessions: Vec<nomq::SessionId>,
+    /// Its application defers the acknowledgement of every QoS 1/2 delivery
+    /// (`Node::defer_delivery`), refusing what the table has no room for; the tokens
+    /// wait in `deferred` (with the virtual time of delivery) for the test to complete.
+    pub defer: bool,
+    pub deferred: Vec<(nomq::node::DeliveryToken, Instant)>,
 }
 
 pub struct Sim {
@@ -124,6 +129,8 @@ impl Sim {
             crash_after_save: None,
             crash_before_hand_over: None,
             past_sessions: Vec::new(),
+            defer: false,
+            deferred: Vec::new(),
         });
         i
     }
@@ -302,9 +309,21 @@ impl Sim {
         let mut got = false;
         if let Some(msg) = m.node.handle_packet(now, from, data) {
             got = !refuse;
+            if !refuse && m.defer && msg.qos != nomq::Qos::AtMostOnce {
+                match m.node.defer_delivery() {
+                    Some(t) => m.deferred.push((t, now)),
+                    None => {
+                        // The deferral table is full: the application refuses it.
+                        got = false;
+                        assert!(m.node.refuse_delivery());
+                    }
+                }
+            }
             if refuse {
                 assert!(m.node.refuse_delivery());
                 assert!(!m.node.refuse_delivery(), "refuses only once");
+            } else if !got {
+                // Refused above.
             } else if m.store.is_some() {
                 m.held.push((msg.name.as_str().to_string(), msg.body.to_vec(), msg.dup, msg.msg));
             } else {

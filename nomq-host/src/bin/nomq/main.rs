@@ -6,6 +6,7 @@
 //! stopped by SIGINT 130, by SIGTERM 143 (after withdrawing its subscriptions).
 
 mod bench;
+mod bridge;
 mod common;
 mod keys;
 mod peers;
@@ -52,6 +53,10 @@ enum Command {
     /// Show the peers this keyring can see, their subscriptions, traffic and refusals:
     /// live (refreshed each second), or `--once --json` for scripts.
     Peers(peers::PeersArgs),
+    /// Bridge this NoMQ network to an MQTT broker (mappings both ways, end-to-end
+    /// acknowledgements; docs/BRIDGE.md). Stops cleanly on SIGINT/SIGTERM (exit 0) and
+    /// prints its counters.
+    Bridge(bridge::BridgeArgs),
     /// Measure throughput and latency on 127.0.0.1 against a plain UDP loop.
     Bench(bench::BenchArgs),
     /// Print a shell completion script (bash: `source <(nomq completions bash)`).
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
         Command::Pub(args) => block_on(publish::run(args)),
         Command::Sub(args) => block_on(subscribe::run(args)),
         Command::Peers(args) => block_on(peers::run(args)),
+        Command::Bridge(args) => block_on(bridge::run(args)),
         Command::Bench(args) => bench::run(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "nomq", &mut std::io::stdout());
