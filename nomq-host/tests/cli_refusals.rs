@@ -41,7 +41,7 @@ impl OldClockSender {
 
     /// Handles what arrived (challenges from the subscriber, which it answers).
     fn receive(&mut self) {
-        let mut buf = vec![0u8; 2048];
+        let mut buf = vec![0u8; 65_536];
         while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
             let now = self.now();
             self.node.handle_datagram(now, from.into(), &mut buf[..n], |_| true);

@@ -54,7 +54,7 @@ impl Relay {
         let stop = Arc::new(AtomicBool::new(false));
         let (m, st) = (mode.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
+            let mut buf = [0u8; 65_536];
             // Bounded: the test stops it, and it stops itself after 10 minutes.
             let end = Instant::now() + Duration::from_secs(600);
             while !st.load(Ordering::Relaxed) && Instant::now() < end {

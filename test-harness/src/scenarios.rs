@@ -463,7 +463,7 @@ async fn replay_and_tamper_on(tap: &tokio::net::UdpSocket, a: &TestNode, b: &Tes
         .await
         .map_err(|e| e.to_string())?;
     // Capture A's datagrams (heartbeats and the publish) until the PUBLISH shows up.
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65_536];
     let end = Instant::now() + WAIT;
     let mut captured = 0;
     let publish = loop {

@@ -564,7 +564,7 @@ drop_reasons! {
 /// Counters of the node. Every dropped datagram is counted under exactly one reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
-    /// Datagrams handed to `handle_packet`.
+    /// Packets handed to `handle_packet` (a coalesced datagram counts once per packet).
     pub rx_datagrams: u64,
     /// Messages returned to the application.
     pub delivered: u64,
