@@ -680,8 +680,9 @@ fn tally<'a>(items: impl IntoIterator<Item = &'a String>) -> HashMap<String, u32
 /// Issue tests 4 and 5: two bridges of one group (`both` mapping, shared subscriptions)
 /// on one LAN and one broker: 100 messages each way arrive exactly once per subscriber
 /// on each side, with no echo; then one bridge is killed with SIGKILL mid-stream and the
-/// other carries on (uplink take-over after the NoMQ liveness timeout; the publisher
-/// republishes what it was told was not delivered).
+/// other carries on: uplink take-over after the NoMQ liveness timeout (the publisher
+/// republishes what it was told was not delivered), and downlink through the survivor,
+/// which takes over the killed bridge's broker session and drains its share.
 #[test]
 fn two_bridges_deliver_once_without_loops_and_survive_kill_9() {
     let Some((mosq, sub_bin, pub_bin)) = tools() else { return };
@@ -839,13 +840,19 @@ fn two_bridges_deliver_once_without_loops_and_survive_kill_9() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let after_n = tally(after().iter()).len();
+    let took_over = killed_at.elapsed();
+    let (code, stderr) = bb.interrupt();
     eprintln!(
-        "kill -9 of one bridge at message 20 of 100: {unacked} publishes not acknowledged (republished), first acknowledged after the kill {:?} later, {dups} duplicates at MQTT; MQTT → NoMQ after the kill: {after_n} of 50 (the killed bridge's shared-subscription session keeps its share until it expires or reconnects)",
-        first_ok_after_kill
+        "kill -9 of one bridge at message 20 of 100: {unacked} publishes not acknowledged (republished), first acknowledged after the kill {:?} later, {dups} duplicates at MQTT; MQTT → NoMQ after the kill: {after_n} of 50 (the survivor took over the killed bridge's session: takeovers={}), all in by {took_over:?} after the kill",
+        first_ok_after_kill,
+        counter(&stderr, "takeovers")
     );
     assert_eq!(k.len(), 100, "every message reached MQTT at least once");
-    assert!(after_n >= 1, "the surviving bridge carries MQTT → NoMQ");
-    let (code, stderr) = bb.interrupt();
+    assert_eq!(
+        after_n, 50,
+        "the survivor carries all of MQTT → NoMQ, the killed bridge's share too; survivor's log:\n{stderr}"
+    );
+    assert_eq!(counter(&stderr, "takeovers"), 1, "{stderr}");
     assert_eq!(code, Some(0), "{stderr}");
     assert!(counter(&stderr, "standby") + counter(&stderr, "forwarded_out") >= 100, "{stderr}");
     rt.block_on(n.shutdown());

@@ -276,6 +276,8 @@ pub struct Counters {
     pub waiting_out: AtomicU64,
     /// MQTT → NoMQ messages waiting for NoMQ now.
     pub waiting_in: AtomicU64,
+    /// Broker sessions of lost bridges of this group taken over (and drained).
+    pub takeovers: AtomicU64,
 }
 
 impl Counters {
@@ -283,7 +285,7 @@ impl Counters {
     pub fn line(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "forwarded_out={} forwarded_in={} undelivered_in={} no_subscribers_in={} refused={} loop_skipped={} echo_skipped={} standby={} reconnects={} waiting_out={} waiting_in={}",
+            "forwarded_out={} forwarded_in={} undelivered_in={} no_subscribers_in={} refused={} loop_skipped={} echo_skipped={} standby={} reconnects={} waiting_out={} waiting_in={} takeovers={}",
             g(&self.forwarded_out),
             g(&self.forwarded_in),
             g(&self.undelivered_in),
@@ -295,6 +297,7 @@ impl Counters {
             g(&self.reconnects),
             g(&self.waiting_out),
             g(&self.waiting_in),
+            g(&self.takeovers),
         )
     }
 }
@@ -498,6 +501,86 @@ fn is_tls_failure(e: &ConnectionError) -> bool {
     t.contains("certificate") || t.contains("alert") || t.contains("handshake")
 }
 
+/// The channel pattern of the client-id announcements of `cfg`'s group,
+/// `nomq/bridge/<group>/+`; `None` if the group is no valid channel level.
+fn announce_pattern(cfg: &BridgeConfig) -> Option<String> {
+    let p = format!("{BRIDGE_CHANNEL}/{}/+", cfg.spec.group);
+    nomq::ChannelName::new(&format!("{BRIDGE_CHANNEL}/{}/00000000", cfg.spec.group))
+        .is_ok()
+        .then_some(p)
+}
+
+/// Resumes the broker session `cfg` names (a lost bridge's), carries what it holds into
+/// NoMQ, leaves its shared subscriptions and ends it. Returns the messages carried.
+async fn take_over(
+    down: &Downlink,
+    cfg: &BridgeConfig,
+    mut stop: watch::Receiver<bool>,
+) -> Result<u64, String> {
+    let opts = mqtt_options(cfg).map_err(|e| e.to_string())?;
+    let (client, mut eventloop) = AsyncClient::new(opts, cfg.spec.max_in_flight * 2 + 64);
+    let started = tokio::time::Instant::now();
+    let mut last = started;
+    let mut carried = 0;
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // Quiet: UNSUBSCRIBE sent; left: its UNSUBACK came, so nothing more is routed here.
+    let (mut leaving, mut left, mut disconnecting) = (false, false, false);
+    let filters: Vec<String> = cfg
+        .mappings
+        .iter()
+        .filter(|m| m.direction.inward())
+        .map(|m| cfg.mqtt_subscription(m))
+        .collect();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return Ok(carried),
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ca))) => {
+                    if !ca.session_present {
+                        // Expired, or ended by its owner: nothing waits there.
+                        left = true;
+                    }
+                    tracing::info!(session_present = ca.session_present, "connected as the lost bridge");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    last = tokio::time::Instant::now();
+                    carried += 1;
+                    tasks.push(down.publish(&client, p));
+                }
+                Ok(Event::Incoming(Packet::UnsubAck(_))) => left = true,
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(carried),
+                Ok(_) => {}
+                // Taken back (the bridge is alive after all), or the broker went away:
+                // what was not acknowledged stays in the session, for its owner.
+                Err(e) => return Err(format!("{e} ({carried} messages carried)")),
+            },
+            _ = tick.tick() => {
+                tasks.retain(|t| !t.is_finished());
+                let quiet = tasks.is_empty() && last.elapsed() >= TAKEOVER_QUIET;
+                if !leaving && (quiet || started.elapsed() >= TAKEOVER_LIMIT) {
+                    leaving = true;
+                    for f in &filters {
+                        let _ = client.try_unsubscribe(f.clone());
+                    }
+                    if filters.is_empty() {
+                        left = true;
+                    }
+                }
+                // Every message routed here before the UNSUBACK has ended in NoMQ (and
+                // its acknowledgement is queued before the DISCONNECT).
+                if left && tasks.is_empty() && !disconnecting {
+                    disconnecting = true;
+                    let _ = client.try_disconnect();
+                }
+                if started.elapsed() >= TAKEOVER_LIMIT + Duration::from_secs(30) {
+                    return Err(format!("not drained in {TAKEOVER_LIMIT:?} ({carried} messages carried)"));
+                }
+            }
+        }
+    }
+}
+
 /// The running bridge's state (one task).
 struct Bridge {
     cfg: BridgeConfig,
@@ -512,9 +595,30 @@ struct Bridge {
     /// Sessions of the other bridges of this NoMQ network.
     bridges: HashSet<SessionId>,
     own_session: Option<SessionId>,
-    /// Limits the MQTT → NoMQ messages on their way at once.
-    downlink: Arc<tokio::sync::Semaphore>,
+    /// What MQTT → NoMQ needs, shared with session take-overs.
+    down: Arc<Downlink>,
+    /// The MQTT client ids the bridges of this group announced, by session.
+    client_ids: HashMap<SessionId, String>,
+    /// Client ids whose session is being taken over now.
+    taking_over: Arc<std::sync::Mutex<HashSet<String>>>,
+    stop: watch::Receiver<bool>,
 }
+
+/// The MQTT → NoMQ side: the configuration, the node, the counters and the bound on
+/// messages on their way at once (shared by the bridge's own session and the sessions
+/// it takes over).
+struct Downlink {
+    cfg: BridgeConfig,
+    node: Handle,
+    counters: Arc<Counters>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// Quiet time after which a taken-over session is drained: no message arrived for it
+/// this long and every one that did has ended in NoMQ.
+const TAKEOVER_QUIET: Duration = Duration::from_secs(1);
+/// Longest a session take-over lasts.
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(120);
 
 /// Runs the bridge until `stop` turns true: joins NoMQ through `node`, keeps a session
 /// with the broker, and carries messages as the mappings say. Returns the counters.
@@ -555,7 +659,26 @@ pub async fn run(
         }));
     }
     drop(up_tx);
-    let downlink = Arc::new(tokio::sync::Semaphore::new(cfg.spec.max_in_flight));
+    let announcements = match announce_pattern(&cfg) {
+        Some(p) => Some(node.subscribe(&p).await.map_err(BridgeError::Node)?),
+        None => None,
+    };
+    let (ann_tx, mut ann_rx) = mpsc::channel::<Message>(16);
+    let ann_task = announcements.map(|mut sub| {
+        tokio::spawn(async move {
+            while let Some(m) = sub.recv().await {
+                if ann_tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+        })
+    });
+    let down = Arc::new(Downlink {
+        cfg: cfg.clone(),
+        node: node.clone(),
+        counters: counters.clone(),
+        permits: Arc::new(tokio::sync::Semaphore::new(cfg.spec.max_in_flight)),
+    });
     let mut b = Bridge {
         cfg,
         node,
@@ -566,8 +689,12 @@ pub async fn run(
         inflight: HashMap::new(),
         bridges: HashSet::new(),
         own_session: None,
-        downlink,
+        down,
+        client_ids: HashMap::new(),
+        taking_over: Arc::default(),
+        stop: stop.clone(),
     };
+    b.announce().await;
     let mut backoff = Backoff::new();
     let mut connected_once = false;
     let mut peers_tick = tokio::time::interval(Duration::from_millis(500));
@@ -578,6 +705,7 @@ pub async fn run(
         tokio::select! {
             _ = stop.changed() => break Ok(()),
             _ = peers_tick.tick() => b.refresh_bridges().await,
+            Some(m) = ann_rx.recv() => b.on_announcement(m),
             ev = eventloop.poll() => match ev {
                 Ok(ev) => {
                     if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
@@ -609,7 +737,7 @@ pub async fn run(
         }
     };
     drop(marker);
-    for s in subs {
+    for s in subs.into_iter().chain(ann_task) {
         s.abort();
     }
     // Messages the broker has not acknowledged stay unacknowledged in NoMQ (their Acks
@@ -640,8 +768,88 @@ impl Bridge {
         if now != self.bridges {
             tracing::info!(bridges = ?now, own = ?own, "other bridges of this network");
         }
+        let joined = now.difference(&self.bridges).count() > 0;
+        let lost: Vec<SessionId> = self.bridges.difference(&now).copied().collect();
         self.bridges = now;
         self.own_session = Some(own);
+        if joined {
+            // A bridge that joined after our announcement gets it as a retained value;
+            // publishing again covers one whose retained request was lost.
+            self.announce().await;
+        }
+        for session in lost {
+            if let Some(id) = self.client_ids.remove(&session) {
+                self.take_over(session, id);
+            }
+        }
+    }
+
+    /// Publishes this bridge's MQTT client id to the other bridges of its group
+    /// (docs/PROTOCOL.md §5.1, `nomq/bridge/<group>/<session>`), retained.
+    async fn announce(&mut self) {
+        if announce_pattern(&self.cfg).is_none() {
+            return;
+        }
+        let Ok(own) = self.node.session().await else { return };
+        self.own_session = Some(own);
+        let channel = format!("{BRIDGE_CHANNEL}/{}/{:08x}", self.cfg.spec.group, own.0);
+        let opts = PublishOptions::qos(Qos::AtLeastOnce).retain(true).ttl(u16::MAX);
+        // The outcome does not matter: a bridge not reached now asks for the retained
+        // value when it subscribes.
+        if let Err(e) = self.node.start_publish(&channel, self.cfg.client_id(), opts).await {
+            tracing::warn!(%channel, error = %e, "cannot announce this bridge's client id");
+        }
+    }
+
+    /// Another bridge of this group announced its MQTT client id.
+    fn on_announcement(&mut self, m: Message) {
+        if Some(m.session) == self.own_session {
+            return;
+        }
+        match String::from_utf8(m.body) {
+            Ok(id) if !id.is_empty() && id != self.cfg.client_id() => {
+                if self.client_ids.get(&m.session) != Some(&id) {
+                    tracing::info!(session = ?m.session, client_id = %id, "bridge of this group");
+                }
+                self.client_ids.insert(m.session, id);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(session = ?m.session, "bridge announcement is not UTF-8; ignored")
+            }
+        }
+    }
+
+    /// A bridge of this group left the NoMQ network (its liveness ran out: killed, or
+    /// cut off). With shared subscriptions the broker keeps queueing that bridge's
+    /// share of the inbound messages in its persistent session, where nobody reads
+    /// them: resume that session under its client id, carry what it holds into NoMQ,
+    /// leave the shared subscriptions and end the session (docs/BRIDGE.md, "Two
+    /// bridges"). Should the other bridge still be connected, the broker hands the
+    /// session over to whichever connected last, and the take-over ends at once.
+    fn take_over(&mut self, session: SessionId, client_id: String) {
+        let inbound = self.cfg.mappings.iter().any(|m| m.direction.inward());
+        if !self.cfg.spec.shared || !inbound {
+            return;
+        }
+        if !self.taking_over.lock().unwrap().insert(client_id.clone()) {
+            return;
+        }
+        let mut cfg = self.cfg.clone();
+        cfg.spec.broker.client_id = Some(client_id.clone());
+        // Ends with the connection: the session is not kept for anyone.
+        cfg.spec.broker.session_expiry_s = 0;
+        let (down, active, stop) = (self.down.clone(), self.taking_over.clone(), self.stop.clone());
+        bump(&self.counters.takeovers);
+        tracing::warn!(?session, %client_id, "bridge lost: taking over its broker session");
+        tokio::spawn(async move {
+            let r = take_over(&down, &cfg, stop).await;
+            match r {
+                Ok(n) => tracing::info!(%client_id, messages = n, "session taken over and ended"),
+                Err(e) => tracing::warn!(%client_id, error = %e, "session take-over ended"),
+            }
+            active.lock().unwrap().remove(&client_id);
+        });
     }
 
     /// This bridge carries NoMQ → MQTT: it has the lowest session of the live bridges.
@@ -671,7 +879,9 @@ impl Bridge {
                 }
                 self.subscribe_inbound();
             }
-            Event::Incoming(Packet::Publish(p)) => self.downlink(p),
+            Event::Incoming(Packet::Publish(p)) => {
+                drop(self.down.publish(&self.client, p));
+            }
             Event::Incoming(Packet::PubAck(a)) => {
                 let ok =
                     matches!(a.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers);
@@ -806,12 +1016,15 @@ impl Bridge {
         }
         self.set_waiting();
     }
+}
 
-    /// An MQTT message for NoMQ: published there in its own task, and acknowledged to
-    /// the broker when NoMQ's outcome is in (or at the deadline).
-    fn downlink(&mut self, p: Publish) {
+impl Downlink {
+    /// An MQTT message for NoMQ, received by `client`: published there in its own task
+    /// (returned), and acknowledged to the broker when NoMQ's outcome is in (or at the
+    /// deadline).
+    fn publish(&self, client: &AsyncClient, p: Publish) -> tokio::task::JoinHandle<()> {
         let c = self.counters.clone();
-        let client = self.client.clone();
+        let client = client.clone();
         let qos_in = match p.qos {
             MqttQos::AtMostOnce => 0,
             MqttQos::AtLeastOnce => 1,
@@ -837,30 +1050,26 @@ impl Bridge {
         };
         if echo {
             bump(&c.echo_skipped);
-            tokio::spawn(ack_now(client, p));
-            return;
+            return tokio::spawn(ack_now(client, p));
         }
         let (map_qos, name) = match target {
             Some((q, Ok(n))) => (q, n),
             Some((_, Err(e))) => {
                 bump(&c.refused);
                 tracing::warn!(%topic, error = %e, "MQTT topic has no NoMQ channel name; dropped");
-                tokio::spawn(ack_now(client, p));
-                return;
+                return tokio::spawn(ack_now(client, p));
             }
             None => {
                 bump(&c.refused);
-                tokio::spawn(ack_now(client, p));
-                return;
+                return tokio::spawn(ack_now(client, p));
             }
         };
-        let permit = match self.downlink.clone().try_acquire_owned() {
+        let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 // Only QoS 0 can exceed the broker's receive maximum.
                 bump(&c.undelivered_in);
-                tokio::spawn(ack_now(client, p));
-                return;
+                return tokio::spawn(ack_now(client, p));
             }
         };
         let qos = nomq_qos(qos_in.min(map_qos));
@@ -902,6 +1111,6 @@ impl Bridge {
             c.waiting_in.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
             ack_now(client, p).await;
-        });
+        })
     }
 }
