@@ -243,6 +243,25 @@ fn until_subscribed(pub_bin: &Path, broker: &Broker, sub: &Lines, probe: &str) {
     }
 }
 
+/// `mosquitto_pub` (MQTT 5) on `broker` to `topic` at `qos` with `args`, fed `stdin`.
+fn mosquitto_pub(
+    bin: &Path,
+    broker: &Broker,
+    (topic, qos): (&str, u8),
+    args: &[&str],
+    stdin: &[u8],
+    limit: Duration,
+) -> std::process::Output {
+    let mut c = Command::new(bin);
+    c.args(["-V", "5", "-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", topic]);
+    c.args(["-q", &qos.to_string()]).args(args);
+    let mut child =
+        c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    finish(child, limit)
+}
+
+/// One message of `body` (`mosquitto_pub -s`); it must succeed.
 fn mqtt_pub(
     bin: &Path,
     broker: &Broker,
@@ -252,17 +271,19 @@ fn mqtt_pub(
     retain: bool,
     extra: &[&str],
 ) {
-    let mut c = Command::new(bin);
-    c.args(["-V", "5", "-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", topic]);
-    c.args(["-q", &qos.to_string(), "-s"]).args(extra);
+    let mut args = vec!["-s"];
+    args.extend_from_slice(extra);
     if retain {
-        c.arg("-r");
+        args.push("-r");
     }
-    let mut child =
-        c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(body).unwrap();
-    let out = finish(child, LONG);
+    let out = mosquitto_pub(bin, broker, (topic, qos), &args, body, LONG);
     assert!(out.status.success(), "mosquitto_pub: {}", text(&out.stderr));
+}
+
+/// One QoS 1 message per line of `lines` (`mosquitto_pub -l`); it must succeed.
+fn mqtt_pub_lines(bin: &Path, broker: &Broker, topic: &str, lines: &str) {
+    let out = mosquitto_pub(bin, broker, (topic, 1), &["-l"], lines.as_bytes(), LONG);
+    assert!(out.status.success(), "mosquitto_pub -l: {}", text(&out.stderr));
 }
 
 /// `nomq bridge` with `--map`s, on `bind` with static `peers`, info logs.
@@ -638,6 +659,9 @@ fn broker_restart_mid_stream_loses_nothing_acknowledged() {
             let unacked: Vec<_> =
                 status.iter().filter(|(_, s)| **s != Status::Acknowledged).collect();
             eprintln!("round {round}: QoS 2 not acknowledged: {unacked:?}");
+            if !unacked.is_empty() {
+                eprintln!("bridge log:\n{}", br.stderr());
+            }
             assert!(
                 acked.len() * 100 >= n as usize * 99,
                 "QoS 2 not all acknowledged: {unacked:?}"
@@ -739,24 +763,7 @@ fn two_bridges_deliver_once_without_loops_and_survive_kill_9() {
     }
     // 100 MQTT → NoMQ.
     let lines: String = (0..100).map(|i| format!("down{i}\n")).collect();
-    let mut c = Command::new(&pub_bin);
-    c.args([
-        "-V",
-        "5",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &broker.port.to_string(),
-        "-t",
-        "site-a/factory/down",
-        "-q",
-        "1",
-        "-l",
-    ]);
-    let mut child =
-        c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
-    assert!(finish(child, LONG).status.success());
+    mqtt_pub_lines(&pub_bin, &broker, "site-a/factory/down", &lines);
     wait_until("100 messages in NoMQ from MQTT", LONG, || {
         got.lock().unwrap().iter().filter(|b| b.starts_with("down")).count() >= 100
     });
@@ -814,24 +821,7 @@ fn two_bridges_deliver_once_without_loops_and_survive_kill_9() {
     let dups = k.values().filter(|c| **c > 1).count();
     // MQTT → NoMQ through the survivor.
     let lines: String = (0..50).map(|i| format!("after{i}\n")).collect();
-    let mut c = Command::new(&pub_bin);
-    c.args([
-        "-V",
-        "5",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &broker.port.to_string(),
-        "-t",
-        "site-a/factory/after",
-        "-q",
-        "1",
-        "-l",
-    ]);
-    let mut child =
-        c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
-    assert!(finish(child, LONG).status.success());
+    mqtt_pub_lines(&pub_bin, &broker, "site-a/factory/after", &lines);
     let after = || {
         got.lock().unwrap().iter().filter(|b| b.starts_with("after")).cloned().collect::<Vec<_>>()
     };
@@ -1118,24 +1108,14 @@ fn throughput_through_one_bridge_against_mosquitto_alone() {
             })
             .collect();
         let start = Instant::now();
-        let mut c = Command::new(&pub_bin);
-        c.args([
-            "-V",
-            "5",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            &topic,
-            "-q",
-            &qos.to_string(),
-            "-l",
-        ]);
-        let mut child =
-            c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(&lines).unwrap();
-        let _ = finish(child, Duration::from_secs(300));
+        let _ = mosquitto_pub(
+            &pub_bin,
+            &broker,
+            (&topic, qos),
+            &["-l"],
+            &lines,
+            Duration::from_secs(300),
+        );
         let end = Instant::now() + Duration::from_secs(120);
         while count(&sub, &topic) < base + total as usize && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(5));
