@@ -849,6 +849,78 @@ fn two_bridges_deliver_once_without_loops_and_survive_kill_9() {
     rt.block_on(s.shutdown());
 }
 
+/// Test 5, the take-over's hard case: one bridge of two is killed, its share of 50 QoS 1
+/// messages waits in its broker session, and the broker is down when the survivor starts
+/// taking that session over. The take-over keeps trying; once the broker is back it
+/// drains the session: every message reaches NoMQ.
+#[test]
+fn take_over_waits_for_a_broker_that_is_down() {
+    let Some((mosq, _sub_bin, pub_bin)) = tools() else { return };
+    let dir = Scratch::new("bridge-takeover");
+    let keys = dir.keys("k.json");
+    let mut broker = Broker::start(&mosq, &dir, "");
+    let [pa, pb, ps] = ports::<3>();
+    let args = ["--map", "factory/#=site-a/factory/#:in:1", "--group", "site-a", "--shared"];
+    let mut ba = bridge(
+        &dir,
+        &keys,
+        pa,
+        &[pb, ps],
+        &broker.addr(),
+        &[&args[..], &["--client-id", "bridge-a"]].concat(),
+    );
+    let bb = bridge(
+        &dir,
+        &keys,
+        pb,
+        &[pa, ps],
+        &broker.addr(),
+        &[&args[..], &["--client-id", "bridge-b"]].concat(),
+    );
+    let rt = runtime();
+    let s = rt.block_on(node(&keys, ps, &[pa, pb], None));
+    let got = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let mut sub = rt.block_on(s.subscribe("factory/#")).unwrap();
+        let got = got.clone();
+        rt.spawn(async move {
+            while let Some(m) = sub.recv().await {
+                got.lock().unwrap().push(String::from_utf8_lossy(&m.body).into_owned());
+            }
+        });
+    }
+    // Each knows the other's client id, and both are subscribed at the broker.
+    bb.wait_stderr("client_id=bridge-a");
+    ba.wait_stderr("client_id=bridge-b");
+    for b in [&ba, &bb] {
+        b.wait_stderr("connected to the broker");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill").args(["-KILL", &ba.child.id().to_string()]).status();
+    let _ = ba.child.wait();
+    let lines: String = (0..50).map(|i| format!("m{i}\n")).collect();
+    mqtt_pub_lines(&pub_bin, &broker, "site-a/factory/t", &lines);
+    // The broker saves the dead bridge's queue and goes away before the liveness timeout.
+    broker.stop();
+    bb.wait_stderr("bridge lost: taking over its broker session");
+    std::thread::sleep(Duration::from_secs(3));
+    broker.restart();
+    let arrived = || {
+        let g = got.lock().unwrap();
+        (0..50).filter(|i| g.contains(&format!("m{i}"))).count()
+    };
+    let end = Instant::now() + LONG;
+    while arrived() < 50 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(arrived(), 50, "survivor: {}", bb.stderr());
+    bb.wait_stderr("session taken over and ended");
+    let (code, stderr) = bb.interrupt();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(counter(&stderr, "takeovers"), 1, "{stderr}");
+    rt.block_on(s.shutdown());
+}
+
 /// Runs openssl with `args` in `dir`.
 fn openssl(dir: &Scratch, args: &[&str]) {
     let out = Command::new("openssl")

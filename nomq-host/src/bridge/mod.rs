@@ -526,6 +526,7 @@ async fn take_over(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     // Quiet: UNSUBSCRIBE sent; left: its UNSUBACK came, so nothing more is routed here.
     let (mut leaving, mut left, mut disconnecting) = (false, false, false);
+    let mut connected = false;
     let filters: Vec<String> = cfg
         .mappings
         .iter()
@@ -537,6 +538,9 @@ async fn take_over(
             _ = stop.changed() => return Ok(carried),
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ca))) => {
+                    connected = true;
+                    // Quiet is counted from here: what the session holds comes first.
+                    last = tokio::time::Instant::now();
                     if !ca.session_present {
                         // Expired, or ended by its owner: nothing waits there.
                         left = true;
@@ -551,6 +555,14 @@ async fn take_over(
                 Ok(Event::Incoming(Packet::UnsubAck(_))) => left = true,
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(carried),
                 Ok(_) => {}
+                // Not connected yet (the broker is down, say): try again, within the limit.
+                Err(e) if !connected && started.elapsed() < TAKEOVER_LIMIT => {
+                    tracing::debug!(error = %e, "cannot connect as the lost bridge yet");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return Ok(carried),
+                    }
+                }
                 // Taken back (the bridge is alive after all), or the broker went away:
                 // what was not acknowledged stays in the session, for its owner.
                 Err(e) => return Err(format!("{e} ({carried} messages carried)")),
@@ -558,7 +570,7 @@ async fn take_over(
             _ = tick.tick() => {
                 tasks.retain(|t| !t.is_finished());
                 let quiet = tasks.is_empty() && last.elapsed() >= TAKEOVER_QUIET;
-                if !leaving && (quiet || started.elapsed() >= TAKEOVER_LIMIT) {
+                if connected && !leaving && (quiet || started.elapsed() >= TAKEOVER_LIMIT) {
                     leaving = true;
                     for f in &filters {
                         let _ = client.try_unsubscribe(f.clone());
@@ -700,7 +712,7 @@ pub async fn run(
     let mut peers_tick = tokio::time::interval(Duration::from_millis(500));
     // No outbound mapping: nothing ever comes from NoMQ.
     let mut up_open = !patterns.is_empty();
-    let result = loop {
+    let result = 'run: loop {
         let room = b.fifo.len() + b.inflight.len() < b.cfg.spec.max_in_flight;
         tokio::select! {
             _ = stop.changed() => break Ok(()),
@@ -724,9 +736,16 @@ pub async fn run(
                     b.connected = false;
                     let d = backoff.delay();
                     tracing::warn!(error = %e, retry_in = ?d, "broker connection lost or refused; NoMQ → MQTT holds back until it is back");
-                    tokio::select! {
-                        () = tokio::time::sleep(d) => {}
-                        _ = stop.changed() => break Ok(()),
+                    // Meanwhile the other bridges are still watched: one lost while the
+                    // broker is away is taken over when it is back.
+                    let until = tokio::time::Instant::now() + d;
+                    loop {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(until) => break,
+                            _ = stop.changed() => break 'run Ok(()),
+                            _ = peers_tick.tick() => b.refresh_bridges().await,
+                            Some(m) = ann_rx.recv() => b.on_announcement(m),
+                        }
                     }
                 }
             },
