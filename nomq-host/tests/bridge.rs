@@ -191,7 +191,11 @@ impl Lines {
         }
     }
     fn wait_stderr(&self, needle: &str) {
-        wait_until(&format!("'{needle}' in stderr"), LONG, || self.stderr().contains(needle));
+        let end = Instant::now() + LONG;
+        while !self.stderr().contains(needle) {
+            assert!(Instant::now() < end, "no '{needle}' in stderr: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     /// SIGINT (by PID), then the exit code.
     fn interrupt(mut self) -> (Option<i32>, String) {
@@ -738,16 +742,7 @@ fn two_bridges_deliver_once_without_loops_and_survive_kill_9() {
     engine.max_attempts = 12;
     let n = rt.block_on(node(&keys, pn, &[pa, pb, ps], Some(engine)));
     let s = rt.block_on(node(&keys, ps, &[pa, pb, pn], None));
-    let got = Arc::new(Mutex::new(Vec::<String>::new()));
-    {
-        let mut sub = rt.block_on(s.subscribe("factory/#")).unwrap();
-        let got = got.clone();
-        rt.spawn(async move {
-            while let Some(m) = sub.recv().await {
-                got.lock().unwrap().push(String::from_utf8_lossy(&m.body).into_owned());
-            }
-        });
-    }
+    let got = collect(&rt, &s, "factory/#");
     // Each bridge knows the other (and so which one carries NoMQ → MQTT).
     ba.wait_stderr("other bridges of this network bridges={SessionId");
     bb.wait_stderr("other bridges of this network bridges={SessionId");
@@ -879,17 +874,12 @@ fn take_over_waits_for_a_broker_that_is_down() {
     );
     let rt = runtime();
     let s = rt.block_on(node(&keys, ps, &[pa, pb], None));
-    let got = Arc::new(Mutex::new(Vec::<String>::new()));
-    {
-        let mut sub = rt.block_on(s.subscribe("factory/#")).unwrap();
-        let got = got.clone();
-        rt.spawn(async move {
-            while let Some(m) = sub.recv().await {
-                got.lock().unwrap().push(String::from_utf8_lossy(&m.body).into_owned());
-            }
-        });
+    let got = collect(&rt, &s, "factory/#");
+    // Each knows the other as a bridge (a session is taken over only once it was seen
+    // live) and its client id, and both are subscribed at the broker.
+    for b in [&ba, &bb] {
+        b.wait_stderr("other bridges of this network bridges={SessionId");
     }
-    // Each knows the other's client id, and both are subscribed at the broker.
     bb.wait_stderr("client_id=bridge-a");
     ba.wait_stderr("client_id=bridge-b");
     for b in [&ba, &bb] {
@@ -919,6 +909,19 @@ fn take_over_waits_for_a_broker_that_is_down() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(counter(&stderr, "takeovers"), 1, "{stderr}");
     rt.block_on(s.shutdown());
+}
+
+/// Subscribes `node` to `pattern` and collects the bodies that arrive, as text.
+fn collect(rt: &tokio::runtime::Runtime, node: &Handle, pattern: &str) -> Arc<Mutex<Vec<String>>> {
+    let got = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut sub = rt.block_on(node.subscribe(pattern)).unwrap();
+    let g = got.clone();
+    rt.spawn(async move {
+        while let Some(m) = sub.recv().await {
+            g.lock().unwrap().push(String::from_utf8_lossy(&m.body).into_owned());
+        }
+    });
+    got
 }
 
 /// Runs openssl with `args` in `dir`.
