@@ -53,9 +53,9 @@ use crate::time::Instant;
 use crate::wire::{self, HEADER_LEN, PacketType, SessionId};
 use announce::{Announce, Control};
 use deferred::{DeferredAcks, OwedAck};
-use heapless::{Deque, Vec};
+use heapless::Deque;
 use limits::Lockouts;
-use outbox::Entry;
+use outbox::Outbox;
 use peers::Peers;
 use qos2_rx::Qos2Receiver;
 use retained::RetainedStore;
@@ -121,7 +121,7 @@ pub struct Node<
     next_handle: u32,
     peers: Peers<P, S>,
     announce: Announce<S>,
-    outbox: Vec<Entry<P, M>, O>,
+    outbox: Outbox<P, M, O>,
     /// Sequence number the next QoS 2 message gets (flow-control window).
     qos2_next_seq: u32,
     retained: RetainedStore<R, M>,
@@ -193,7 +193,7 @@ where
             next_handle: 1,
             peers: Peers::default(),
             announce: Announce::new(now),
-            outbox: Vec::new(),
+            outbox: Outbox::new(config.max_attempts),
             qos2_next_seq: 0,
             retained: RetainedStore::default(),
             qos2: Qos2Receiver::default(),
@@ -506,14 +506,10 @@ where
     /// Emits outcomes of entries that are done, as far as the event queue has room; the
     /// rest follow as [`Node::poll_event`] drains it.
     fn finish_ready(&mut self, now: Instant) {
-        let max_attempts = self.config.max_attempts;
         self.outcomes_waiting = None;
-        let mut i = 0;
-        while i < self.outbox.len() {
-            let Some(status) = self.outbox[i].status(now, max_attempts) else {
-                i += 1;
-                continue;
-            };
+        let mut from = 0;
+        while let Some((i, status)) = self.outbox.finished(now, from) {
+            from = i;
             if self.events.is_full() {
                 self.outcomes_waiting = Some(now);
                 return;
@@ -529,7 +525,7 @@ where
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.peers.iter().map(|p| p.last_seen + p.liveness);
-        let outbox = self.outbox.iter().map(|e| e.next_at.min(e.body.expires));
+        let outbox = self.outbox.wakes();
         let lockout = self.lockouts.next_deadline(&self.config.lockout);
         let all = peers
             .chain(outbox)

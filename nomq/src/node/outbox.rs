@@ -202,23 +202,235 @@ impl<const P: usize, const M: usize> Entry<P, M> {
     }
 }
 
-/// The entry to send next: the highest priority ready one, oldest first among equals.
-pub(super) fn pick<const P: usize, const M: usize>(
-    outbox: &[Entry<P, M>],
-    now: Instant,
-    qos2_open: bool,
+/// What [`Outbox::pick`], [`Outbox::finished`], [`Node::poll_timeout`](super::Node) and
+/// the acknowledgement lookup read of an entry, kept beside it in a small array: an entry
+/// is over a kilobyte on a host (its stored message), so scanning the entries themselves
+/// for every packet sent touches two cache lines per entry; scanning these touches one
+/// per entry and a half. Always [`Hot::of`] the entry: [`EntryMut`] recomputes it after
+/// every change, and debug builds check it against the entry at every use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hot {
+    handle: PublishHandle,
+    priority: u8,
+    /// Not yet sent, QoS 2, not in a round: waits for the QoS 2 window.
+    needs_window: bool,
+    /// A QoS 2 message already sent (`msg` is its id): it holds the window.
+    qos2_started: bool,
+    /// `msg` is set.
+    has_msg: bool,
+    msg: MessageId,
+    /// Sends something at or after this (while `now < expires`): [`Entry::ready`].
+    due: Instant,
+    expires: Instant,
+    /// Has an outcome at or after this: [`Entry::status`].
+    finish_at: Instant,
+    /// `next_at.min(expires)`, for the node's timer.
+    wake: Instant,
+}
+
+/// Later than any instant a node reaches.
+const NEVER: Instant = Instant::from_micros(u64::MAX);
+
+impl Hot {
+    fn of<const P: usize, const M: usize>(e: &Entry<P, M>, max_attempts: u8) -> Self {
+        let (first, qos) = (e.msg.is_none(), e.qos());
+        let retry = !first
+            && qos != Qos::AtMostOnce
+            && e.attempts < max_attempts
+            && (e.pending() || e.targets.is_empty());
+        let due = if first || e.in_round {
+            Instant::ZERO
+        } else if retry {
+            e.next_at
+        } else {
+            NEVER
+        };
+        let finish_at = if first {
+            e.body.expires
+        } else if qos == Qos::AtMostOnce || (!e.in_round && !e.targets.is_empty() && !e.pending()) {
+            Instant::ZERO
+        } else if !e.in_round && e.attempts >= max_attempts {
+            e.next_at.min(e.body.expires)
+        } else {
+            e.body.expires
+        };
+        Self {
+            handle: e.handle,
+            priority: e.priority,
+            needs_window: first && qos == Qos::ExactlyOnce && !e.in_round,
+            qos2_started: !first && qos == Qos::ExactlyOnce,
+            has_msg: !first,
+            msg: e.msg.unwrap_or_default(),
+            due,
+            expires: e.body.expires,
+            finish_at,
+            wake: e.next_at.min(e.body.expires),
+        }
+    }
+
+    /// [`Entry::ready`].
+    fn ready(&self, now: Instant, qos2_open: bool) -> bool {
+        now >= self.due && now < self.expires && (qos2_open || !self.needs_window)
+    }
+}
+
+/// The outbox: entries in no particular order (their handles order them), each with its
+/// [`Hot`] summary at the same index. Entries change only through [`EntryMut`], which
+/// keeps the two in step.
+#[derive(Debug)]
+pub(super) struct Outbox<const P: usize, const M: usize, const O: usize> {
+    entries: Vec<Entry<P, M>, O>,
+    hot: Vec<Hot, O>,
     max_attempts: u8,
-) -> Option<usize> {
-    outbox
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.ready(now, qos2_open, max_attempts))
-        .max_by(|(_, a), (_, b)| {
-            // Oldest first among equals; handles increase (wrapping) in publish order.
-            let older = b.handle.0.wrapping_sub(a.handle.0).cast_signed().cmp(&0);
-            a.priority.cmp(&b.priority).then(older)
+}
+
+/// Mutable access to one entry; its summary is recomputed when this is dropped.
+pub(super) struct EntryMut<'a, const P: usize, const M: usize> {
+    entry: &'a mut Entry<P, M>,
+    hot: &'a mut Hot,
+    max_attempts: u8,
+}
+
+impl<const P: usize, const M: usize> core::ops::Deref for EntryMut<'_, P, M> {
+    type Target = Entry<P, M>;
+    fn deref(&self) -> &Entry<P, M> {
+        self.entry
+    }
+}
+
+impl<const P: usize, const M: usize> core::ops::DerefMut for EntryMut<'_, P, M> {
+    fn deref_mut(&mut self) -> &mut Entry<P, M> {
+        self.entry
+    }
+}
+
+impl<const P: usize, const M: usize> Drop for EntryMut<'_, P, M> {
+    fn drop(&mut self) {
+        *self.hot = Hot::of(self.entry, self.max_attempts);
+    }
+}
+
+impl<const P: usize, const M: usize, const O: usize> core::ops::Index<usize> for Outbox<P, M, O> {
+    type Output = Entry<P, M>;
+    fn index(&self, i: usize) -> &Entry<P, M> {
+        &self.entries[i]
+    }
+}
+
+impl<const P: usize, const M: usize, const O: usize> Outbox<P, M, O> {
+    /// An empty outbox whose entries give up after `max_attempts` rounds.
+    pub(super) fn new(max_attempts: u8) -> Self {
+        Self { entries: Vec::new(), hot: Vec::new(), max_attempts }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.entries.is_full()
+    }
+
+    /// Adds `e`; gives it back if the outbox is full.
+    pub(super) fn push(&mut self, e: Entry<P, M>) -> Result<(), Entry<P, M>> {
+        let hot = Hot::of(&e, self.max_attempts);
+        self.entries.push(e)?;
+        // Same capacity, same length: cannot fail.
+        let _ = self.hot.push(hot);
+        Ok(())
+    }
+
+    /// Removes entry `i`, moving the last one into its place.
+    pub(super) fn swap_remove(&mut self, i: usize) -> Entry<P, M> {
+        self.hot.swap_remove(i);
+        self.entries.swap_remove(i)
+    }
+
+    pub(super) fn iter(&self) -> core::slice::Iter<'_, Entry<P, M>> {
+        self.entries.iter()
+    }
+
+    /// Entry `i`, to change. Panics if there is none (as indexing does).
+    pub(super) fn at(&mut self, i: usize) -> EntryMut<'_, P, M> {
+        let max_attempts = self.max_attempts;
+        EntryMut { entry: &mut self.entries[i], hot: &mut self.hot[i], max_attempts }
+    }
+
+    pub(super) fn get_mut(&mut self, i: usize) -> Option<EntryMut<'_, P, M>> {
+        (i < self.len()).then(|| self.at(i))
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = EntryMut<'_, P, M>> {
+        let max_attempts = self.max_attempts;
+        (self.entries.iter_mut().zip(self.hot.iter_mut())).map(move |(entry, hot)| EntryMut {
+            entry,
+            hot,
+            max_attempts,
         })
-        .map(|(i, _)| i)
+    }
+
+    /// In debug builds (every test), that each summary is its entry's.
+    fn check(&self) {
+        #[cfg(debug_assertions)]
+        for (e, h) in self.entries.iter().zip(&self.hot) {
+            debug_assert_eq!(*h, Hot::of(e, self.max_attempts), "stale outbox summary");
+        }
+    }
+
+    /// The entry to send next: the highest priority ready one ([`Entry::ready`]), oldest
+    /// first among equals.
+    pub(super) fn pick(&self, now: Instant, qos2_open: bool) -> Option<usize> {
+        self.check();
+        let pick = (self.hot.iter().enumerate())
+            .filter(|(_, h)| h.ready(now, qos2_open))
+            .max_by(|(_, a), (_, b)| {
+                // Oldest first among equals; handles increase (wrapping) in publish order.
+                let older = b.handle.0.wrapping_sub(a.handle.0).cast_signed().cmp(&0);
+                a.priority.cmp(&b.priority).then(older)
+            })
+            .map(|(i, _)| i);
+        debug_assert!(pick.is_none_or(|i| self.entries[i].ready(
+            now,
+            qos2_open,
+            self.max_attempts
+        )));
+        pick
+    }
+
+    /// The first entry, from index `from` on, that has an outcome at `now`
+    /// ([`Entry::status`]), and that outcome.
+    pub(super) fn finished(&self, now: Instant, from: usize) -> Option<(usize, Status)> {
+        self.check();
+        let i = (self.hot.iter().enumerate().skip(from)).find(|(_, h)| now >= h.finish_at)?.0;
+        let status = self.entries[i].status(now, self.max_attempts);
+        debug_assert!(status.is_some());
+        status.map(|s| (i, s))
+    }
+
+    /// When each entry next wants the timer: its next transmission or its expiry.
+    pub(super) fn wakes(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.hot.iter().map(|h| h.wake)
+    }
+
+    /// The entries whose message ids `hit` accepts, with those ids.
+    pub(super) fn with_ids<'a>(
+        &'a self,
+        mut hit: impl FnMut(MessageId) -> bool + 'a,
+    ) -> impl Iterator<Item = (MessageId, usize)> + 'a {
+        (self.hot.iter().enumerate())
+            .filter(move |(_, h)| h.has_msg && hit(h.msg))
+            .map(|(i, h)| (h.msg, i))
+    }
+
+    /// Sequence numbers of the QoS 2 messages in flight (the window).
+    pub(super) fn qos2_seqs(&self) -> impl Iterator<Item = u32> + '_ {
+        (self.hot.iter().zip(&self.entries)).filter(|(h, _)| h.qos2_started).map(|(_, e)| e.seq)
+    }
+
+    /// Ids of the QoS 2 messages in flight.
+    pub(super) fn qos2_ids(&self) -> impl Iterator<Item = MessageId> + '_ {
+        self.hot.iter().filter(|h| h.qos2_started).map(|h| h.msg)
+    }
 }
 
 #[cfg(test)]
@@ -256,18 +468,50 @@ mod tests {
 
     #[test]
     fn pick_prefers_priority_then_age_and_holds_qos2_when_the_window_is_shut() {
-        let mut o: Vec<Entry<4, 32>, 4> = Vec::new();
+        let mut o: Outbox<4, 32, 4> = Outbox::new(8);
         o.push(entry(u32::MAX, 1, Qos::AtMostOnce)).unwrap();
         o.push(entry(0, 1, Qos::AtMostOnce)).unwrap();
         o.push(entry(2, 0, Qos::ExactlyOnce)).unwrap();
         // Handle u32::MAX was issued before 0 (wrapping): it is older.
-        assert_eq!(pick(&o, Instant::ZERO, true, 8), Some(0));
-        o[0].priority = 0;
-        assert_eq!(pick(&o, Instant::ZERO, true, 8), Some(1));
+        assert_eq!(o.pick(Instant::ZERO, true), Some(0));
+        o.at(0).priority = 0;
+        assert_eq!(o.pick(Instant::ZERO, true), Some(1));
         o.swap_remove(1);
         o.swap_remove(0);
-        assert_eq!(pick(&o, Instant::ZERO, false, 8), None);
-        assert_eq!(pick(&o, Instant::from_micros(1000), true, 8), None, "expired");
+        assert_eq!(o.pick(Instant::ZERO, false), None);
+        assert_eq!(o.pick(Instant::from_micros(1000), true), None, "expired");
+        assert_eq!(o.finished(Instant::ZERO, 0), None);
+        assert_eq!(o.finished(Instant::from_micros(1000), 0), Some((0, Status::Expired)));
+    }
+
+    /// The summary an entry is picked, finished and timed by follows every change made
+    /// through `at`/`iter_mut`, and says what the entry itself says.
+    #[test]
+    fn summaries_follow_their_entries() {
+        let mut o: Outbox<4, 32, 4> = Outbox::new(2);
+        o.push(entry(1, 3, Qos::AtLeastOnce)).unwrap();
+        let t = |s| TargetPeer { session: SessionId(s), state: TState::AwaitAck };
+        let at = Instant::from_micros;
+        {
+            let mut e = o.at(0);
+            e.msg = Some(MessageId::default());
+            e.targets.push(t(7)).unwrap();
+            e.next_at = at(500);
+        }
+        assert_eq!(o.pick(at(499), true), None, "not due");
+        assert_eq!(o.pick(at(500), true), Some(0));
+        assert_eq!(o.wakes().collect::<std::vec::Vec<_>>(), [at(500)]);
+        assert_eq!(o.with_ids(|_| true).count(), 1);
+        for mut e in o.iter_mut() {
+            e.targets[0].state = TState::Done;
+        }
+        assert_eq!(o.pick(at(500), true), None, "acknowledged");
+        assert_eq!(o.finished(at(0), 0), Some((0, Status::Acknowledged)));
+        o.at(0).targets[0].state = TState::AwaitAck;
+        o.at(0).attempts = 2;
+        assert_eq!(o.pick(at(600), true), None, "attempts used up");
+        assert_eq!(o.finished(at(499), 0), None);
+        assert_eq!(o.finished(at(500), 0), Some((0, Status::Unacknowledged)));
     }
 
     #[test]

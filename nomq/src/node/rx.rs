@@ -275,7 +275,7 @@ where
         // The challenger does not know us: tell it our subscriptions now, and give it what
         // it missed without waiting for the next round.
         self.announce.heartbeat_early(now);
-        for e in self.outbox.iter_mut() {
+        for mut e in self.outbox.iter_mut() {
             if e.targets.iter().any(|t| t.session == s && t.state.pending()) {
                 e.next_at = e.next_at.min(now);
             }
@@ -292,7 +292,7 @@ where
         if old == new || self.peers.find(old).is_none() {
             return;
         }
-        for e in self.outbox.iter_mut() {
+        for mut e in self.outbox.iter_mut() {
             let has_new = e.targets.iter().any(|t| t.session == new);
             if has_new {
                 e.targets.retain(|t| t.session != old);
@@ -326,9 +326,11 @@ where
     /// A peer left the table: its pending acknowledgements will never come. Reported
     /// as [`Event::PeerLost`].
     pub(super) fn peer_left(&mut self, gone: Departure) {
-        for t in self.outbox.iter_mut().flat_map(|e| e.targets.iter_mut()) {
-            if t.session == gone.session && t.state != TState::Done {
-                t.state = TState::Lost;
+        for mut e in self.outbox.iter_mut() {
+            for t in e.targets.iter_mut() {
+                if t.session == gone.session && t.state != TState::Done {
+                    t.state = TState::Lost;
+                }
             }
         }
         let Departure { session, addr, reason } = gone;
@@ -470,9 +472,7 @@ where
         };
         // The entries the run acknowledges, found in one pass over the outbox (the work
         // is bounded by the outbox, not by a run's length).
-        let hits: Vec<(MessageId, usize), O> = (self.outbox.iter().enumerate())
-            .filter_map(|(i, e)| e.msg.filter(|m| a.contains(*m)).map(|m| (m, i)))
-            .collect();
+        let hits: Vec<(MessageId, usize), O> = self.outbox.with_ids(|m| a.contains(m)).collect();
         for msg in a.ids() {
             let at = hits.iter().find(|(m, _)| *m == msg).map(|&(_, i)| i);
             self.on_ack_of(o, msg, at);
@@ -482,7 +482,7 @@ where
     /// The acknowledgement of `msg`, which is outbox entry `at` if any.
     fn on_ack_of(&mut self, o: &Opened<'_>, msg: MessageId, at: Option<usize>) {
         let (h, scope, session, addr) = (o.header, o.scope, o.sender.session, o.sender.addr);
-        let Some(e) = at.and_then(|i| self.outbox.get_mut(i)) else {
+        let Some(mut e) = at.and_then(|i| self.outbox.get_mut(i)) else {
             if h.packet_type == PacketType::PubRec {
                 // We finished (or gave up) but the receiver still holds state: release it.
                 self.queue_ack(PacketType::PubRel, msg, addr, o);
@@ -514,16 +514,25 @@ where
             self.stats.drop(DropReason::StrayAck);
             return;
         };
-        match (h.packet_type, t.state) {
-            (PacketType::PubAck, TState::AwaitAck) => t.state = TState::Done,
+        let release = match (h.packet_type, t.state) {
+            (PacketType::PubAck, TState::AwaitAck) => {
+                t.state = TState::Done;
+                false
+            }
             (PacketType::PubRec, TState::AwaitRec | TState::AwaitComp | TState::Lost) => {
                 t.state = TState::AwaitComp;
-                self.queue_ack(PacketType::PubRel, msg, addr, o);
+                true
             }
             (PacketType::PubComp, TState::AwaitComp | TState::AwaitRec | TState::Lost) => {
                 t.state = TState::Done;
+                false
             }
-            _ => {}
+            _ => false,
+        };
+        // The entry's summary follows its new state before anything else runs.
+        drop(e);
+        if release {
+            self.queue_ack(PacketType::PubRel, msg, addr, o);
         }
     }
 

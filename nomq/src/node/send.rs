@@ -3,7 +3,7 @@
 
 use super::Node;
 use super::announce::Control;
-use super::outbox::{Entry, Stored, TState, TargetPeer, pick};
+use super::outbox::{Entry, Stored, TState, TargetPeer};
 use super::peers::Sender;
 use super::retransmit::Action;
 use super::tx::Spec;
@@ -126,11 +126,12 @@ where
     /// acknowledgement counts in the original publish's outcome. Returns whether it did.
     fn join_original(&mut self, now: Instant, i: usize, session: SessionId) -> bool {
         let r = self.retained.get(i);
-        let Some(e) = self.outbox.iter_mut().find(|e| {
+        let Some(i) = self.outbox.iter().position(|e| {
             !e.preset && e.retain && e.body.channel_id == r.channel_id && e.body.data == r.data
         }) else {
             return false;
         };
+        let mut e = self.outbox.at(i);
         if e.msg.is_some() && !e.targets.iter().any(|t| t.session == session) {
             let state = TState::initial(e.qos());
             if e.targets.push(TargetPeer { session, state }).is_err() {
@@ -149,7 +150,7 @@ where
     /// them it was known, and its subscription is newer than the message.
     pub(super) fn join_in_flight(&mut self, now: Instant, pattern: Pattern<'_>, to: Sender) {
         let joined = self.peers.get(to.id).joined;
-        for e in self.outbox.iter_mut() {
+        for mut e in self.outbox.iter_mut() {
             let late = e.msg.is_some() && e.first_sent < joined;
             let reaches = match e.dest {
                 Destination::Peer(a) => a == to.addr,
@@ -282,12 +283,7 @@ where
     /// since the oldest one still in flight. Receivers keep state for exactly those, so
     /// this bounds their QoS 2 state per publisher.
     fn qos2_window_open(&self) -> bool {
-        let oldest = self
-            .outbox
-            .iter()
-            .filter(|e| e.qos() == Qos::ExactlyOnce && e.msg.is_some())
-            .map(|e| e.seq)
-            .min();
+        let oldest = self.outbox.qos2_seqs().min();
         oldest
             .is_none_or(|o| self.qos2_next_seq.wrapping_sub(o) < u32::from(self.config.qos2_window))
     }
@@ -302,7 +298,7 @@ where
     ) -> Step {
         loop {
             let open = self.qos2_window_open();
-            let Some(i) = pick(&self.outbox, now, open, self.config.max_attempts) else {
+            let Some(i) = self.outbox.pick(now, open) else {
                 return Step::Nothing;
             };
             match self.transmit_entry(now, i, buf, want) {
@@ -314,10 +310,8 @@ where
 
     /// Lowest id of this session's QoS 2 messages still in flight (see [`body::Publish`]).
     fn qos2_low_water(&self, session: SessionId, this: PacketId) -> PacketId {
-        let low = self
-            .outbox
-            .iter()
-            .filter_map(|e| e.msg.filter(|m| e.qos() == Qos::ExactlyOnce && m.session == session))
+        let low = (self.outbox.qos2_ids())
+            .filter(|m| m.session == session)
             .map(|m| m.packet_id.0)
             .min()
             .unwrap_or(this.0);
@@ -341,7 +335,7 @@ where
         let header = self.tx.header(now, &spec);
         // On first transmission this packet's id becomes the message id.
         let own = MessageId { session: header.session_id, packet_id: header.packet_id };
-        let msg = *self.outbox[i].msg.get_or_insert(own);
+        let msg = *self.outbox.at(i).msg.get_or_insert(own);
         let low_water = self.qos2_low_water(header.session_id, msg.packet_id);
         let stored = &self.outbox[i].body;
         let write = |b: &mut [u8]| {
@@ -402,7 +396,7 @@ where
                     Action::Target(session, state) => {
                         let Some(addr) = self.peers.addr_of(session) else {
                             // Skipped whether or not a datagram is being filled.
-                            self.outbox[i].next_action();
+                            self.outbox.at(i).next_action();
                             continue;
                         };
                         let len = match state {
@@ -418,7 +412,8 @@ where
                     return Step::Held;
                 }
             }
-            let sent = match self.outbox[i].next_action() {
+            let action = self.outbox.at(i).next_action();
+            let sent = match action {
                 Action::First => self.transmit_first(now, i, buf, dest),
                 Action::Fanout => {
                     let t = self.send_publish(now, i, buf, true, dest);
@@ -426,7 +421,7 @@ where
                     t
                 }
                 Action::GiveUp => {
-                    self.outbox[i].body.expires = now;
+                    self.outbox.at(i).body.expires = now;
                     None
                 }
                 Action::RoundEnd => {
@@ -470,7 +465,7 @@ where
     /// Next transmission of entry `i` after the backoff of its attempts so far.
     fn schedule(&mut self, now: Instant, i: usize) {
         let d = self.backoff(self.outbox[i].attempts);
-        self.outbox[i].next_at = now + d;
+        self.outbox.at(i).next_at = now + d;
     }
 
     fn transmit_first(
@@ -482,7 +477,7 @@ where
     ) -> Option<Transmit> {
         let t = self.send_publish(now, i, buf, false, dest);
         self.schedule(now, i);
-        let e = &mut self.outbox[i];
+        let mut e = self.outbox.at(i);
         e.first_sent = now;
         if e.qos() == Qos::ExactlyOnce && t.is_some() {
             e.seq = self.qos2_next_seq;
@@ -518,6 +513,6 @@ where
                 let _ = targets.push(TargetPeer { session: p.session, state });
             }
         }
-        self.outbox[i].targets = targets;
+        self.outbox.at(i).targets = targets;
     }
 }
