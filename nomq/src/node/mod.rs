@@ -509,15 +509,12 @@ where
         self.outcomes_waiting = None;
         let mut from = 0;
         while let Some((i, status)) = self.outbox.finished(now, from) {
-            from = i;
+            from = i + 1;
             if self.events.is_full() {
                 self.outcomes_waiting = Some(now);
                 return;
             }
-            // Order among entries lives in their handles, so a swap keeps FIFO intact and
-            // avoids shifting every entry behind this one.
-            let e = self.outbox.swap_remove(i);
-            let _ = self.events.push_back(Event::Outcome(e.into_outcome(status)));
+            let _ = self.events.push_back(Event::Outcome(self.outbox.remove(i, status)));
         }
     }
 

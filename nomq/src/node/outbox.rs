@@ -8,6 +8,7 @@ use crate::channel::{ChannelId, ChannelName};
 use crate::keys::ScopeIndex;
 use crate::time::Instant;
 use crate::wire::{Qos, SessionId};
+use core::cell::Cell;
 use heapless::Vec;
 
 /// A message as stored: its name and body, and what sending it needs. Outbox entries
@@ -25,18 +26,60 @@ pub(super) struct Stored<const M: usize> {
 
 impl<const M: usize> Stored<M> {
     /// `name` then `body`, which must fit in `M` bytes together (else `None`).
+    #[cfg(test)]
     pub(super) fn new(
+        name: ChannelName<'_>,
+        body: &[u8],
+        ids: (ChannelId, ScopeIndex),
+        qos: Qos,
+        expires: Instant,
+    ) -> Option<Self> {
+        let mut s = Self::empty();
+        s.set(name, body, ids, qos, expires)?;
+        Some(s)
+    }
+
+    /// Nothing stored (a vacant outbox slot).
+    fn empty() -> Self {
+        let (channel_id, scope) = (ChannelId::default(), ScopeIndex::NETWORK);
+        Self {
+            name_len: 0,
+            data: Vec::new(),
+            channel_id,
+            scope,
+            qos: Qos::AtMostOnce,
+            expires: Instant::ZERO,
+        }
+    }
+
+    /// [`Stored::new`] in place (a message is a kilobyte on a host: it is written where
+    /// it stays, not moved there). `None`, with the old contents gone, if it does not fit.
+    pub(super) fn set(
+        &mut self,
         name: ChannelName<'_>,
         body: &[u8],
         (channel_id, scope): (ChannelId, ScopeIndex),
         qos: Qos,
         expires: Instant,
-    ) -> Option<Self> {
-        let mut data = Vec::new();
-        data.extend_from_slice(name.as_str().as_bytes()).ok()?;
-        data.extend_from_slice(body).ok()?;
+    ) -> Option<()> {
+        self.data.clear();
+        self.name_len = 0;
         let name_len = u8::try_from(name.as_str().len()).ok()?;
-        Some(Self { name_len, data, channel_id, scope, qos, expires })
+        self.data.extend_from_slice(name.as_str().as_bytes()).ok()?;
+        self.data.extend_from_slice(body).ok()?;
+        (self.name_len, self.channel_id, self.scope, self.qos) = (name_len, channel_id, scope, qos);
+        self.expires = expires;
+        Some(())
+    }
+
+    /// A copy of `other`, in place.
+    pub(super) fn copy_from(&mut self, other: &Self) {
+        self.data.clear();
+        // Same capacity: fits.
+        let _ = self.data.extend_from_slice(&other.data);
+        (self.name_len, self.channel_id, self.scope) =
+            (other.name_len, other.channel_id, other.scope);
+        (self.qos, self.expires) = (other.qos, other.expires);
     }
 
     pub(super) fn name(&self) -> Option<ChannelName<'_>> {
@@ -101,36 +144,61 @@ pub(super) struct Entry<const P: usize, const M: usize> {
 }
 
 impl<const P: usize, const M: usize> Entry<P, M> {
-    /// A new entry, due at `now`. `preset` fixes its only target (a retained reply to
-    /// one new subscriber) instead of collecting the channel's subscribers.
+    /// A new entry, due at `now` (see [`Entry::reset`]).
+    #[cfg(test)]
     pub(super) fn new(
         handle: PublishHandle,
         body: Stored<M>,
-        (retain, priority, dest): (bool, u8, Destination),
+        how: (bool, u8, Destination),
         now: Instant,
         preset: Option<SessionId>,
     ) -> Self {
-        let mut targets = Vec::new();
-        if let Some(session) = preset.filter(|_| body.qos != Qos::AtMostOnce) {
-            let _ = targets.push(TargetPeer { session, state: TState::initial(body.qos) });
-        }
+        let mut e = Self::vacant();
+        e.body = body;
+        e.reset(handle, how, now, preset);
+        e
+    }
+
+    /// An outbox slot with nothing in it.
+    fn vacant() -> Self {
         Self {
-            handle,
+            handle: PublishHandle(0),
             msg: None,
-            body,
-            retain,
-            priority,
-            dest,
-            next_at: now,
+            body: Stored::empty(),
+            retain: false,
+            priority: 0,
+            dest: Destination::All,
+            next_at: Instant::ZERO,
             attempts: 0,
             cursor: 0,
             in_round: false,
-            targets,
+            targets: Vec::new(),
             seq: 0,
-            preset: preset.is_some(),
-            preset_to: preset,
-            first_sent: now,
+            preset: false,
+            preset_to: None,
+            first_sent: Instant::ZERO,
         }
+    }
+
+    /// Makes this slot, whose body is already written, a new entry due at `now`.
+    /// `preset` fixes its only target (a retained reply to one new subscriber) instead
+    /// of collecting the channel's subscribers.
+    pub(super) fn reset(
+        &mut self,
+        handle: PublishHandle,
+        (retain, priority, dest): (bool, u8, Destination),
+        now: Instant,
+        preset: Option<SessionId>,
+    ) {
+        self.targets.clear();
+        if let Some(session) = preset.filter(|_| self.body.qos != Qos::AtMostOnce) {
+            let _ =
+                self.targets.push(TargetPeer { session, state: TState::initial(self.body.qos) });
+        }
+        (self.handle, self.msg, self.retain, self.priority, self.dest) =
+            (handle, None, retain, priority, dest);
+        (self.next_at, self.attempts, self.cursor, self.in_round, self.seq) = (now, 0, 0, false, 0);
+        (self.preset, self.preset_to, self.first_sent) = (preset.is_some(), preset, now);
     }
 
     pub(super) fn qos(&self) -> Qos {
@@ -180,7 +248,7 @@ impl<const P: usize, const M: usize> Entry<P, M> {
     }
 
     /// The final report of this entry.
-    pub(super) fn into_outcome(self, status: Status) -> Outcome<P> {
+    pub(super) fn outcome(&self, status: Status) -> Outcome<P> {
         let mut acked = Vec::new();
         let mut missing = Vec::new();
         for t in &self.targets {
@@ -206,19 +274,21 @@ impl<const P: usize, const M: usize> Entry<P, M> {
 /// the acknowledgement lookup read of an entry, kept beside it in a small array: an entry
 /// is over a kilobyte on a host (its stored message), so scanning the entries themselves
 /// for every packet sent touches two cache lines per entry; scanning these touches one
-/// per entry and a half. Always [`Hot::of`] the entry: [`EntryMut`] recomputes it after
-/// every change, and debug builds check it against the entry at every use.
+/// per entry and a half. Always [`Hot::of`] the entry ([`Hot::FREE`] for a vacant slot):
+/// [`EntryMut`] recomputes it after every change, and debug builds check every summary
+/// against its entry at each use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Hot {
-    handle: PublishHandle,
+    /// The slot holds an entry.
+    live: bool,
     priority: u8,
     /// Not yet sent, QoS 2, not in a round: waits for the QoS 2 window.
     needs_window: bool,
     /// A QoS 2 message already sent (`msg` is its id): it holds the window.
     qos2_started: bool,
-    /// `msg` is set.
-    has_msg: bool,
-    msg: MessageId,
+    handle: PublishHandle,
+    /// `msg`, if set.
+    msg: Option<MessageId>,
     /// Sends something at or after this (while `now < expires`): [`Entry::ready`].
     due: Instant,
     expires: Instant,
@@ -232,6 +302,20 @@ struct Hot {
 const NEVER: Instant = Instant::from_micros(u64::MAX);
 
 impl Hot {
+    /// A vacant slot: never ready, never finished.
+    const FREE: Hot = Hot {
+        live: false,
+        priority: 0,
+        needs_window: false,
+        qos2_started: false,
+        handle: PublishHandle(0),
+        msg: None,
+        due: NEVER,
+        expires: Instant::ZERO,
+        finish_at: NEVER,
+        wake: NEVER,
+    };
+
     fn of<const P: usize, const M: usize>(e: &Entry<P, M>, max_attempts: u8) -> Self {
         let (first, qos) = (e.msg.is_none(), e.qos());
         let retry = !first
@@ -255,12 +339,12 @@ impl Hot {
             e.body.expires
         };
         Self {
-            handle: e.handle,
+            live: true,
             priority: e.priority,
             needs_window: first && qos == Qos::ExactlyOnce && !e.in_round,
             qos2_started: !first && qos == Qos::ExactlyOnce,
-            has_msg: !first,
-            msg: e.msg.unwrap_or_default(),
+            handle: e.handle,
+            msg: e.msg,
             due,
             expires: e.body.expires,
             finish_at,
@@ -274,13 +358,19 @@ impl Hot {
     }
 }
 
-/// The outbox: entries in no particular order (their handles order them), each with its
-/// [`Hot`] summary at the same index. Entries change only through [`EntryMut`], which
-/// keeps the two in step.
+/// The outbox: a slab of `O` slots. An entry is written into a vacant slot and stays
+/// there until it leaves (nothing is moved: an entry is over a kilobyte on a host);
+/// slot order means nothing, handles order the entries. Each slot has its [`Hot`]
+/// summary at the same index. Entries change only through [`EntryMut`], which keeps
+/// the two in step.
 #[derive(Debug)]
 pub(super) struct Outbox<const P: usize, const M: usize, const O: usize> {
-    entries: Vec<Entry<P, M>, O>,
+    slots: Vec<Entry<P, M>, O>,
     hot: Vec<Hot, O>,
+    /// Slots holding an entry.
+    live: usize,
+    /// Entries whose summary says `qos2_started` (the window scans are skipped at 0).
+    qos2_started: Cell<usize>,
     max_attempts: u8,
 }
 
@@ -288,6 +378,7 @@ pub(super) struct Outbox<const P: usize, const M: usize, const O: usize> {
 pub(super) struct EntryMut<'a, const P: usize, const M: usize> {
     entry: &'a mut Entry<P, M>,
     hot: &'a mut Hot,
+    qos2_started: &'a Cell<usize>,
     max_attempts: u8,
 }
 
@@ -306,74 +397,116 @@ impl<const P: usize, const M: usize> core::ops::DerefMut for EntryMut<'_, P, M> 
 
 impl<const P: usize, const M: usize> Drop for EntryMut<'_, P, M> {
     fn drop(&mut self) {
-        *self.hot = Hot::of(self.entry, self.max_attempts);
+        let new = Hot::of(self.entry, self.max_attempts);
+        let n = self.qos2_started.get();
+        self.qos2_started
+            .set(n + usize::from(new.qos2_started) - usize::from(self.hot.qos2_started));
+        *self.hot = new;
     }
 }
 
 impl<const P: usize, const M: usize, const O: usize> core::ops::Index<usize> for Outbox<P, M, O> {
     type Output = Entry<P, M>;
     fn index(&self, i: usize) -> &Entry<P, M> {
-        &self.entries[i]
+        debug_assert!(self.hot[i].live, "vacant outbox slot");
+        &self.slots[i]
     }
 }
 
 impl<const P: usize, const M: usize, const O: usize> Outbox<P, M, O> {
     /// An empty outbox whose entries give up after `max_attempts` rounds.
     pub(super) fn new(max_attempts: u8) -> Self {
-        Self { entries: Vec::new(), hot: Vec::new(), max_attempts }
+        let qos2_started = Cell::new(0);
+        Self { slots: Vec::new(), hot: Vec::new(), live: 0, qos2_started, max_attempts }
     }
 
+    /// Entries held.
     pub(super) fn len(&self) -> usize {
-        self.entries.len()
+        self.live
     }
 
     pub(super) fn is_full(&self) -> bool {
-        self.entries.is_full()
+        self.live == O
     }
 
-    /// Adds `e`; gives it back if the outbox is full.
+    /// A vacant slot to write an entry into (its body with [`Stored::set`] or
+    /// [`Stored::copy_from`], then [`Entry::reset`]); it holds the entry once
+    /// [`Outbox::occupy`] says so. `None` if the outbox is full.
+    pub(super) fn vacant(&mut self) -> Option<(usize, &mut Entry<P, M>)> {
+        let i = match self.hot.iter().position(|h| !h.live) {
+            Some(i) => i,
+            None => {
+                // A slot is built once, the first time the outbox holds this many.
+                self.slots.push(Entry::vacant()).ok()?;
+                let _ = self.hot.push(Hot::FREE);
+                self.slots.len() - 1
+            }
+        };
+        Some((i, &mut self.slots[i]))
+    }
+
+    /// Slot `i` (from [`Outbox::vacant`]) now holds its entry.
+    pub(super) fn occupy(&mut self, i: usize) {
+        debug_assert!(!self.hot[i].live, "occupied twice");
+        self.live += 1;
+        self.hot[i] = Hot::FREE;
+        // The summary is computed, and counted, as the access ends.
+        drop(self.at(i));
+    }
+
+    /// Adds `e` (tests: the node writes entries in place). Gives it back if full.
+    #[cfg(test)]
     pub(super) fn push(&mut self, e: Entry<P, M>) -> Result<(), Entry<P, M>> {
-        let hot = Hot::of(&e, self.max_attempts);
-        self.entries.push(e)?;
-        // Same capacity, same length: cannot fail.
-        let _ = self.hot.push(hot);
+        let Some((i, slot)) = self.vacant() else { return Err(e) };
+        *slot = e;
+        self.occupy(i);
         Ok(())
     }
 
-    /// Removes entry `i`, moving the last one into its place.
-    pub(super) fn swap_remove(&mut self, i: usize) -> Entry<P, M> {
-        self.hot.swap_remove(i);
-        self.entries.swap_remove(i)
+    /// Entry `i` leaves: its final report with `status`. The slot becomes vacant.
+    pub(super) fn remove(&mut self, i: usize, status: Status) -> Outcome<P> {
+        let o = self[i].outcome(status);
+        let h = core::mem::replace(&mut self.hot[i], Hot::FREE);
+        self.qos2_started.set(self.qos2_started.get() - usize::from(h.qos2_started));
+        self.live -= 1;
+        o
     }
 
-    pub(super) fn iter(&self) -> core::slice::Iter<'_, Entry<P, M>> {
-        self.entries.iter()
+    /// The first entry for which `f` holds.
+    pub(super) fn position(&self, mut f: impl FnMut(&Entry<P, M>) -> bool) -> Option<usize> {
+        (self.slots.iter().zip(&self.hot)).position(|(e, h)| h.live && f(e))
     }
 
     /// Entry `i`, to change. Panics if there is none (as indexing does).
     pub(super) fn at(&mut self, i: usize) -> EntryMut<'_, P, M> {
-        let max_attempts = self.max_attempts;
-        EntryMut { entry: &mut self.entries[i], hot: &mut self.hot[i], max_attempts }
+        let (max_attempts, qos2_started) = (self.max_attempts, &self.qos2_started);
+        EntryMut { entry: &mut self.slots[i], hot: &mut self.hot[i], qos2_started, max_attempts }
     }
 
     pub(super) fn get_mut(&mut self, i: usize) -> Option<EntryMut<'_, P, M>> {
-        (i < self.len()).then(|| self.at(i))
+        self.hot.get(i).is_some_and(|h| h.live).then(|| self.at(i))
     }
 
+    /// Every entry, to change.
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = EntryMut<'_, P, M>> {
-        let max_attempts = self.max_attempts;
-        (self.entries.iter_mut().zip(self.hot.iter_mut())).map(move |(entry, hot)| EntryMut {
-            entry,
-            hot,
-            max_attempts,
-        })
+        let (max_attempts, qos2_started) = (self.max_attempts, &self.qos2_started);
+        (self.slots.iter_mut().zip(self.hot.iter_mut()))
+            .filter(|(_, hot)| hot.live)
+            .map(move |(entry, hot)| EntryMut { entry, hot, qos2_started, max_attempts })
     }
 
     /// In debug builds (every test), that each summary is its entry's.
     fn check(&self) {
         #[cfg(debug_assertions)]
-        for (e, h) in self.entries.iter().zip(&self.hot) {
-            debug_assert_eq!(*h, Hot::of(e, self.max_attempts), "stale outbox summary");
+        {
+            let mut q2 = 0;
+            for (e, h) in self.slots.iter().zip(&self.hot) {
+                let want = if h.live { Hot::of(e, self.max_attempts) } else { Hot::FREE };
+                debug_assert_eq!(*h, want, "stale outbox summary");
+                q2 += usize::from(h.qos2_started);
+            }
+            debug_assert_eq!(self.hot.iter().filter(|h| h.live).count(), self.live);
+            debug_assert_eq!(self.qos2_started.get(), q2);
         }
     }
 
@@ -389,27 +522,23 @@ impl<const P: usize, const M: usize, const O: usize> Outbox<P, M, O> {
                 a.priority.cmp(&b.priority).then(older)
             })
             .map(|(i, _)| i);
-        debug_assert!(pick.is_none_or(|i| self.entries[i].ready(
-            now,
-            qos2_open,
-            self.max_attempts
-        )));
+        debug_assert!(pick.is_none_or(|i| self[i].ready(now, qos2_open, self.max_attempts)));
         pick
     }
 
-    /// The first entry, from index `from` on, that has an outcome at `now`
+    /// The first entry, from slot `from` on, that has an outcome at `now`
     /// ([`Entry::status`]), and that outcome.
     pub(super) fn finished(&self, now: Instant, from: usize) -> Option<(usize, Status)> {
         self.check();
         let i = (self.hot.iter().enumerate().skip(from)).find(|(_, h)| now >= h.finish_at)?.0;
-        let status = self.entries[i].status(now, self.max_attempts);
+        let status = self[i].status(now, self.max_attempts);
         debug_assert!(status.is_some());
         status.map(|s| (i, s))
     }
 
     /// When each entry next wants the timer: its next transmission or its expiry.
     pub(super) fn wakes(&self) -> impl Iterator<Item = Instant> + '_ {
-        self.hot.iter().map(|h| h.wake)
+        self.hot.iter().filter(|h| h.live).map(|h| h.wake)
     }
 
     /// The entries whose message ids `hit` accepts, with those ids.
@@ -418,18 +547,16 @@ impl<const P: usize, const M: usize, const O: usize> Outbox<P, M, O> {
         mut hit: impl FnMut(MessageId) -> bool + 'a,
     ) -> impl Iterator<Item = (MessageId, usize)> + 'a {
         (self.hot.iter().enumerate())
-            .filter(move |(_, h)| h.has_msg && hit(h.msg))
-            .map(|(i, h)| (h.msg, i))
+            .filter_map(move |(i, h)| h.msg.filter(|m| hit(*m)).map(|m| (m, i)))
     }
 
-    /// Sequence numbers of the QoS 2 messages in flight (the window).
-    pub(super) fn qos2_seqs(&self) -> impl Iterator<Item = u32> + '_ {
-        (self.hot.iter().zip(&self.entries)).filter(|(h, _)| h.qos2_started).map(|(_, e)| e.seq)
-    }
-
-    /// Ids of the QoS 2 messages in flight.
-    pub(super) fn qos2_ids(&self) -> impl Iterator<Item = MessageId> + '_ {
-        self.hot.iter().filter(|h| h.qos2_started).map(|h| h.msg)
+    /// The QoS 2 messages in flight (the window), as (sequence number, id).
+    pub(super) fn qos2_in_flight(&self) -> impl Iterator<Item = (u32, MessageId)> + '_ {
+        let none = self.qos2_started.get() == 0;
+        (self.hot.iter().zip(&self.slots))
+            .take(if none { 0 } else { O })
+            .filter(|(h, _)| h.qos2_started)
+            .map(|(h, e)| (e.seq, h.msg.unwrap_or_default()))
     }
 }
 
@@ -476,12 +603,20 @@ mod tests {
         assert_eq!(o.pick(Instant::ZERO, true), Some(0));
         o.at(0).priority = 0;
         assert_eq!(o.pick(Instant::ZERO, true), Some(1));
-        o.swap_remove(1);
-        o.swap_remove(0);
+        o.remove(1, Status::Sent);
+        o.remove(0, Status::Sent);
+        assert_eq!(o.len(), 1);
         assert_eq!(o.pick(Instant::ZERO, false), None);
+        assert_eq!(o.pick(Instant::ZERO, true), Some(2), "entries stay in their slots");
         assert_eq!(o.pick(Instant::from_micros(1000), true), None, "expired");
         assert_eq!(o.finished(Instant::ZERO, 0), None);
-        assert_eq!(o.finished(Instant::from_micros(1000), 0), Some((0, Status::Expired)));
+        assert_eq!(o.finished(Instant::from_micros(1000), 0), Some((2, Status::Expired)));
+        // A vacant slot is reused before the slab grows.
+        o.push(entry(3, 0, Qos::AtMostOnce)).unwrap();
+        assert_eq!(o.pick(Instant::ZERO, false), Some(0));
+        o.push(entry(4, 0, Qos::AtMostOnce)).unwrap();
+        o.push(entry(5, 0, Qos::AtMostOnce)).unwrap();
+        assert!(o.is_full() && o.push(entry(6, 0, Qos::AtMostOnce)).is_err());
     }
 
     /// The summary an entry is picked, finished and timed by follows every change made
@@ -525,7 +660,7 @@ mod tests {
         assert_eq!(e.status(Instant::ZERO, 8), None);
         e.targets[1].state = TState::Lost;
         assert_eq!(e.status(Instant::ZERO, 8), Some(Status::Unacknowledged));
-        let o = e.into_outcome(Status::Unacknowledged);
+        let o = e.outcome(Status::Unacknowledged);
         assert_eq!(
             (o.acked.as_slice(), o.missing.as_slice()),
             (&[SessionId(1)][..], &[SessionId(2)][..])

@@ -3,7 +3,7 @@
 
 use super::Node;
 use super::announce::Control;
-use super::outbox::{Entry, Stored, TState, TargetPeer};
+use super::outbox::{TState, TargetPeer};
 use super::peers::Sender;
 use super::retransmit::Action;
 use super::tx::Spec;
@@ -51,12 +51,6 @@ impl<
 where
     K: KeyLookup,
 {
-    fn next_handle(&mut self) -> PublishHandle {
-        let handle = PublishHandle(self.next_handle);
-        self.next_handle = self.next_handle.wrapping_add(1);
-        handle
-    }
-
     /// Queues a message. It leaves through [`Node::poll_transmit`] in priority order;
     /// its end is reported once by an [`Event::Outcome`](super::Event::Outcome) with the
     /// returned handle.
@@ -88,16 +82,20 @@ where
         }
         let ids = (self.channel_ids(name.as_str()).0, self.keys.scope_for(name));
         let expires = now + Duration::from_secs(u64::from(ttl));
-        let stored = Stored::new(name, body, ids, opts.qos, expires);
+        let Some((slot, e)) = self.outbox.vacant() else {
+            return Err(PublishError::OutboxFull);
+        };
         // Fits: len <= M checked above.
-        let stored = stored.ok_or(PublishError::TooLarge { len, max })?;
+        e.body
+            .set(name, body, ids, opts.qos, expires)
+            .ok_or(PublishError::TooLarge { len, max })?;
         if opts.retain {
-            self.retained.store(stored.clone())?;
+            self.retained.store(e.body.clone())?;
         }
-        let handle = self.next_handle();
-        let how = (opts.retain, opts.priority, opts.destination);
-        // Checked not full above.
-        let _ = self.outbox.push(Entry::new(handle, stored, how, now, None));
+        let handle = PublishHandle(self.next_handle);
+        self.next_handle = self.next_handle.wrapping_add(1);
+        e.reset(handle, (opts.retain, opts.priority, opts.destination), now, None);
+        self.outbox.occupy(slot);
         Ok(handle)
     }
 
@@ -109,14 +107,15 @@ where
             if r.qos != Qos::AtMostOnce && self.join_original(now, i, to.session) {
                 continue;
             }
-            if self.outbox.is_full() {
+            let Some((slot, e)) = self.outbox.vacant() else {
                 self.stats.drop(super::DropReason::RetainedDeferred);
                 return;
-            }
-            let stored = self.retained.get(i).clone();
-            let handle = self.next_handle();
-            let how = (true, 15, Destination::Peer(to.addr));
-            let _ = self.outbox.push(Entry::new(handle, stored, how, now, Some(to.session)));
+            };
+            e.body.copy_from(self.retained.get(i));
+            let handle = PublishHandle(self.next_handle);
+            self.next_handle = self.next_handle.wrapping_add(1);
+            e.reset(handle, (true, 15, Destination::Peer(to.addr)), now, Some(to.session));
+            self.outbox.occupy(slot);
         }
     }
 
@@ -126,7 +125,7 @@ where
     /// acknowledgement counts in the original publish's outcome. Returns whether it did.
     fn join_original(&mut self, now: Instant, i: usize, session: SessionId) -> bool {
         let r = self.retained.get(i);
-        let Some(i) = self.outbox.iter().position(|e| {
+        let Some(i) = self.outbox.position(|e| {
             !e.preset && e.retain && e.body.channel_id == r.channel_id && e.body.data == r.data
         }) else {
             return false;
@@ -283,7 +282,7 @@ where
     /// since the oldest one still in flight. Receivers keep state for exactly those, so
     /// this bounds their QoS 2 state per publisher.
     fn qos2_window_open(&self) -> bool {
-        let oldest = self.outbox.qos2_seqs().min();
+        let oldest = self.outbox.qos2_in_flight().map(|(seq, _)| seq).min();
         oldest
             .is_none_or(|o| self.qos2_next_seq.wrapping_sub(o) < u32::from(self.config.qos2_window))
     }
@@ -310,8 +309,9 @@ where
 
     /// Lowest id of this session's QoS 2 messages still in flight (see [`body::Publish`]).
     fn qos2_low_water(&self, session: SessionId, this: PacketId) -> PacketId {
-        let low = (self.outbox.qos2_ids())
-            .filter(|m| m.session == session)
+        let low = (self.outbox.qos2_in_flight())
+            .filter(|(_, m)| m.session == session)
+            .map(|(_, m)| m)
             .map(|m| m.packet_id.0)
             .min()
             .unwrap_or(this.0);
