@@ -33,6 +33,14 @@ pub(super) enum Step {
 const CONTROL_FLAGS: Flags =
     Flags { qos: Qos::AtMostOnce, retain: false, dup: false, priority: 15 };
 
+/// The next publish handle, advancing `next` (a field, so that it can be taken while an
+/// outbox slot is borrowed).
+fn take_handle(next: &mut u32) -> PublishHandle {
+    let handle = PublishHandle(*next);
+    *next = next.wrapping_add(1);
+    handle
+}
+
 fn ttl_left(now: Instant, expires: Instant) -> u16 {
     let micros = (expires - now).total_micros();
     u16::try_from(micros.div_ceil(1_000_000)).unwrap_or(u16::MAX).max(1)
@@ -92,8 +100,7 @@ where
         if opts.retain {
             self.retained.store(e.body.clone())?;
         }
-        let handle = PublishHandle(self.next_handle);
-        self.next_handle = self.next_handle.wrapping_add(1);
+        let handle = take_handle(&mut self.next_handle);
         e.reset(handle, (opts.retain, opts.priority, opts.destination), now, None);
         self.outbox.occupy(slot);
         Ok(handle)
@@ -112,8 +119,7 @@ where
                 return;
             };
             e.body.copy_from(self.retained.get(i));
-            let handle = PublishHandle(self.next_handle);
-            self.next_handle = self.next_handle.wrapping_add(1);
+            let handle = take_handle(&mut self.next_handle);
             e.reset(handle, (true, 15, Destination::Peer(to.addr)), now, Some(to.session));
             self.outbox.occupy(slot);
         }
@@ -311,8 +317,7 @@ where
     fn qos2_low_water(&self, session: SessionId, this: PacketId) -> PacketId {
         let low = (self.outbox.qos2_in_flight())
             .filter(|(_, m)| m.session == session)
-            .map(|(_, m)| m)
-            .map(|m| m.packet_id.0)
+            .map(|(_, m)| m.packet_id.0)
             .min()
             .unwrap_or(this.0);
         PacketId(low.min(this.0))
