@@ -20,6 +20,7 @@
 //! compiler only: no cmake, no nasm).
 
 pub mod mapping;
+mod uplink;
 
 pub use mapping::{Direction, Mapping, MappingSpec};
 
@@ -32,7 +33,7 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use serde::Deserialize;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -278,6 +279,10 @@ pub struct Counters {
     pub waiting_in: AtomicU64,
     /// Broker sessions of lost bridges of this group taken over (and drained).
     pub takeovers: AtomicU64,
+    /// NoMQ → MQTT messages given back to NoMQ unacknowledged without a broker refusal:
+    /// the broker session was lost, or the MQTT client lost track of them (their
+    /// publishers retransmit; see docs/BRIDGE.md).
+    pub given_back_out: AtomicU64,
 }
 
 impl Counters {
@@ -285,7 +290,7 @@ impl Counters {
     pub fn line(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "forwarded_out={} forwarded_in={} undelivered_in={} no_subscribers_in={} refused={} loop_skipped={} echo_skipped={} standby={} reconnects={} waiting_out={} waiting_in={} takeovers={}",
+            "forwarded_out={} forwarded_in={} undelivered_in={} no_subscribers_in={} refused={} loop_skipped={} echo_skipped={} standby={} reconnects={} waiting_out={} waiting_in={} takeovers={} given_back_out={}",
             g(&self.forwarded_out),
             g(&self.forwarded_in),
             g(&self.undelivered_in),
@@ -298,6 +303,7 @@ impl Counters {
             g(&self.waiting_out),
             g(&self.waiting_in),
             g(&self.takeovers),
+            g(&self.given_back_out),
         )
     }
 }
@@ -413,13 +419,6 @@ pub fn mqtt_options(cfg: &BridgeConfig) -> Result<MqttOptions, HostError> {
         o.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls_config(t)?))));
     }
     Ok(o)
-}
-
-/// A NoMQ → MQTT message handed to the MQTT client, until the broker acknowledged it.
-struct Uplink {
-    /// The NoMQ acknowledgement it holds back (QoS 1/2 NoMQ messages).
-    ack: Option<Ack>,
-    qos: u8,
 }
 
 /// Reconnection delays: exponential from 100 ms to 30 s, with ±50 % jitter.
@@ -600,10 +599,9 @@ struct Bridge {
     client: AsyncClient,
     counters: Arc<Counters>,
     connected: bool,
-    /// Publishes handed to the client, in order, not yet given a packet id.
-    fifo: VecDeque<Uplink>,
-    /// QoS 1/2 publishes by packet id, until the broker's PUBACK/PUBCOMP.
-    inflight: HashMap<u16, Uplink>,
+    /// Publishes handed to the client until the broker's answer, with the NoMQ
+    /// acknowledgement each holds back.
+    up: uplink::Tracker<Option<Ack>>,
     /// Sessions of the other bridges of this NoMQ network.
     bridges: HashSet<SessionId>,
     own_session: Option<SessionId>,
@@ -697,8 +695,7 @@ pub async fn run(
         client,
         counters,
         connected: false,
-        fifo: VecDeque::new(),
-        inflight: HashMap::new(),
+        up: uplink::Tracker::default(),
         bridges: HashSet::new(),
         own_session: None,
         down,
@@ -713,10 +710,14 @@ pub async fn run(
     // No outbound mapping: nothing ever comes from NoMQ.
     let mut up_open = !patterns.is_empty();
     let result = 'run: loop {
-        let room = b.fifo.len() + b.inflight.len() < b.cfg.spec.max_in_flight;
+        let room = b.up.len() < b.cfg.spec.max_in_flight;
         tokio::select! {
             _ = stop.changed() => break Ok(()),
-            _ = peers_tick.tick() => b.refresh_bridges().await,
+            _ = peers_tick.tick() => {
+                b.refresh_bridges().await;
+                let back = b.up.settle(std::time::Instant::now());
+                b.give_back(back, "not retransmitted by the MQTT client after the reconnection");
+            }
             Some(m) = ann_rx.recv() => b.on_announcement(m),
             ev = eventloop.poll() => match ev {
                 Ok(ev) => {
@@ -734,6 +735,7 @@ pub async fn run(
                         bump(&b.counters.reconnects);
                     }
                     b.connected = false;
+                    b.up.disconnected();
                     let d = backoff.delay();
                     tracing::warn!(error = %e, retry_in = ?d, "broker connection lost or refused; NoMQ → MQTT holds back until it is back");
                     // Meanwhile the other bridges are still watched: one lost while the
@@ -882,20 +884,10 @@ impl Bridge {
             Event::Incoming(Packet::ConnAck(ca)) => {
                 self.connected = true;
                 tracing::info!(session_present = ca.session_present, "connected to the broker");
-                if !ca.session_present {
-                    // The broker has no session: what it had not acknowledged is gone
-                    // (and the client dropped it). Abandoned: NoMQ publishers retransmit.
-                    let lost = self.fifo.len() + self.inflight.len();
-                    if lost > 0 {
-                        tracing::warn!(
-                            lost,
-                            "broker session lost: unacknowledged messages abandoned (NoMQ publishers retransmit them)"
-                        );
-                    }
-                    self.fifo.clear();
-                    self.inflight.clear();
-                    self.set_waiting();
-                }
+                // Without the session, the broker forgot what it had not acknowledged
+                // (and the client dropped it): given back, NoMQ publishers retransmit.
+                let back = self.up.connected(ca.session_present, std::time::Instant::now());
+                self.give_back(back, "broker session lost");
                 self.subscribe_inbound();
             }
             Event::Incoming(Packet::Publish(p)) => {
@@ -904,62 +896,77 @@ impl Bridge {
             Event::Incoming(Packet::PubAck(a)) => {
                 let ok =
                     matches!(a.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers);
-                self.finish(a.pkid, ok, &format!("{:?}", a.reason));
+                let done = self.up.puback(a.pkid, ok);
+                self.finish(done, a.pkid, &format!("{:?}", a.reason));
             }
-            Event::Incoming(Packet::PubRec(r))
-                if !matches!(
-                    r.reason,
-                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
-                ) =>
-            {
-                self.finish(r.pkid, false, &format!("{:?}", r.reason));
+            Event::Incoming(Packet::PubRec(r)) => {
+                let ok =
+                    matches!(r.reason, PubRecReason::Success | PubRecReason::NoMatchingSubscribers);
+                let done = self.up.pubrec(r.pkid, ok);
+                self.finish(done, r.pkid, &format!("{:?}", r.reason));
             }
             Event::Incoming(Packet::PubComp(c)) => {
-                self.finish(c.pkid, c.reason == PubCompReason::Success, &format!("{:?}", c.reason));
+                let done = self.up.pubcomp(c.pkid, c.reason == PubCompReason::Success);
+                self.finish(done, c.pkid, &format!("{:?}", c.reason));
             }
             Event::Incoming(Packet::Disconnect(d)) => {
                 tracing::warn!(reason = ?d.reason_code, "the broker disconnected the bridge");
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if pkid != 0 && self.inflight.contains_key(&pkid) {
-                    // A retransmission after a reconnection (same packet id).
-                    return;
-                }
-                let Some(up) = self.fifo.pop_front() else { return };
-                if pkid == 0 || up.qos == 0 {
-                    // QoS 0 to the broker: written out is all there is.
-                    if let Some(a) = up.ack {
-                        a.complete();
-                    }
-                    bump(&self.counters.forwarded_out);
-                } else {
-                    self.inflight.insert(pkid, up);
-                }
-                self.set_waiting();
+                let done = self.up.outgoing_publish(pkid);
+                self.finish(done, pkid, "");
             }
+            Event::Outgoing(Outgoing::PubRel(pkid)) => self.up.outgoing_pubrel(pkid),
             _ => {}
         }
     }
 
     fn set_waiting(&self) {
-        let n = (self.fifo.len() + self.inflight.len()) as u64;
-        self.counters.waiting_out.store(n, Ordering::Relaxed);
+        self.counters.waiting_out.store(self.up.len() as u64, Ordering::Relaxed);
     }
 
-    /// The broker answered the publish `pkid`: acknowledge it in NoMQ, or not.
-    fn finish(&mut self, pkid: u16, ok: bool, reason: &str) {
-        let Some(up) = self.inflight.remove(&pkid) else { return };
-        if ok {
-            if let Some(a) = up.ack {
-                a.complete();
+    /// What became of an uplink message: acknowledge it in NoMQ, or not.
+    fn finish(&mut self, done: Option<uplink::Done<Option<Ack>>>, pkid: u16, reason: &str) {
+        use uplink::Done;
+        match done {
+            None => return,
+            Some(Done::Answered(ack, true) | Done::Written(ack)) => {
+                if let Some(a) = ack {
+                    a.complete();
+                }
+                bump(&self.counters.forwarded_out);
             }
-            bump(&self.counters.forwarded_out);
-        } else {
-            // Dropped unacknowledged: the NoMQ publisher retransmits, and finally reports
-            // the bridge as missing.
-            bump(&self.counters.refused);
-            tracing::warn!(pkid, reason, "the broker refused a publish; not acknowledged in NoMQ");
+            Some(Done::Answered(_, false)) => {
+                // Dropped unacknowledged: the NoMQ publisher retransmits, and finally
+                // reports the bridge as missing.
+                bump(&self.counters.refused);
+                tracing::warn!(
+                    pkid,
+                    reason,
+                    "the broker refused a publish; not acknowledged in NoMQ"
+                );
+            }
+            Some(Done::GivenBack(ack)) => {
+                self.give_back(vec![ack], "packet id reused before its PUBCOMP (ambiguous PUBREC)");
+                return;
+            }
         }
+        self.set_waiting();
+    }
+
+    /// Drops messages unacknowledged (abandoned in NoMQ: their publishers retransmit).
+    fn give_back(&mut self, acks: Vec<Option<Ack>>, why: &str) {
+        if acks.is_empty() {
+            return;
+        }
+        let n = acks.len() as u64;
+        drop(acks);
+        self.counters.given_back_out.fetch_add(n, Ordering::Relaxed);
+        tracing::warn!(
+            messages = n,
+            why,
+            "NoMQ → MQTT messages given back unacknowledged (NoMQ publishers retransmit them)"
+        );
         self.set_waiting();
     }
 
@@ -1026,7 +1033,7 @@ impl Bridge {
             props,
         );
         match r {
-            Ok(()) => self.fifo.push_back(Uplink { ack: m.ack, qos }),
+            Ok(()) => self.up.handed(qos, m.ack),
             Err(e) => {
                 // Not handed over (its Ack drops: abandoned, so retransmitted).
                 bump(&c.refused);
