@@ -296,12 +296,32 @@ enum Command {
         PublishOptions,
         oneshot::Sender<Result<oneshot::Receiver<Delivery>, HostError>>,
     ),
+    /// As `Publish`, answered once: with the refusal, or with the outcome.
+    PublishWait(String, Vec<u8>, PublishOptions, oneshot::Sender<Result<Delivery, HostError>>),
     PublishBatch(String, Vec<Vec<u8>>, PublishOptions, oneshot::Sender<Result<usize, HostError>>),
     Stats(oneshot::Sender<HostStats>),
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Subscribers(String, oneshot::Sender<Vec<SessionId>>),
     Session(oneshot::Sender<SessionId>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// Who waits for a publish's outcome.
+enum Waiter {
+    /// [`Handle::start_publish`]: the outcome alone (the refusal was answered before).
+    Outcome(oneshot::Sender<Delivery>),
+    /// [`Handle::publish`]: the one answer to its command.
+    Result(oneshot::Sender<Result<Delivery, HostError>>),
+}
+
+impl Waiter {
+    /// A waiter that stopped waiting dropped its receiver: fine.
+    fn send(self, d: Delivery) {
+        let _ = match self {
+            Self::Outcome(tx) => tx.send(d).map_err(drop),
+            Self::Result(tx) => tx.send(Ok(d)).map_err(drop),
+        };
+    }
 }
 
 /// Configures and starts a node.
@@ -876,8 +896,14 @@ impl Handle {
         body: impl Into<Vec<u8>>,
         opts: PublishOptions,
     ) -> Result<Delivery, HostError> {
-        let waiter = self.start_publish(channel, body, opts).await?;
-        waiter.await.map_err(|_| HostError::Closed)
+        // One command and one answer (the refusal or the outcome), so the caller wakes
+        // once per message.
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::PublishWait(channel.to_string(), body.into(), opts, tx))
+            .await
+            .map_err(|_| HostError::Closed)?;
+        rx.await.map_err(|_| HostError::Closed)?
     }
 
     /// Queues a publish and returns a receiver of its outcome without waiting for it
@@ -1112,7 +1138,7 @@ struct Driver {
     acks: mpsc::UnboundedSender<(nomq::node::DeliveryToken, bool)>,
     cmd: mpsc::WeakSender<Command>,
     stream_depth: usize,
-    pending: HashMap<nomq::node::PublishHandle, oneshot::Sender<Delivery>>,
+    pending: HashMap<nomq::node::PublishHandle, Waiter>,
     stats: HostStats,
     /// The transmit loop shared with the embedded adapters (target resolution, counts).
     flush: nomq::node::Flush,
@@ -1440,11 +1466,21 @@ impl Driver {
                     self.node.publish(now, &channel, &body, opts).map_err(HostError::Publish).map(
                         |h| {
                             let (tx, rx) = oneshot::channel();
-                            self.pending.insert(h, tx);
+                            self.pending.insert(h, Waiter::Outcome(tx));
                             rx
                         },
                     );
                 let _ = reply.send(r);
+            }
+            Command::PublishWait(channel, body, opts, reply) => {
+                match self.node.publish(now, &channel, &body, opts) {
+                    Ok(h) => {
+                        self.pending.insert(h, Waiter::Result(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(HostError::Publish(e)));
+                    }
+                }
             }
             Command::PublishBatch(ch, bodies, opts, reply) => {
                 let r = self.publish_batch(&ch, bodies, opts, tbuf).await;
@@ -1519,8 +1555,8 @@ impl Driver {
             match e {
                 Event::Outcome(o) if !o.retained_reply => {
                     // A publisher that stopped waiting dropped its receiver: fine.
-                    if let Some(tx) = self.pending.remove(&o.handle) {
-                        let _ = tx.send(Delivery::from(o));
+                    if let Some(w) = self.pending.remove(&o.handle) {
+                        w.send(Delivery::from(o));
                     }
                 }
                 other => self.forward_event(other),
