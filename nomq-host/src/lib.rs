@@ -1144,10 +1144,10 @@ struct Driver {
     flush: nomq::node::Flush,
     events: Option<mpsc::Sender<NodeEvent>>,
     /// The state file, when there is one, and the buffer its state is exported into
-    /// (allocated once): messages wait in `held` for its next save.
+    /// (allocated once).
     store: Option<(FileStore, Vec<u8>)>,
     /// Messages delivered by the engine, with a reserved slot in each stream they go to,
-    /// waiting for the state that records them to be saved.
+    /// waiting for the next flush (and the save of the state that records them).
     held: Vec<(Message, Vec<Slot>)>,
 }
 
@@ -1362,12 +1362,11 @@ impl Driver {
                 dup: m.dup,
                 ack,
             };
-            if self.store.is_some() {
-                // Handed over once the state recording it is saved (`commit`).
-                self.held.push((message, permits));
-            } else {
-                hand_over(message, permits);
-            }
+            // Handed over at the next flush, after its acknowledgement left (and, with a
+            // state file, once the state recording it is saved): the slots are reserved,
+            // so it cannot be refused by then, and the reader's wake-up does not delay
+            // the acknowledgement.
+            self.held.push((message, permits));
         }
         if let Some(id) = closed {
             self.drop_sub(id);
@@ -1518,11 +1517,11 @@ impl Driver {
         Next::Continue
     }
 
-    /// With a state file: saves the state if the engine needs it saved, then hands the
-    /// held messages to their streams. A failed save keeps both (the engine sends
-    /// nothing meanwhile) for the next turn.
-    fn commit(&mut self) {
-        let Some((store, buf)) = &mut self.store else { return };
+    /// With a state file: saves the state if the engine needs it saved. A failed save
+    /// keeps the held messages and returns `false` (the engine sends nothing meanwhile)
+    /// for the next turn.
+    fn commit(&mut self) -> bool {
+        let Some((store, buf)) = &mut self.store else { return true };
         if self.node.state_unsaved() {
             let saved = self
                 .node
@@ -1534,22 +1533,27 @@ impl Driver {
                 }));
             if saved.is_err() {
                 self.node.mark_unsaved();
-                return;
+                return false;
             }
         }
-        for (message, permits) in self.held.drain(..) {
-            hand_over(message, permits);
-        }
+        true
     }
 
+    /// Saves the state (with a state file), sends what the engine has to send, then
+    /// hands the messages delivered since the last flush to their streams.
     async fn flush(&mut self, tbuf: &mut [u8]) {
-        self.commit();
+        let saved = self.commit();
         loop {
             let now = self.clock.now();
             let routes = self.fanout.as_slice();
             let Some(d) = self.flush.next(&mut *self.node, routes, now, tbuf) else { break };
             let sent = self.send(&tbuf[..d.len], d.to).await;
             self.flush.sent(sent);
+        }
+        if saved {
+            for (message, permits) in self.held.drain(..) {
+                hand_over(message, permits);
+            }
         }
         while let Some(e) = self.node.poll_event() {
             match e {
