@@ -1289,13 +1289,14 @@ impl Driver {
     /// stream is full, the engine takes the message back unacknowledged (the publisher
     /// retransmits QoS 1/2), so nothing is acknowledged and then lost.
     fn on_datagram(&mut self, buf: &mut [u8], from: SocketAddr) {
+        // One clock reading for the packets of a datagram: they arrived together.
+        let now = self.clock.now();
         for packet in nomq::node::Packets::new(buf) {
-            self.on_packet(packet, from);
+            self.on_packet(now, packet, from);
         }
     }
 
-    fn on_packet(&mut self, buf: &mut [u8], from: SocketAddr) {
-        let now = self.clock.now();
+    fn on_packet(&mut self, now: nomq::Instant, buf: &mut [u8], from: SocketAddr) {
         let Some(m) = self.node.handle_packet(now, Addr::from(from), buf) else { return };
         let name = m.name;
         // The engine matched the patterns already: `m.subscriptions` names them by index.
@@ -1402,12 +1403,16 @@ impl Driver {
         tbuf: &mut [u8],
     ) -> Result<usize, HostError> {
         let mut queued = 0;
+        // One clock reading per batch (they were handed over together), read again after
+        // each flush.
+        let mut now = self.clock.now();
         for body in &bodies {
-            let mut r = self.node.publish(self.clock.now(), channel, body, opts);
+            let mut r = self.node.publish(now, channel, body, opts);
             if r == Err(nomq::node::PublishError::OutboxFull) {
                 // Send what the outbox holds (QoS 0 entries leave once sent), then retry.
                 self.flush(tbuf).await;
-                r = self.node.publish(self.clock.now(), channel, body, opts);
+                now = self.clock.now();
+                r = self.node.publish(now, channel, body, opts);
             }
             match r {
                 Ok(_) => queued += 1,
