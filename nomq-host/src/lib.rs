@@ -1093,6 +1093,16 @@ impl Subscription {
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
+
+    /// Waits for at least one message, then appends to `buf` every message already
+    /// waiting, up to `limit` (one wake-up and one call for a burst). Returns how many
+    /// were appended: 0 only once the node shut down (or for a `limit` of 0).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is removed from the stream unless this returns it.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Message>, limit: usize) -> usize {
+        self.rx.recv_many(buf, limit).await
+    }
     /// The pattern.
     pub fn pattern(&self) -> &str {
         &self.pattern

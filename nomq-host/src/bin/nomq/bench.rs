@@ -74,6 +74,8 @@ const WINDOW_DRAIN: Duration = Duration::from_secs(3);
 const WINDOW_TTL: u16 = 5;
 /// Publishing tasks of the windowed stream (each holds its share of the window).
 const WINDOW_TASKS: usize = 16;
+/// Messages the bench's reader takes from its stream at once.
+const CONSUME_BATCH: usize = 256;
 const CHANNEL_QOS0: &str = "bench/qos0";
 const CHANNEL_QOS1: &str = "bench/qos1";
 const CHANNEL_QOS1W: &str = "bench/qos1w";
@@ -303,12 +305,13 @@ impl Receipts {
         self.first_ns.store(u64::MAX, Ordering::Relaxed);
         self.last_ns.store(0, Ordering::Relaxed);
     }
-    fn record(&self, len: usize) {
-        if len != self.want_len.load(Ordering::Relaxed) {
+    /// `n` messages of `len` bytes arrived together (one clock reading).
+    fn record(&self, len: usize, n: u64) {
+        if len != self.want_len.load(Ordering::Relaxed) || n == 0 {
             return;
         }
         let t = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
+        if self.count.fetch_add(n, Ordering::Relaxed) == 0 {
             self.first_ns.store(t, Ordering::Relaxed);
         }
         self.last_ns.store(t, Ordering::Relaxed);
@@ -642,7 +645,7 @@ fn raw_udp(n: u64, len: usize, limit: Duration) -> Result<Throughput, Failure> {
             while receipts.count() < n && Instant::now() < end {
                 match rx.recv_from(&mut buf) {
                     Ok((k, _)) => {
-                        receipts.record(k);
+                        receipts.record(k, 1);
                         quiet_since = None;
                     }
                     Err(_) if done.load(Ordering::Relaxed) => {
@@ -812,13 +815,24 @@ async fn consume(
     receipts: &Receipts,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let mut batch = Vec::with_capacity(CONSUME_BATCH);
     loop {
         tokio::select! {
-            m = sub.recv() => match m {
-                Some(m) if m.channel == CHANNEL_QOS0 => receipts.record(m.body.len()),
-                Some(_) => {}
-                None => return,
-            },
+            n = sub.recv_many(&mut batch, CONSUME_BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                // Messages of one size come in runs: count each run with one reading.
+                let mut run = (0, 0u64);
+                for m in batch.drain(..).filter(|m| m.channel == CHANNEL_QOS0) {
+                    if m.body.len() != run.0 {
+                        receipts.record(run.0, run.1);
+                        run = (m.body.len(), 0);
+                    }
+                    run.1 += 1;
+                }
+                receipts.record(run.0, run.1);
+            }
             _ = &mut stop => return,
         }
     }
