@@ -1278,3 +1278,226 @@ fn throughput_through_one_bridge_against_mosquitto_alone() {
     let (code, stderr) = br.interrupt();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// What the scripted broker saw.
+#[derive(Debug, Default)]
+struct Script {
+    /// Packet ids of the QoS 2 PUBLISHes, in order.
+    publishes: Vec<u16>,
+    /// A new PUBLISH came with the packet id of a message still waiting for its PUBCOMP.
+    reused: bool,
+    /// MQTT sessions (CONNECT packets).
+    connections: u32,
+}
+
+/// An MQTT 5 broker that answers everything at once, except the first PUBREL, whose
+/// PUBCOMP it holds back until the client sends a new PUBLISH with that same packet id
+/// (rumqttc 0.25 frees a QoS 2 packet id at the PUBREC) or 10 s pass. It grants a Receive
+/// Maximum of 3, so packet ids go round 1, 2, 3, 1 … It answers a CONNECT after
+/// `connack_delay` (a distant or busy broker). Serves connections until `end`.
+fn scripted_broker(listener: TcpListener, end: Instant, connack_delay: Duration) -> Script {
+    use rumqttc::v5::mqttbytes::v5::{
+        ConnAck, ConnAckProperties, ConnectReturnCode, Packet, PingResp, PubComp, PubRec,
+    };
+    use rumqttc::v5::mqttbytes::{Error, QoS};
+    use std::io::Read;
+    let mut seen = Script::default();
+    listener.set_nonblocking(true).unwrap();
+    while Instant::now() < end {
+        let mut stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut inb = bytes::BytesMut::new();
+        let mut held: Option<(u16, Instant)> = None;
+        let mut pubrels = 0;
+        let send = |s: &mut TcpStream, p: Packet| {
+            let mut out = bytes::BytesMut::new();
+            p.write(&mut out, None).unwrap();
+            s.write_all(&out).is_ok()
+        };
+        'conn: while Instant::now() < end {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(0) => {
+                    eprintln!("DBG eof inb={:?}", &inb[..]);
+                    break;
+                }
+                Ok(n) => inb.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+            if let Some((p, since)) = held
+                && since.elapsed() > Duration::from_secs(10)
+            {
+                held = None;
+                send(&mut stream, Packet::PubComp(PubComp::new(p, None)));
+            }
+            loop {
+                let packet = match Packet::read(&mut inb, None) {
+                    Ok(p) => p,
+                    Err(Error::InsufficientBytes(_)) => break,
+                    // A DISCONNECT without a reason code (MQTT 5: normal disconnection).
+                    Err(Error::PayloadRequired) => return seen,
+                    Err(e) => panic!("scripted broker: bad packet: {e:?}"),
+                };
+                let reply = match packet {
+                    Packet::Connect(..) => {
+                        seen.connections += 1;
+                        std::thread::sleep(connack_delay);
+                        let props = ConnAckProperties {
+                            session_expiry_interval: None,
+                            receive_max: Some(3),
+                            max_qos: None,
+                            retain_available: None,
+                            max_packet_size: None,
+                            assigned_client_identifier: None,
+                            topic_alias_max: None,
+                            reason_string: None,
+                            user_properties: Vec::new(),
+                            wildcard_subscription_available: None,
+                            subscription_identifiers_available: None,
+                            shared_subscription_available: None,
+                            server_keep_alive: None,
+                            response_information: None,
+                            server_reference: None,
+                            authentication_method: None,
+                            authentication_data: None,
+                        };
+                        let ack = ConnAck {
+                            session_present: false,
+                            code: ConnectReturnCode::Success,
+                            properties: Some(props),
+                        };
+                        vec![Packet::ConnAck(ack)]
+                    }
+                    Packet::PingReq(_) => vec![Packet::PingResp(PingResp)],
+                    Packet::Publish(p) if p.qos == QoS::ExactlyOnce => {
+                        seen.publishes.push(p.pkid);
+                        let mut out = Vec::new();
+                        if held.is_some_and(|(h, _)| h == p.pkid) {
+                            // The reuse: complete the old message first, as a broker that
+                            // processes in order would once the PUBREL is handled.
+                            seen.reused = true;
+                            held = None;
+                            out.push(Packet::PubComp(PubComp::new(p.pkid, None)));
+                        }
+                        out.push(Packet::PubRec(PubRec::new(p.pkid, None)));
+                        out
+                    }
+                    Packet::PubRel(r) => {
+                        pubrels += 1;
+                        if pubrels == 1 {
+                            held = Some((r.pkid, Instant::now()));
+                            Vec::new()
+                        } else {
+                            vec![Packet::PubComp(PubComp::new(r.pkid, None))]
+                        }
+                    }
+                    Packet::Disconnect(_) => return seen,
+                    other => panic!("scripted broker: unexpected {other:?}"),
+                };
+                for p in reply {
+                    if !send(&mut stream, p) {
+                        break 'conn;
+                    }
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// rumqttc 0.25 hands a new QoS 2 publish the packet id of a message still waiting for its
+/// PUBCOMP. The bridge must pair the broker's answers with the right NoMQ messages: every
+/// message ends Acknowledged, none too early (`uplink.rs`). With one packet-id → message map
+/// (before), the new publish was taken for a retransmission and the last message of the
+/// stream was never acknowledged. Needs no mosquitto: the broker is scripted.
+#[test]
+fn a_qos2_packet_id_reused_before_its_pubcomp_is_paired_with_the_right_message() {
+    let dir = Scratch::new("bridge-pkid");
+    let keys = dir.keys("k.json");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let broker_addr = listener.local_addr().unwrap();
+    let end = Instant::now() + LONG;
+    let broker = std::thread::spawn(move || scripted_broker(listener, end, Duration::ZERO));
+    let [pb, pp] = ports::<2>();
+    let br = bridge(
+        &dir,
+        &keys,
+        pb,
+        &[pp],
+        &broker_addr.to_string(),
+        &["--map", "factory/#=site-a/factory/#:out:2"],
+    );
+    br.wait_stderr("connected to the broker");
+    let rt = runtime();
+    let node = rt.block_on(node(&keys, pp, &[pb], None));
+    assert!(rt.block_on(node.wait_for_subscribers("factory/s/0", 1, LONG)).unwrap().is_some());
+    let n = 8;
+    let status = rt.block_on(publish_all(&node, 0, n, Qos::ExactlyOnce, 20, Duration::ZERO));
+    rt.block_on(node.shutdown());
+    let (code, stderr) = br.interrupt();
+    let seen = broker.join().unwrap();
+    let unacked: Vec<_> = status.iter().filter(|(_, s)| **s != Status::Acknowledged).collect();
+    eprintln!(
+        "scripted broker: {seen:?}; bridge given_back_out={}",
+        counter(&stderr, "given_back_out")
+    );
+    assert!(
+        seen.reused,
+        "the client never reused a packet id (scenario not reached): {seen:?}\n{stderr}"
+    );
+    assert_eq!(seen.connections, 1, "one MQTT session, never dropped: {stderr}");
+    assert!(
+        unacked.is_empty(),
+        "not acknowledged: {unacked:?}\nbroker: {seen:?}\nbridge: {stderr}"
+    );
+    assert_eq!(seen.publishes.len(), n as usize, "each message once to the broker: {seen:?}");
+    assert_eq!(counter(&stderr, "forwarded_out"), u64::from(n), "{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// A broker that takes 1.5 s to answer CONNECT (TLS to a distant broker, a loaded cluster)
+/// is reached with the first connection. Before, the bridge's 500 ms timer dropped the
+/// rumqttc `poll` future that was making the connection, so the bridge reconnected every
+/// 500 ms and never got through.
+#[test]
+fn a_broker_slow_to_accept_the_connection_is_still_reached() {
+    let dir = Scratch::new("bridge-slow");
+    let keys = dir.keys("k.json");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let broker_addr = listener.local_addr().unwrap();
+    let end = Instant::now() + LONG;
+    let slow = Duration::from_millis(1500);
+    let broker = std::thread::spawn(move || scripted_broker(listener, end, slow));
+    let [pb, pp] = ports::<2>();
+    let br = bridge(
+        &dir,
+        &keys,
+        pb,
+        &[pp],
+        &broker_addr.to_string(),
+        &["--map", "factory/#=site-a/factory/#:out:2"],
+    );
+    br.wait_stderr("connected to the broker");
+    let rt = runtime();
+    let node = rt.block_on(node(&keys, pp, &[pb], None));
+    assert!(rt.block_on(node.wait_for_subscribers("factory/s/0", 1, LONG)).unwrap().is_some());
+    let status = rt.block_on(publish_all(&node, 0, 2, Qos::ExactlyOnce, 20, Duration::ZERO));
+    rt.block_on(node.shutdown());
+    let (code, stderr) = br.interrupt();
+    let seen = broker.join().unwrap();
+    assert_eq!(seen.connections, 1, "connections made: {seen:?}\n{stderr}");
+    assert!(status.values().all(|s| *s == Status::Acknowledged), "{status:?}\n{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -533,61 +533,71 @@ async fn take_over(
         .map(|m| cfg.mqtt_subscription(m))
         .collect();
     loop {
-        tokio::select! {
-            _ = stop.changed() => return Ok(carried),
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(ca))) => {
-                    connected = true;
-                    // Quiet is counted from here: what the session holds comes first.
-                    last = tokio::time::Instant::now();
-                    if !ca.session_present {
-                        // Expired, or ended by its owner: nothing waits there.
-                        left = true;
+        // One `poll` future until it completes (see `run`): the 100 ms tick must not drop
+        // a connection being made.
+        let poll = eventloop.poll();
+        tokio::pin!(poll);
+        let ev = loop {
+            tokio::select! {
+                _ = stop.changed() => return Ok(carried),
+                ev = &mut poll => break ev,
+                _ = tick.tick() => {
+                    tasks.retain(|t| !t.is_finished());
+                    let quiet = tasks.is_empty() && last.elapsed() >= TAKEOVER_QUIET;
+                    if connected && !leaving && (quiet || started.elapsed() >= TAKEOVER_LIMIT) {
+                        leaving = true;
+                        for f in &filters {
+                            let _ = client.try_unsubscribe(f.clone());
+                        }
+                        if filters.is_empty() {
+                            left = true;
+                        }
                     }
-                    tracing::info!(session_present = ca.session_present, "connected as the lost bridge");
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    last = tokio::time::Instant::now();
-                    carried += 1;
-                    tasks.push(down.publish(&client, p));
-                }
-                Ok(Event::Incoming(Packet::UnsubAck(_))) => left = true,
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(carried),
-                Ok(_) => {}
-                // Not connected yet (the broker is down, say): try again, within the limit.
-                Err(e) if !connected && started.elapsed() < TAKEOVER_LIMIT => {
-                    tracing::debug!(error = %e, "cannot connect as the lost bridge yet");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop.changed() => return Ok(carried),
+                    // Every message routed here before the UNSUBACK has ended in NoMQ (and
+                    // its acknowledgement is queued before the DISCONNECT).
+                    if left && tasks.is_empty() && !disconnecting {
+                        disconnecting = true;
+                        let _ = client.try_disconnect();
                     }
-                }
-                // Taken back (the bridge is alive after all), or the broker went away:
-                // what was not acknowledged stays in the session, for its owner.
-                Err(e) => return Err(format!("{e} ({carried} messages carried)")),
-            },
-            _ = tick.tick() => {
-                tasks.retain(|t| !t.is_finished());
-                let quiet = tasks.is_empty() && last.elapsed() >= TAKEOVER_QUIET;
-                if connected && !leaving && (quiet || started.elapsed() >= TAKEOVER_LIMIT) {
-                    leaving = true;
-                    for f in &filters {
-                        let _ = client.try_unsubscribe(f.clone());
+                    if started.elapsed() >= TAKEOVER_LIMIT + Duration::from_secs(30) {
+                        return Err(format!("not drained in {TAKEOVER_LIMIT:?} ({carried} messages carried)"));
                     }
-                    if filters.is_empty() {
-                        left = true;
-                    }
-                }
-                // Every message routed here before the UNSUBACK has ended in NoMQ (and
-                // its acknowledgement is queued before the DISCONNECT).
-                if left && tasks.is_empty() && !disconnecting {
-                    disconnecting = true;
-                    let _ = client.try_disconnect();
-                }
-                if started.elapsed() >= TAKEOVER_LIMIT + Duration::from_secs(30) {
-                    return Err(format!("not drained in {TAKEOVER_LIMIT:?} ({carried} messages carried)"));
                 }
             }
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(ca))) => {
+                connected = true;
+                // Quiet is counted from here: what the session holds comes first.
+                last = tokio::time::Instant::now();
+                if !ca.session_present {
+                    // Expired, or ended by its owner: nothing waits there.
+                    left = true;
+                }
+                tracing::info!(
+                    session_present = ca.session_present,
+                    "connected as the lost bridge"
+                );
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                last = tokio::time::Instant::now();
+                carried += 1;
+                tasks.push(down.publish(&client, p));
+            }
+            Ok(Event::Incoming(Packet::UnsubAck(_))) => left = true,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(carried),
+            Ok(_) => {}
+            // Not connected yet (the broker is down, say): try again, within the limit.
+            Err(e) if !connected && started.elapsed() < TAKEOVER_LIMIT => {
+                tracing::debug!(error = %e, "cannot connect as the lost bridge yet");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return Ok(carried),
+                }
+            }
+            // Taken back (the bridge is alive after all), or the broker went away:
+            // what was not acknowledged stays in the session, for its owner.
+            Err(e) => return Err(format!("{e} ({carried} messages carried)")),
         }
     }
 }
@@ -710,51 +720,60 @@ pub async fn run(
     // No outbound mapping: nothing ever comes from NoMQ.
     let mut up_open = !patterns.is_empty();
     let result = 'run: loop {
-        let room = b.up.len() < b.cfg.spec.max_in_flight;
-        tokio::select! {
-            _ = stop.changed() => break Ok(()),
-            _ = peers_tick.tick() => {
-                b.refresh_bridges().await;
-                let back = b.up.settle(std::time::Instant::now());
-                b.give_back(back, "not retransmitted by the MQTT client after the reconnection");
+        // One `poll` future until it completes: rumqttc's EventLoop::poll is not cancel
+        // safe while it connects (a dropped poll drops the half-made connection), and the
+        // other branches fire every 500 ms, so a connection that takes longer (TLS to a
+        // distant broker) would never be made. The other branches run while it waits.
+        let poll = eventloop.poll();
+        tokio::pin!(poll);
+        let ev = loop {
+            let room = b.up.len() < b.cfg.spec.max_in_flight;
+            tokio::select! {
+                _ = stop.changed() => break 'run Ok(()),
+                _ = peers_tick.tick() => {
+                    b.refresh_bridges().await;
+                    let back = b.up.settle(std::time::Instant::now());
+                    b.give_back(back, "not retransmitted by the MQTT client after the reconnection");
+                }
+                Some(m) = ann_rx.recv() => b.on_announcement(m),
+                ev = &mut poll => break ev,
+                m = up_rx.recv(), if up_open && b.connected && room => match m {
+                    Some(m) => b.uplink(m),
+                    None => up_open = false,
+                },
             }
-            Some(m) = ann_rx.recv() => b.on_announcement(m),
-            ev = eventloop.poll() => match ev {
-                Ok(ev) => {
-                    if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
-                        connected_once = true;
-                        backoff.reset();
-                    }
-                    b.on_event(ev).await;
+        };
+        match ev {
+            Ok(ev) => {
+                if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
+                    connected_once = true;
+                    backoff.reset();
                 }
-                Err(e) => {
-                    if let Some(m) = fatal(&e, connected_once) {
-                        break Err(BridgeError::Refused(m));
-                    }
-                    if b.connected {
-                        bump(&b.counters.reconnects);
-                    }
-                    b.connected = false;
-                    b.up.disconnected();
-                    let d = backoff.delay();
-                    tracing::warn!(error = %e, retry_in = ?d, "broker connection lost or refused; NoMQ → MQTT holds back until it is back");
-                    // Meanwhile the other bridges are still watched: one lost while the
-                    // broker is away is taken over when it is back.
-                    let until = tokio::time::Instant::now() + d;
-                    loop {
-                        tokio::select! {
-                            () = tokio::time::sleep_until(until) => break,
-                            _ = stop.changed() => break 'run Ok(()),
-                            _ = peers_tick.tick() => b.refresh_bridges().await,
-                            Some(m) = ann_rx.recv() => b.on_announcement(m),
-                        }
+                b.on_event(ev).await;
+            }
+            Err(e) => {
+                if let Some(m) = fatal(&e, connected_once) {
+                    break Err(BridgeError::Refused(m));
+                }
+                if b.connected {
+                    bump(&b.counters.reconnects);
+                }
+                b.connected = false;
+                b.up.disconnected();
+                let d = backoff.delay();
+                tracing::warn!(error = %e, retry_in = ?d, "broker connection lost or refused; NoMQ → MQTT holds back until it is back");
+                // Meanwhile the other bridges are still watched: one lost while the
+                // broker is away is taken over when it is back.
+                let until = tokio::time::Instant::now() + d;
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => break,
+                        _ = stop.changed() => break 'run Ok(()),
+                        _ = peers_tick.tick() => b.refresh_bridges().await,
+                        Some(m) = ann_rx.recv() => b.on_announcement(m),
                     }
                 }
-            },
-            m = up_rx.recv(), if up_open && b.connected && room => match m {
-                Some(m) => b.uplink(m),
-                None => up_open = false,
-            },
+            }
         }
     };
     drop(marker);
