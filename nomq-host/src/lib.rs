@@ -5,6 +5,7 @@
 pub mod bridge;
 pub mod config;
 pub mod store;
+mod udp;
 
 pub use config::HostConfig;
 /// The core engine, re-exported so that an application needs only `nomq-host` (and
@@ -248,6 +249,9 @@ pub struct HostStats {
     pub send_errors: u64,
     /// Receive errors recovered from.
     pub recv_errors: u64,
+    /// Datagrams longer than [`nomq::node::Node::max_datagram_len`] (the most this node
+    /// announces it accepts): cut by the kernel, so dropped unread.
+    pub recv_truncated: u64,
     /// QoS 0 messages lost because a matching subscription stream was full.
     pub app_dropped: u64,
     /// QoS 1/2 messages refused unacknowledged because a matching subscription stream
@@ -1180,7 +1184,7 @@ impl Driver {
         mut unsub: mpsc::UnboundedReceiver<SubId>,
         mut acks: mpsc::UnboundedReceiver<(nomq::node::DeliveryToken, bool)>,
     ) {
-        let mut rbuf = vec![0u8; 65_536];
+        let mut rbuf = udp::RecvBatch::new(self.node.max_datagram_len());
         let mut tbuf = vec![0u8; self.node.max_datagram_len()];
         loop {
             // Dropped subscriptions first, whatever else is ready: no message is delivered
@@ -1254,17 +1258,18 @@ impl Driver {
     /// Reads whatever the sockets hold, up to [`RECV_BATCH`] datagrams, without re-arming
     /// the timer each time, taking turns between the two sockets so that a flood on one
     /// leaves the other its share; each datagram is charged to the task budget so readers
-    /// on this thread run. A datagram makes at most one ack; flushing every few keeps the
+    /// on this thread run. Each turn reads a batch ([`udp::RecvBatch`]: one `recvmmsg` on
+    /// Linux). A datagram makes at most one ack; flushing every [`ACKS_PER_FLUSH`] keeps the
     /// engine's small control queue from overflowing (an ack it cannot queue costs a
-    /// retransmission) without a poll per datagram. Reads into `rbuf`: no allocation.
-    async fn receive_batch(&mut self, rbuf: &mut [u8], tbuf: &mut [u8]) {
+    /// retransmission) without a poll per datagram. No allocation per datagram.
+    async fn receive_batch(&mut self, rbuf: &mut udp::RecvBatch, tbuf: &mut [u8]) {
         // A socket is done for this turn once it would block (or failed).
         let mut done = [false, self.sockets.discovery.is_none()];
-        let mut read = 0;
-        // Each pass reads a datagram, marks a socket done, or skips a done one, so the
-        // loop ends within 2 × (RECV_BATCH + 2) passes.
+        let (mut read, mut unflushed) = (0, 0);
+        // Each pass reads at least one datagram, marks a socket done, or skips a done one,
+        // so the loop ends within 2 × (RECV_BATCH + 2) passes.
         for which in [Which::Unicast, Which::Discovery].into_iter().cycle() {
-            if read == RECV_BATCH || done.iter().all(|&d| d) {
+            if read >= RECV_BATCH || done.iter().all(|&d| d) {
                 break;
             }
             let slot = usize::from(which == Which::Discovery);
@@ -1275,8 +1280,9 @@ impl Driver {
                 done[slot] = true;
                 continue;
             };
-            match socket.try_recv_from(rbuf) {
-                Ok((n, from)) => self.on_datagram(&mut rbuf[..n], from),
+            let room = (RECV_BATCH - read).min(ACKS_PER_FLUSH - unflushed);
+            let n = match rbuf.recv(socket, room) {
+                Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     done[slot] = true;
                     continue;
@@ -1286,12 +1292,23 @@ impl Driver {
                     self.on_recv_error(which, e).await;
                     continue;
                 }
+            };
+            for i in 0..n {
+                let (datagram, r) = rbuf.get(i);
+                if r.truncated {
+                    self.stats.recv_truncated += 1;
+                    tracing::debug!(from = %r.from, "datagram longer than max_datagram_len: dropped");
+                } else {
+                    self.on_datagram(datagram, r.from);
+                }
+                tokio::task::consume_budget().await;
             }
-            read += 1;
-            if read % ACKS_PER_FLUSH == 0 {
+            read += n.max(1);
+            unflushed += n.max(1);
+            if unflushed >= ACKS_PER_FLUSH {
+                unflushed = 0;
                 self.flush(tbuf).await;
             }
-            tokio::task::consume_budget().await;
         }
     }
 

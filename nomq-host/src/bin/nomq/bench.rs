@@ -153,7 +153,8 @@ impl ReceiverMark {
                     drops,
                     app_dropped: b.app_dropped.saturating_sub(a.app_dropped),
                     app_deferred: b.app_deferred.saturating_sub(a.app_deferred),
-                    recv_errors: b.recv_errors.saturating_sub(a.recv_errors),
+                    recv_errors: (b.recv_errors + b.recv_truncated)
+                        .saturating_sub(a.recv_errors + a.recv_truncated),
                     rx_datagrams: b.engine.rx_datagrams.saturating_sub(a.engine.rx_datagrams),
                     delivered: b.engine.delivered.saturating_sub(a.engine.delivered),
                 })
