@@ -1296,7 +1296,7 @@ impl Driver {
             for i in 0..n {
                 let (datagram, r) = rbuf.get(i);
                 if r.truncated {
-                    self.stats.recv_truncated += 1;
+                    self.flush.truncated();
                     tracing::debug!(from = %r.from, "datagram longer than max_datagram_len: dropped");
                 } else {
                     self.on_datagram(datagram, r.from);
@@ -1520,6 +1520,7 @@ impl Driver {
             Command::Stats(reply) => {
                 let mut s = self.stats.clone();
                 s.engine = self.node.stats().clone();
+                s.recv_truncated = self.flush.stats().truncated;
                 let _ = reply.send(s);
             }
             Command::Peers(reply) => {
