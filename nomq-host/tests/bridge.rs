@@ -1417,19 +1417,24 @@ fn scripted_broker(listener: TcpListener, end: Instant, connack_delay: Duration)
     seen
 }
 
-/// rumqttc 0.25 hands a new QoS 2 publish the packet id of a message still waiting for its
-/// PUBCOMP. The bridge must pair the broker's answers with the right NoMQ messages: every
-/// message ends Acknowledged, none too early (`uplink.rs`). With one packet-id → message map
-/// (before), the new publish was taken for a retransmission and the last message of the
-/// stream was never acknowledged. Needs no mosquitto: the broker is scripted.
-#[test]
-fn a_qos2_packet_id_reused_before_its_pubcomp_is_paired_with_the_right_message() {
-    let dir = Scratch::new("bridge-pkid");
+/// What a run against the scripted broker gave: what the broker saw, each NoMQ message's
+/// status, the bridge's exit code and stderr.
+struct Scripted {
+    seen: Script,
+    status: HashMap<u32, Status>,
+    code: Option<i32>,
+    stderr: String,
+}
+
+/// A bridge (`factory/#` out at QoS 2) to [`scripted_broker`], and `n` QoS 2 messages
+/// published into NoMQ once it is connected.
+fn run_scripted(name: &str, connack_delay: Duration, n: u32) -> Scripted {
+    let dir = Scratch::new(name);
     let keys = dir.keys("k.json");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let broker_addr = listener.local_addr().unwrap();
     let end = Instant::now() + LONG;
-    let broker = std::thread::spawn(move || scripted_broker(listener, end, Duration::ZERO));
+    let broker = std::thread::spawn(move || scripted_broker(listener, end, connack_delay));
     let [pb, pp] = ports::<2>();
     let br = bridge(
         &dir,
@@ -1443,11 +1448,22 @@ fn a_qos2_packet_id_reused_before_its_pubcomp_is_paired_with_the_right_message()
     let rt = runtime();
     let node = rt.block_on(node(&keys, pp, &[pb], None));
     assert!(rt.block_on(node.wait_for_subscribers("factory/s/0", 1, LONG)).unwrap().is_some());
-    let n = 8;
     let status = rt.block_on(publish_all(&node, 0, n, Qos::ExactlyOnce, 20, Duration::ZERO));
     rt.block_on(node.shutdown());
     let (code, stderr) = br.interrupt();
     let seen = broker.join().unwrap();
+    Scripted { seen, status, code, stderr }
+}
+
+/// rumqttc 0.25 hands a new QoS 2 publish the packet id of a message still waiting for its
+/// PUBCOMP. The bridge must pair the broker's answers with the right NoMQ messages: every
+/// message ends Acknowledged, none too early (`uplink.rs`). With one packet-id → message map
+/// (before), the new publish was taken for a retransmission and the last message of the
+/// stream was never acknowledged. Needs no mosquitto: the broker is scripted.
+#[test]
+fn a_qos2_packet_id_reused_before_its_pubcomp_is_paired_with_the_right_message() {
+    let n = 8;
+    let Scripted { seen, status, code, stderr } = run_scripted("bridge-pkid", Duration::ZERO, n);
     let unacked: Vec<_> = status.iter().filter(|(_, s)| **s != Status::Acknowledged).collect();
     eprintln!(
         "scripted broker: {seen:?}; bridge given_back_out={}",
@@ -1473,30 +1489,8 @@ fn a_qos2_packet_id_reused_before_its_pubcomp_is_paired_with_the_right_message()
 /// 500 ms and never got through.
 #[test]
 fn a_broker_slow_to_accept_the_connection_is_still_reached() {
-    let dir = Scratch::new("bridge-slow");
-    let keys = dir.keys("k.json");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let broker_addr = listener.local_addr().unwrap();
-    let end = Instant::now() + LONG;
     let slow = Duration::from_millis(1500);
-    let broker = std::thread::spawn(move || scripted_broker(listener, end, slow));
-    let [pb, pp] = ports::<2>();
-    let br = bridge(
-        &dir,
-        &keys,
-        pb,
-        &[pp],
-        &broker_addr.to_string(),
-        &["--map", "factory/#=site-a/factory/#:out:2"],
-    );
-    br.wait_stderr("connected to the broker");
-    let rt = runtime();
-    let node = rt.block_on(node(&keys, pp, &[pb], None));
-    assert!(rt.block_on(node.wait_for_subscribers("factory/s/0", 1, LONG)).unwrap().is_some());
-    let status = rt.block_on(publish_all(&node, 0, 2, Qos::ExactlyOnce, 20, Duration::ZERO));
-    rt.block_on(node.shutdown());
-    let (code, stderr) = br.interrupt();
-    let seen = broker.join().unwrap();
+    let Scripted { seen, status, code, stderr } = run_scripted("bridge-slow", slow, 2);
     assert_eq!(seen.connections, 1, "connections made: {seen:?}\n{stderr}");
     assert!(status.values().all(|s| *s == Status::Acknowledged), "{status:?}\n{stderr}");
     assert_eq!(code, Some(0), "{stderr}");
