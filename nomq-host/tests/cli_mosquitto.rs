@@ -120,23 +120,25 @@ fn stdin_line_sends_each_line_and_checks_each_outcome() {
 fn format_and_no_newline() {
     let dir = Scratch::new("mosq-format");
     let keys = dir.keys("k.json");
-    let [p1, p2, p3] = ports::<3>();
-    let spawn_sub = |bind: SocketAddr, extra: &[&str]| {
+    // Each subscriber has a publisher port of its own: a subscriber announces itself to
+    // its --peer, so with one shared publisher port a publish could reach both (as it may).
+    let [p1, p2, q1, q2] = ports::<4>();
+    let spawn_sub = |bind: SocketAddr, publisher: SocketAddr, extra: &[&str]| {
         let mut args = vec!["sub", "-c", "f/#", "-C", "2", "-W", "30", "--keys", &keys];
-        let (b, p) = (s(&bind), s(&p3));
+        let (b, p) = (s(&bind), s(&publisher));
         args.extend(["--bind", &b, "--peer", &p]);
         args.extend(extra);
         spawn(&dir, &args)
     };
-    let formatted = spawn_sub(p1, &["-F", "%t|%p|%q|%r|%l|%x|%%|%i|%j"]);
-    let bare = spawn_sub(p2, &["-N"]);
+    let formatted = spawn_sub(p1, q1, &["-F", "%t|%p|%q|%r|%l|%x|%%|%i|%j"]);
+    let bare = spawn_sub(p2, q2, &["-N"]);
     until_bound(p1);
     until_bound(p2);
     // One publish per subscriber: `nomq pub` publishes once it heard from any peer.
     for body in ["x", "y"] {
-        for to in [p1, p2] {
+        for (to, from) in [(p1, q1), (p2, q2)] {
             let args = [os("-c"), os("f/a"), os("-m"), os(body)];
-            let (code, stdout, stderr) = outcome(&publish(&dir, &keys, p3, &[to], &args, b""));
+            let (code, stdout, stderr) = outcome(&publish(&dir, &keys, from, &[to], &args, b""));
             assert_eq!(code, Some(0), "{stdout} {stderr}");
             assert!(stdout.contains("acknowledged by 1 subscriber"), "{stdout}");
         }
