@@ -23,6 +23,8 @@ const BUFFER_BYTES: usize = 256 * 1024;
 /// One datagram of a batch.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Received {
+    /// The slot it is in.
+    slot: usize,
     pub(crate) len: usize,
     pub(crate) from: SocketAddr,
     /// Longer than its slot: the kernel kept only the first `len` bytes.
@@ -63,7 +65,7 @@ impl RecvBatch {
     /// it came from.
     pub(crate) fn get(&mut self, i: usize) -> (&mut [u8], Received) {
         let r = self.got[i];
-        let at = i * self.slot;
+        let at = r.slot * self.slot;
         (&mut self.buf[at..at + r.len], r)
     }
 }
@@ -93,7 +95,7 @@ fn read(
         None,
     )
     .map_err(io::Error::from)?;
-    for m in msgs {
+    for (i, m) in msgs.enumerate() {
         let from = m.address.and_then(|a| {
             if let Some(v4) = a.as_sockaddr_in() {
                 Some(SocketAddr::V4((*v4).into()))
@@ -104,7 +106,7 @@ fn read(
         // A datagram without an IP source cannot be answered or attributed: skipped.
         let Some(from) = from else { continue };
         let truncated = m.flags.contains(MsgFlags::MSG_TRUNC);
-        got.push(Received { len: m.bytes.min(slot), from, truncated });
+        got.push(Received { slot: i, len: m.bytes.min(slot), from, truncated });
     }
     Ok(())
 }
@@ -118,7 +120,7 @@ fn read(
 ) -> io::Result<()> {
     // One datagram, into the first slot (`recv_from` cannot tell a cut datagram).
     let (len, from) = socket.try_recv_from(&mut buf[..slot])?;
-    got.push(Received { len, from, truncated: false });
+    got.push(Received { slot: 0, len, from, truncated: false });
     Ok(())
 }
 
