@@ -1185,7 +1185,7 @@ impl Driver {
         mut acks: mpsc::UnboundedReceiver<(nomq::node::DeliveryToken, bool)>,
     ) {
         let mut rbuf = udp::RecvBatch::new(self.node.max_datagram_len());
-        let mut tbuf = vec![0u8; self.node.max_datagram_len()];
+        let mut tbuf = udp::SendBatch::new(self.node.max_datagram_len());
         loop {
             // Dropped subscriptions first, whatever else is ready: no message is delivered
             // (and acknowledged) to a stream nobody reads once its drop was seen.
@@ -1262,7 +1262,7 @@ impl Driver {
     /// Linux). A datagram makes at most one ack; flushing every [`ACKS_PER_FLUSH`] keeps the
     /// engine's small control queue from overflowing (an ack it cannot queue costs a
     /// retransmission) without a poll per datagram. No allocation per datagram.
-    async fn receive_batch(&mut self, rbuf: &mut udp::RecvBatch, tbuf: &mut [u8]) {
+    async fn receive_batch(&mut self, rbuf: &mut udp::RecvBatch, tbuf: &mut udp::SendBatch) {
         // A socket is done for this turn once it would block (or failed).
         let mut done = [false, self.sockets.discovery.is_none()];
         let (mut read, mut unflushed) = (0, 0);
@@ -1427,7 +1427,7 @@ impl Driver {
         channel: &str,
         bodies: Vec<Vec<u8>>,
         opts: PublishOptions,
-        tbuf: &mut [u8],
+        tbuf: &mut udp::SendBatch,
     ) -> Result<usize, HostError> {
         let mut queued = 0;
         // One clock reading per batch (they were handed over together), read again after
@@ -1471,7 +1471,7 @@ impl Driver {
         }
     }
 
-    async fn on_command(&mut self, c: Command, tbuf: &mut [u8]) -> Next {
+    async fn on_command(&mut self, c: Command, tbuf: &mut udp::SendBatch) -> Next {
         let now = self.clock.now();
         match c {
             Command::Subscribe(pattern, acked, reply) => {
@@ -1573,16 +1573,34 @@ impl Driver {
     }
 
     /// Saves the state (with a state file), sends what the engine has to send, then
-    /// hands the messages delivered since the last flush to their streams.
-    async fn flush(&mut self, tbuf: &mut [u8]) {
+    /// hands the messages delivered since the last flush to their streams. The datagrams
+    /// leave in batches ([`udp::SendBatch`]: one `sendmmsg` on Linux for up to
+    /// [`udp::BATCH`]), every destination of a fan-out pointing at one copy.
+    async fn flush(&mut self, tbuf: &mut udp::SendBatch) {
         let saved = self.commit();
         loop {
-            let now = self.clock.now();
             let routes = self.fanout.as_slice();
-            let Some(d) = self.flush.next(&mut *self.node, routes, now, tbuf) else { break };
-            let sent = self.send(&tbuf[..d.len], d.to).await;
-            self.flush.sent(sent);
+            let d = match self.flush.more(routes) {
+                Some(d) => d,
+                None => {
+                    let Some(buf) = tbuf.fresh() else {
+                        self.send_batch(tbuf).await;
+                        continue;
+                    };
+                    let now = self.clock.now();
+                    let Some(d) = self.flush.next(&mut *self.node, routes, now, buf) else {
+                        break;
+                    };
+                    tbuf.wrote();
+                    d
+                }
+            };
+            if tbuf.is_full() {
+                self.send_batch(tbuf).await;
+            }
+            tbuf.queue(d.len, d.to);
         }
+        self.send_batch(tbuf).await;
         if saved {
             for (message, permits) in self.held.drain(..) {
                 hand_over(message, permits);
@@ -1601,6 +1619,20 @@ impl Driver {
         }
     }
 
+    /// Sends the queued datagrams, always from the unicast socket (replies come back to
+    /// this node alone), and counts what the socket refused.
+    async fn send_batch(&mut self, tbuf: &mut udp::SendBatch) {
+        let (flush, stats) = (&mut self.flush, &mut self.stats);
+        tbuf.send(&self.sockets.unicast, |to, e| {
+            flush.sent(e.is_none());
+            if let Some(e) = e {
+                stats.send_errors += 1;
+                tracing::debug!(%to, error = %e, "send failed");
+            }
+        })
+        .await;
+    }
+
     fn forward_event(&mut self, e: NodeEvent) {
         tracing::debug!(event = ?e, "node event");
         let Some(tx) = &self.events else { return };
@@ -1613,22 +1645,6 @@ impl Driver {
                 );
             }
         }
-    }
-
-    /// Sends one datagram; returns whether the socket took it.
-    async fn send(&mut self, data: &[u8], to: SocketAddr) -> bool {
-        // try_send_to first: the common case never touches the reactor.
-        // Always from the unicast socket: replies come back to this node alone.
-        let socket = &self.sockets.unicast;
-        let r = match socket.try_send_to(data, to) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.send_to(data, to).await,
-            r => r,
-        };
-        if let Err(e) = &r {
-            self.stats.send_errors += 1;
-            tracing::debug!(%to, error = %e, "send failed");
-        }
-        r.is_ok()
     }
 }
 

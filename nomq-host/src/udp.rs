@@ -1,5 +1,5 @@
-//! Reading datagrams in batches: one `recvmmsg` system call for up to [`BATCH`] datagrams
-//! on Linux, one `recv_from` per datagram elsewhere.
+//! Reading and writing datagrams in batches: one `recvmmsg` or `sendmmsg` system call for
+//! up to [`BATCH`] datagrams on Linux, one `recv_from` or `send_to` per datagram elsewhere.
 //!
 //! A busy receiver — a node that many sensors report to, or a publisher collecting the
 //! acknowledgements of many subscribers — finds several datagrams queued when it wakes.
@@ -8,6 +8,11 @@
 //! allocated once, each [`nomq::node::Node::max_datagram_len`] bytes long, the most a peer
 //! may send this node (docs/PROTOCOL.md §1.2); a longer one is cut by the kernel, counted as
 //! truncated and dropped.
+//!
+//! On the way out, [`SendBatch`] queues the datagrams of one flush — a burst of coalesced
+//! publishes, the acknowledgements of many publishers, one datagram to every static peer
+//! of a fan-out (each destination of a fan-out points at the same bytes) — and hands them
+//! to the kernel together with `sendmmsg`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -124,6 +129,140 @@ fn read(
     Ok(())
 }
 
+/// The datagrams of one flush waiting to be sent together: slots of one buffer made at
+/// start (each [`nomq::node::Node::max_datagram_len`] bytes, at least two, at most
+/// [`BATCH`]) that [`nomq::node::Flush::next`] writes into, and up to [`BATCH`]
+/// (slot, length, destination) entries; a fan-out queues one entry per destination on one
+/// slot. Slots are taken in turn, so the slot of the datagram still being fanned out is
+/// never handed out again before its last destination is queued.
+pub(crate) struct SendBatch {
+    buf: Vec<u8>,
+    slot: usize,
+    /// The slot the last datagram was written to.
+    cur: usize,
+    /// Slots holding a datagram written since the last send (the current one counts).
+    used: usize,
+    queued: Vec<(usize, usize, SocketAddr)>,
+}
+
+impl SendBatch {
+    /// Slots of `slot` bytes (2 to [`BATCH`] of them, about [`BUFFER_BYTES`] in all).
+    pub(crate) fn new(slot: usize) -> Self {
+        let slot = slot.max(1);
+        let slots = (BUFFER_BYTES / slot).clamp(2, BATCH);
+        Self { buf: vec![0; slot * slots], slot, cur: slots - 1, used: 0, queued: Vec::new() }
+    }
+
+    fn slots(&self) -> usize {
+        self.buf.len() / self.slot
+    }
+
+    /// The buffer for the next datagram, or `None` while every slot holds one not yet
+    /// sent ([`SendBatch::send`] first). Call [`SendBatch::wrote`] if a datagram was
+    /// written to it.
+    pub(crate) fn fresh(&mut self) -> Option<&mut [u8]> {
+        if self.used == self.slots() {
+            return None;
+        }
+        let at = (self.cur + 1) % self.slots() * self.slot;
+        Some(&mut self.buf[at..at + self.slot])
+    }
+
+    /// The buffer [`SendBatch::fresh`] gave now holds a datagram.
+    pub(crate) fn wrote(&mut self) {
+        self.cur = (self.cur + 1) % self.slots();
+        self.used += 1;
+    }
+
+    /// Queues the first `len` bytes of the last datagram written, to `to`.
+    pub(crate) fn queue(&mut self, len: usize, to: SocketAddr) {
+        debug_assert!(self.used > 0 && len <= self.slot);
+        self.queued.push((self.cur, len.min(self.slot), to));
+    }
+
+    /// Whether no more entries fit: [`SendBatch::send`] before queueing another.
+    pub(crate) fn is_full(&self) -> bool {
+        self.queued.len() >= BATCH
+    }
+
+    /// Sends every queued datagram, in order, waiting while the socket's buffer is full;
+    /// `done` learns what became of each (`None`: sent). A datagram the kernel refuses
+    /// (no route, too large) is reported and the ones after it are still sent. The slot of
+    /// the last datagram written stays intact (its fan-out may go on).
+    pub(crate) async fn send(
+        &mut self,
+        socket: &UdpSocket,
+        mut done: impl FnMut(SocketAddr, Option<&io::Error>),
+    ) {
+        let mut at = 0;
+        while at < self.queued.len() {
+            let rest = &self.queued[at..];
+            let (buf, slot) = (&self.buf, self.slot);
+            let r = match socket.try_io(Interest::WRITABLE, || write(socket, buf, slot, rest)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    socket.async_io(Interest::WRITABLE, || write(socket, buf, slot, rest)).await
+                }
+                r => r,
+            };
+            match r {
+                Ok(n) if n > 0 => {
+                    let n = n.min(rest.len());
+                    rest[..n].iter().for_each(|q| done(q.2, None));
+                    at += n;
+                }
+                Ok(_) => {
+                    let e = io::Error::new(io::ErrorKind::WriteZero, "no datagram sent");
+                    done(rest[0].2, Some(&e));
+                    at += 1;
+                }
+                Err(e) => {
+                    done(rest[0].2, Some(&e));
+                    at += 1;
+                }
+            }
+        }
+        self.queued.clear();
+        self.used = self.used.min(1);
+    }
+}
+
+/// Sends `queued` (slot, length, destination) from `buf`'s slots of `slot` bytes in one
+/// `sendmmsg`; how many the kernel took (the first refused one is the error of the next
+/// call, which starts with it).
+#[cfg(target_os = "linux")]
+fn write(
+    socket: &UdpSocket,
+    buf: &[u8],
+    slot: usize,
+    queued: &[(usize, usize, SocketAddr)],
+) -> io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let queued = &queued[..queued.len().min(BATCH)];
+    let slices: Vec<[IoSlice<'_>; 1]> =
+        queued.iter().map(|&(s, len, _)| [IoSlice::new(&buf[s * slot..s * slot + len])]).collect();
+    let addrs: Vec<Option<SockaddrStorage>> =
+        queued.iter().map(|q| Some(SockaddrStorage::from(q.2))).collect();
+    // As for recvmmsg: nix's headers hold raw pointers, so they are made per call.
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(queued.len(), None);
+    let sent =
+        sendmmsg(socket.as_raw_fd(), &mut headers, &slices, &addrs, [], MsgFlags::MSG_DONTWAIT)
+            .map_err(io::Error::from)?;
+    Ok(sent.count())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write(
+    socket: &UdpSocket,
+    buf: &[u8],
+    slot: usize,
+    queued: &[(usize, usize, SocketAddr)],
+) -> io::Result<usize> {
+    let (s, len, to) = queued[0];
+    socket.try_send_to(&buf[s * slot..s * slot + len], to).map(|_| 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +344,66 @@ mod tests {
         assert_eq!(RecvBatch::new(1472).capacity(), BATCH);
         assert_eq!(RecvBatch::new(65_507).capacity(), 4);
         assert_eq!(RecvBatch::new(1 << 20).capacity(), 1);
+    }
+
+    /// Datagrams queued in slots, one of them fanned out to three receivers, leave in one
+    /// flush in order; a destination the socket cannot reach is reported and its
+    /// neighbours still go.
+    #[test]
+    fn a_send_batch_fans_out_and_survives_a_refused_destination() {
+        rt().block_on(async {
+            let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let mut rx = Vec::new();
+            for _ in 0..3 {
+                rx.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+            }
+            let to: Vec<SocketAddr> = rx.iter().map(|s| s.local_addr().unwrap()).collect();
+            // An IPv6 destination from an IPv4 socket: refused by the kernel.
+            let v6: SocketAddr = "[::1]:9".parse().unwrap();
+            let mut batch = SendBatch::new(64);
+            assert_eq!(batch.slots(), BATCH);
+            let mut plan: Vec<(u8, SocketAddr)> = Vec::new();
+            let mut outcomes = Vec::new();
+            for i in 0..40u8 {
+                let b = batch.fresh().expect("a slot is free");
+                b[..4].fill(i);
+                batch.wrote();
+                let dests: Vec<SocketAddr> = match i {
+                    5 => to.clone(),
+                    7 => vec![to[0], v6, to[1]],
+                    _ => vec![to[usize::from(i) % 3]],
+                };
+                for d in dests {
+                    if batch.is_full() {
+                        batch.send(&tx, |to, e| outcomes.push((to, e.is_none()))).await;
+                    }
+                    batch.queue(4, d);
+                    plan.push((i, d));
+                }
+                if batch.fresh().is_none() {
+                    batch.send(&tx, |to, e| outcomes.push((to, e.is_none()))).await;
+                }
+            }
+            batch.send(&tx, |to, e| outcomes.push((to, e.is_none()))).await;
+            let want: Vec<(SocketAddr, bool)> = plan.iter().map(|p| (p.1, p.1 != v6)).collect();
+            assert_eq!(outcomes, want, "each datagram reported once, in order");
+            let mut buf = [0u8; 64];
+            for (k, t) in to.iter().enumerate() {
+                let expect: Vec<u8> = plan.iter().filter(|p| p.1 == *t).map(|p| p.0).collect();
+                let mut got = Vec::new();
+                for _ in 0..expect.len() {
+                    let wait = std::time::Duration::from_secs(5);
+                    let (n, from) = tokio::time::timeout(wait, rx[k].recv_from(&mut buf))
+                        .await
+                        .expect("every queued datagram arrives")
+                        .unwrap();
+                    assert_eq!((n, from), (4, tx.local_addr().unwrap()));
+                    assert!(buf[..4].iter().all(|&b| b == buf[0]));
+                    got.push(buf[0]);
+                }
+                assert_eq!(got, expect, "receiver {k}: each datagram once, in order");
+                assert!(rx[k].try_recv_from(&mut buf).is_err(), "and nothing more");
+            }
+        });
     }
 }

@@ -273,33 +273,58 @@ impl Flush {
         buf: &mut [u8],
     ) -> Option<Datagram<R::Endpoint>> {
         loop {
-            if let Some((len, target)) = self.current {
-                let n = self.next;
-                self.next += 1;
-                let to = match target {
-                    Target::Fanout => match routes.fanout(n) {
-                        Some(to) => Some(to),
-                        None => {
-                            self.current = None;
-                            continue;
-                        }
-                    },
-                    _ if n > 0 => {
-                        self.current = None;
-                        continue;
-                    }
-                    Target::Unicast(a) | Target::Group(a) => routes.endpoint(a),
-                };
-                match to {
-                    Some(to) => return Some(Datagram { len, to }),
-                    None => self.stats.unroutable += 1,
-                }
-                continue;
+            if let Some(d) = self.more(routes) {
+                return Some(d);
             }
             let tx = engine.poll_transmit(now, buf)?;
             self.current = Some((tx.len, tx.target));
             self.next = 0;
         }
+    }
+
+    /// The next destination of the datagram [`Flush::next`] last wrote, if it has one
+    /// more (a fan-out reaches several); `None` once every destination was handed out.
+    /// An adapter that sends many datagrams in one system call takes every destination
+    /// of a datagram with `more` — they all send the bytes in that buffer — and then gives
+    /// [`Flush::next`] a fresh buffer for the next datagram, so that the queued ones stay
+    /// intact until the call:
+    ///
+    /// ```text
+    /// loop {
+    ///     let d = match flush.more(&routes) {
+    ///         Some(d) => d,                            // same bytes, next destination
+    ///         None => match flush.next(&mut node, &routes, now, batch.fresh()) {
+    ///             Some(d) => d,                        // a new datagram in the fresh buffer
+    ///             None => break,
+    ///         },
+    ///     };
+    ///     batch.queue(d);                              // send when full, and at the end
+    /// }
+    /// ```
+    pub fn more<R: Routes + ?Sized>(&mut self, routes: &R) -> Option<Datagram<R::Endpoint>> {
+        while let Some((len, target)) = self.current {
+            let n = self.next;
+            self.next += 1;
+            let to = match target {
+                Target::Fanout => match routes.fanout(n) {
+                    Some(to) => Some(to),
+                    None => {
+                        self.current = None;
+                        continue;
+                    }
+                },
+                _ if n > 0 => {
+                    self.current = None;
+                    continue;
+                }
+                Target::Unicast(a) | Target::Group(a) => routes.endpoint(a),
+            };
+            match to {
+                Some(to) => return Some(Datagram { len, to }),
+                None => self.stats.unroutable += 1,
+            }
+        }
+        None
     }
 
     /// Reports what the socket did with the datagram [`Flush::next`] returned.
@@ -415,5 +440,27 @@ mod tests {
         assert_eq!(sent.as_slice(), &[1, 2, 7, 9]);
         let s = f.stats();
         assert_eq!((s.sent, s.send_errors, s.unroutable), (3, 1, 1));
+    }
+
+    /// `more` hands out the remaining destinations of the datagram already written and
+    /// never takes a new transmit, so each datagram can have a buffer of its own.
+    #[test]
+    fn more_takes_destinations_without_polling() {
+        let mut q = heapless::Deque::new();
+        q.push_back(Transmit { target: Target::Fanout, len: 3 }).unwrap();
+        q.push_back(Transmit { target: Target::Unicast(Addr::V4([1; 4], 7)), len: 4 }).unwrap();
+        let mut engine = Script(q, Stats::default());
+        let mut f = Flush::new();
+        assert_eq!(f.more(&Ports), None, "nothing taken yet");
+        let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+        let d = f.next(&mut engine, &Ports, Instant::ZERO, &mut a).unwrap();
+        assert_eq!((d.len, d.to, a[0]), (3, 1, 3));
+        assert_eq!(f.more(&Ports), Some(Datagram { len: 3, to: 2 }));
+        assert_eq!(f.more(&Ports), None);
+        assert_eq!(f.more(&Ports), None, "stays done");
+        let d = f.next(&mut engine, &Ports, Instant::ZERO, &mut b).unwrap();
+        assert_eq!((d.len, d.to, a[0], b[0]), (4, 7, 3, 4));
+        assert_eq!(f.more(&Ports), None);
+        assert!(f.next(&mut engine, &Ports, Instant::ZERO, &mut a).is_none());
     }
 }
