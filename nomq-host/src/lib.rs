@@ -609,10 +609,35 @@ type Slot = (mpsc::OwnedPermit<Message>, bool);
 
 /// Puts `message` in the stream slots reserved for it: with its [`Ack`] for the streams
 /// of [`Handle::subscribe_acked`] (each holds a clone), without for the others.
-fn hand_over(mut message: Message, permits: Vec<Slot>) {
+/// The stream slots reserved for one message. Most messages match one subscription: the
+/// first slot is kept inline, so only a message for several streams allocates here.
+#[derive(Default)]
+struct Slots {
+    first: Option<Slot>,
+    rest: Vec<Slot>,
+}
+
+impl Slots {
+    fn push(&mut self, slot: Slot) {
+        match self.first {
+            None => self.first = Some(slot),
+            Some(_) => self.rest.push(slot),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.first.iter().chain(&self.rest)
+    }
+}
+
+fn hand_over(mut message: Message, permits: Slots) {
     let ack = message.ack.take();
     let mut message = Some(message);
-    let mut permits = permits.into_iter().peekable();
+    let mut permits = permits.first.into_iter().chain(permits.rest).peekable();
     while let Some((p, acked)) = permits.next() {
         // The last stream takes the message itself.
         let m = if permits.peek().is_some() { message.clone() } else { message.take() };
@@ -1162,7 +1187,7 @@ struct Driver {
     store: Option<(FileStore, Vec<u8>)>,
     /// Messages delivered by the engine, with a reserved slot in each stream they go to,
     /// waiting for the next flush (and the save of the state that records them).
-    held: Vec<(Message, Vec<Slot>)>,
+    held: Vec<(Message, Slots)>,
 }
 
 /// Datagrams read between flushes in a batch: well under the engine's control queue
@@ -1331,7 +1356,7 @@ impl Driver {
         let matches =
             |sub: &Sub| matched.iter().any(|i| node.subscription(i) == Some(sub.pattern.as_str()));
         // A slot in every matching stream, or the message is refused.
-        let mut permits = Vec::new();
+        let mut permits = Slots::default();
         let mut full = None;
         let mut closed = None;
         for sub in self.subs.iter().filter(|s| matches(s)) {
