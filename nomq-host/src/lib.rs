@@ -1,5 +1,5 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bridge;
@@ -26,7 +26,6 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 /// Channel key scopes a host keyring holds.
@@ -525,7 +524,7 @@ impl NodeBuilder {
             None => open(&cfg)?,
         };
         let addr =
-            |s: &UdpSocket| s.local_addr().map_err(|e| HostError::network("local address", e));
+            |s: &udp::Socket| s.local_addr().map_err(|e| HostError::network("local address", e));
         let local = addr(&sockets.unicast)?;
         let discovery = sockets.discovery.as_ref().map(addr).transpose()?;
         let mut fanout: Vec<SocketAddr> = cfg.peers.clone();
@@ -673,8 +672,8 @@ const SEND_BUFFER: usize = 1 << 20;
 ///
 /// The engine identifies peers by session, not address, so it needs to know none of this.
 struct Sockets {
-    unicast: UdpSocket,
-    discovery: Option<UdpSocket>,
+    unicast: udp::Socket,
+    discovery: Option<udp::Socket>,
 }
 
 /// Which of [`Sockets`].
@@ -685,7 +684,7 @@ enum Which {
 }
 
 impl Sockets {
-    fn get(&self, which: Which) -> Option<&UdpSocket> {
+    fn get(&self, which: Which) -> Option<&udp::Socket> {
         match which {
             Which::Unicast => Some(&self.unicast),
             Which::Discovery => self.discovery.as_ref(),
@@ -729,7 +728,7 @@ fn open(cfg: &HostConfig) -> Result<Sockets, HostError> {
 }
 
 /// Rebinds the socket `which` (after repeated receive errors).
-fn reopen(cfg: &HostConfig, which: Which) -> Result<UdpSocket, HostError> {
+fn reopen(cfg: &HostConfig, which: Which) -> Result<udp::Socket, HostError> {
     match which {
         Which::Unicast if cfg.discovers() => configure(
             bind_at(cfg.unicast_bind(), false, "bind unicast socket")?,
@@ -760,21 +759,19 @@ fn bind_at(
     Ok(s.into())
 }
 
-/// Sets up a bound socket for its role: buffers, non-blocking, broadcast, multicast.
+/// Sets up a bound socket for its role: buffers, broadcast, multicast; then makes it
+/// non-blocking and registers it ([`udp::Socket`]).
 fn configure(
     socket: std::net::UdpSocket,
     cfg: &HostConfig,
     role: Role,
-) -> Result<UdpSocket, HostError> {
+) -> Result<udp::Socket, HostError> {
     let s = socket2::SockRef::from(&socket);
     // Best effort: a smaller grant only means more drops under bursts.
     let _ = s.set_recv_buffer_size(RECV_BUFFER);
     if role != Role::Discovery {
         let _ = s.set_send_buffer_size(SEND_BUFFER);
     }
-    socket.set_nonblocking(true).map_err(|e| HostError::network("non-blocking", e))?;
-    let socket =
-        UdpSocket::from_std(socket).map_err(|e| HostError::network("register socket", e))?;
     let sends = role != Role::Discovery;
     let receives_groups = role != Role::Unicast;
     if sends && !cfg.effective_broadcast().is_empty() {
@@ -788,7 +785,7 @@ fn configure(
                     IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
                 };
                 socket
-                    .join_multicast_v4(g, iface)
+                    .join_multicast_v4(&g, &iface)
                     .map_err(|e| HostError::network("join multicast group", e))?;
             }
             if sends {
@@ -812,7 +809,7 @@ fn configure(
         }
         None => {}
     }
-    Ok(socket)
+    udp::Socket::new(socket).map_err(|e| HostError::network("register socket", e))
 }
 
 /// Converts the OS clocks into the core's `Instant` and Unix seconds.
@@ -1211,6 +1208,14 @@ impl Driver {
     ) {
         let mut rbuf = udp::RecvBatch::new(self.node.max_datagram_len());
         let mut tbuf = udp::SendBatch::new(self.node.max_datagram_len());
+        // One timer for the driver's life, moved only to an earlier instant. Registering a
+        // timer before the runtime's next wake-up makes tokio wake its own thread (an
+        // eventfd write and one more epoll_wait), which a timer made anew every turn did
+        // at every publish; a timer left earlier than the engine needs fires,
+        // `handle_timeout` finds nothing due, and the next turn arms it again.
+        let sleep = tokio::time::sleep(std::time::Duration::ZERO);
+        tokio::pin!(sleep);
+        let mut armed: Option<tokio::time::Instant> = None;
         loop {
             // Dropped subscriptions first, whatever else is ready: no message is delivered
             // (and acknowledged) to a stream nobody reads once its drop was seen.
@@ -1219,12 +1224,12 @@ impl Driver {
             }
             self.flush(&mut tbuf).await;
             let deadline = self.node.poll_timeout().map(|t| self.clock.deadline(t));
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            if let Some(d) = deadline
+                && armed.is_none_or(|a| d < a)
+            {
+                sleep.as_mut().reset(d);
+                armed = Some(d);
+            }
             // Not biased: under a flood of datagrams the timers and commands still get
             // their turn (tokio picks among the ready branches at random).
             let next = tokio::select! {
@@ -1255,7 +1260,8 @@ impl Driver {
                     }
                     Next::Continue
                 }
-                () = sleep => {
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
                     let now = self.clock.now();
                     self.node.handle_timeout(now);
                     Next::Continue
@@ -1327,6 +1333,11 @@ impl Driver {
                     self.on_datagram(datagram, r.from);
                 }
                 tokio::task::consume_budget().await;
+            }
+            // The socket was empty after these: its answers go out before the read that
+            // says so (the next turn's), which would only delay them.
+            if rbuf.drained() {
+                done[slot] = true;
             }
             read += n.max(1);
             unflushed += n.max(1);

@@ -18,7 +18,115 @@ use std::io;
 use std::net::SocketAddr;
 
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
+
+/// The socket type the batch calls work on: a standard socket (its descriptor for
+/// `recvmmsg`/`sendmmsg`) on Linux, tokio's elsewhere.
+#[cfg(target_os = "linux")]
+pub(crate) type Raw = std::net::UdpSocket;
+#[cfg(not(target_os = "linux"))]
+pub(crate) type Raw = tokio::net::UdpSocket;
+
+/// A node's UDP socket, registered with the runtime **for reading only** on Linux.
+///
+/// tokio's `UdpSocket` asks epoll for readability and writability, and Linux reports a UDP
+/// socket writable again whenever the kernel releases a datagram it sent: with
+/// edge-triggered epoll that wakes a node blocked in `epoll_wait` once for every datagram
+/// it sent (on loopback, as the peer reads it), for nothing, since this node's sends never
+/// wait on readiness. On a QoS 1 round trip that was one wasted wake-up on each side. Sends
+/// here are plain non-blocking calls; the rare one that finds the send buffer full waits
+/// for writability through a duplicate descriptor registered for writing only while it
+/// waits. Elsewhere this is tokio's socket.
+pub(crate) struct Socket {
+    #[cfg(target_os = "linux")]
+    io: tokio::io::unix::AsyncFd<Raw>,
+    #[cfg(not(target_os = "linux"))]
+    io: Raw,
+}
+
+/// Registers `socket` with the runtime for `interest`.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn register(
+    socket: std::net::UdpSocket,
+    interest: Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<Raw>> {
+    // SAFETY: the `UdpSocket` owns its descriptor and the `AsyncFd` owns the socket, so the
+    // descriptor stays open, and is not replaced, for as long as it is registered; it is
+    // closed only when the `AsyncFd` is dropped, after deregistering it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(socket, interest) }
+        .map_err(|e| e.into_parts().1)
+}
+
+impl Socket {
+    /// Makes `socket` non-blocking and registers it with the current runtime.
+    pub(crate) fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        #[cfg(target_os = "linux")]
+        return Ok(Self { io: register(socket, Interest::READABLE)? });
+        #[cfg(not(target_os = "linux"))]
+        return Ok(Self { io: tokio::net::UdpSocket::from_std(socket)? });
+    }
+
+    /// The socket the system calls take.
+    pub(crate) fn raw(&self) -> &Raw {
+        #[cfg(target_os = "linux")]
+        return self.io.get_ref();
+        #[cfg(not(target_os = "linux"))]
+        return &self.io;
+    }
+
+    /// The address it is bound to.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.raw().local_addr()
+    }
+
+    /// Waits until a datagram (or an error) may be waiting; cancel safe. Readiness stays
+    /// set until a read finds the socket empty ([`Socket::try_read`]).
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        return self.io.readable().await.map(drop);
+        #[cfg(not(target_os = "linux"))]
+        return self.io.readable().await;
+    }
+
+    /// Runs the non-blocking read `f` if the socket may be readable; its `WouldBlock`
+    /// clears the readiness (and a `WouldBlock` comes back at once while none is set).
+    pub(crate) fn try_read<R>(&self, f: impl FnOnce(&Raw) -> io::Result<R>) -> io::Result<R> {
+        #[cfg(target_os = "linux")]
+        return self.io.try_io(Interest::READABLE, f);
+        #[cfg(not(target_os = "linux"))]
+        return self.io.try_io(Interest::READABLE, || f(&self.io));
+    }
+
+    /// Runs the non-blocking send `f`, and again each time the socket becomes writable
+    /// while `f` finds its buffer full.
+    #[cfg(target_os = "linux")]
+    pub(crate) async fn write<R>(&self, mut f: impl FnMut(&Raw) -> io::Result<R>) -> io::Result<R> {
+        loop {
+            match f(self.raw()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return r,
+            }
+            // The send buffer is full (rare: a burst faster than the interface). A
+            // descriptor registered now is reported writable at once if room was made
+            // meanwhile, so no wake-up is missed; it is deregistered when dropped.
+            let waiter = register(self.raw().try_clone()?, Interest::WRITABLE)?;
+            drop(waiter.writable().await?);
+        }
+    }
+
+    /// Runs the non-blocking send `f`, and again each time the socket becomes writable
+    /// while `f` finds its buffer full.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) async fn write<R>(&self, mut f: impl FnMut(&Raw) -> io::Result<R>) -> io::Result<R> {
+        match self.io.try_io(Interest::WRITABLE, || f(&self.io)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.io.async_io(Interest::WRITABLE, || f(&self.io)).await
+            }
+            r => r,
+        }
+    }
+}
 
 /// Most datagrams one call reads.
 pub(crate) const BATCH: usize = 32;
@@ -41,6 +149,8 @@ pub(crate) struct RecvBatch {
     buf: Vec<u8>,
     slot: usize,
     got: Vec<Received>,
+    /// Whether the last read returned fewer datagrams than it asked for.
+    short: bool,
 }
 
 impl RecvBatch {
@@ -48,7 +158,7 @@ impl RecvBatch {
     pub(crate) fn new(slot: usize) -> Self {
         let slot = slot.max(1);
         let slots = (BUFFER_BYTES / slot).clamp(1, BATCH);
-        Self { buf: vec![0; slot * slots], slot, got: Vec::with_capacity(slots) }
+        Self { buf: vec![0; slot * slots], slot, got: Vec::with_capacity(slots), short: false }
     }
 
     /// Datagrams one [`RecvBatch::recv`] can return.
@@ -58,12 +168,22 @@ impl RecvBatch {
 
     /// Reads up to `max` (at least 1) datagrams that are waiting on `socket` without
     /// waiting for more; `WouldBlock` if there is none (which clears tokio's readiness).
-    pub(crate) fn recv(&mut self, socket: &UdpSocket, max: usize) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, socket: &Socket, max: usize) -> io::Result<usize> {
         let max = max.clamp(1, self.capacity());
         self.got.clear();
         let (buf, slot, got) = (&mut self.buf, self.slot, &mut self.got);
-        socket.try_io(Interest::READABLE, || read(socket, &mut buf[..slot * max], slot, got))?;
+        let n = socket.try_read(|raw| read(raw, &mut buf[..slot * max], slot, got))?;
+        self.short = n < max;
         Ok(self.got.len())
+    }
+
+    /// Whether the last read found the socket empty after what it returned: on Linux,
+    /// `recvmmsg` returned fewer than it was asked for. Reading again would only get
+    /// `WouldBlock`, so a caller can send its answers first and leave that read (which
+    /// clears tokio's readiness) for its next turn. Never true elsewhere, where a read
+    /// returns one datagram.
+    pub(crate) fn drained(&self) -> bool {
+        cfg!(target_os = "linux") && self.short
     }
 
     /// Datagram `i` of the last read: its bytes (in place, to be opened there) and where
@@ -76,12 +196,7 @@ impl RecvBatch {
 }
 
 #[cfg(target_os = "linux")]
-fn read(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-    slot: usize,
-    got: &mut Vec<Received>,
-) -> io::Result<()> {
+fn read(socket: &Raw, buf: &mut [u8], slot: usize, got: &mut Vec<Received>) -> io::Result<usize> {
     use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
@@ -100,7 +215,9 @@ fn read(
         None,
     )
     .map_err(io::Error::from)?;
+    let mut returned = 0;
     for (i, m) in msgs.enumerate() {
+        returned += 1;
         let from = m.address.and_then(|a| {
             if let Some(v4) = a.as_sockaddr_in() {
                 Some(SocketAddr::V4((*v4).into()))
@@ -113,20 +230,15 @@ fn read(
         let truncated = m.flags.contains(MsgFlags::MSG_TRUNC);
         got.push(Received { slot: i, len: m.bytes.min(slot), from, truncated });
     }
-    Ok(())
+    Ok(returned)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn read(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-    slot: usize,
-    got: &mut Vec<Received>,
-) -> io::Result<()> {
+fn read(socket: &Raw, buf: &mut [u8], slot: usize, got: &mut Vec<Received>) -> io::Result<usize> {
     // One datagram, into the first slot (`recv_from` cannot tell a cut datagram).
     let (len, from) = socket.try_recv_from(&mut buf[..slot])?;
     got.push(Received { slot: 0, len, from, truncated: false });
-    Ok(())
+    Ok(1)
 }
 
 /// The datagrams of one flush waiting to be sent together: slots of one buffer made at
@@ -191,19 +303,14 @@ impl SendBatch {
     /// the last datagram written stays intact (its fan-out may go on).
     pub(crate) async fn send(
         &mut self,
-        socket: &UdpSocket,
+        socket: &Socket,
         mut done: impl FnMut(SocketAddr, Option<&io::Error>),
     ) {
         let mut at = 0;
         while at < self.queued.len() {
             let rest = &self.queued[at..];
             let (buf, slot) = (&self.buf, self.slot);
-            let r = match socket.try_io(Interest::WRITABLE, || write(socket, buf, slot, rest)) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    socket.async_io(Interest::WRITABLE, || write(socket, buf, slot, rest)).await
-                }
-                r => r,
-            };
+            let r = socket.write(|raw| write(raw, buf, slot, rest)).await;
             match r {
                 Ok(n) if n > 0 => {
                     let n = n.min(rest.len());
@@ -231,7 +338,7 @@ impl SendBatch {
 /// call, which starts with it).
 #[cfg(target_os = "linux")]
 fn write(
-    socket: &UdpSocket,
+    socket: &Raw,
     buf: &[u8],
     slot: usize,
     queued: &[(usize, usize, SocketAddr)],
@@ -254,7 +361,7 @@ fn write(
 
 #[cfg(not(target_os = "linux"))]
 fn write(
-    socket: &UdpSocket,
+    socket: &Raw,
     buf: &[u8],
     slot: usize,
     queued: &[(usize, usize, SocketAddr)],
@@ -266,6 +373,12 @@ fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::UdpSocket;
+
+    /// A node-side socket on 127.0.0.1 (call inside a runtime).
+    fn node_socket() -> Socket {
+        Socket::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap()
+    }
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
@@ -276,7 +389,7 @@ mod tests {
     #[test]
     fn a_batch_reads_queued_datagrams_in_order() {
         rt().block_on(async {
-            let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let rx = node_socket();
             let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let to = rx.local_addr().unwrap();
@@ -320,7 +433,7 @@ mod tests {
     #[test]
     fn a_datagram_longer_than_its_slot_is_reported_truncated() {
         rt().block_on(async {
-            let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let rx = node_socket();
             let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let to = rx.local_addr().unwrap();
             tx.send_to(&[7; 300], to).await.unwrap();
@@ -352,7 +465,7 @@ mod tests {
     #[test]
     fn a_send_batch_fans_out_and_survives_a_refused_destination() {
         rt().block_on(async {
-            let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let tx = node_socket();
             let mut rx = Vec::new();
             for _ in 0..3 {
                 rx.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
@@ -404,6 +517,40 @@ mod tests {
                 assert_eq!(got, expect, "receiver {k}: each datagram once, in order");
                 assert!(rx[k].try_recv_from(&mut buf).is_err(), "and nothing more");
             }
+        });
+    }
+
+    /// A send that finds the buffer full waits for writability and is made again; the
+    /// socket, registered for reading only, still reads afterwards.
+    #[test]
+    fn a_send_that_would_block_is_retried_once_writable() {
+        rt().block_on(async {
+            let s = node_socket();
+            let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let to = peer.local_addr().unwrap();
+            let mut calls = 0;
+            let wait = std::time::Duration::from_secs(5);
+            let r = tokio::time::timeout(
+                wait,
+                s.write(|raw| {
+                    calls += 1;
+                    if calls == 1 {
+                        return Err(io::Error::from(io::ErrorKind::WouldBlock));
+                    }
+                    write(raw, &[9; 8], 8, &[(0, 8, to)])
+                }),
+            )
+            .await
+            .expect("writable again at once: no missed wake-up");
+            assert_eq!((r.unwrap(), calls), (1, 2));
+            let mut buf = [0; 16];
+            let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+            assert_eq!((&buf[..n], from), (&[9; 8][..], s.local_addr().unwrap()));
+            peer.send_to(b"back", from).await.unwrap();
+            tokio::time::timeout(wait, s.readable()).await.unwrap().unwrap();
+            let mut batch = RecvBatch::new(64);
+            assert_eq!(batch.recv(&s, 4).unwrap(), 1);
+            assert_eq!(batch.get(0).0, b"back");
         });
     }
 }
