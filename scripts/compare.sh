@@ -8,7 +8,8 @@
 # builds the release binaries once, then runs N rounds (default 3); within each round the
 # systems take turns (the order rotates every round): `nomq bench` (raw UDP, NoMQ QoS 0,
 # QoS 1 windowed, QoS 1 round trip), ddsperf pub/sub reliable and best effort, ddsperf
-# ping/pong, mosquitto with the mqtt_bench client (nomq-host/examples/mqtt_bench.rs).
+# ping/pong, mosquitto with the mqtt_bench client (nomq-host/examples/mqtt_bench.rs), and
+# plain UDP ping-pong (nomq-host/examples/udp_pingpong.rs: the round-trip floor).
 # Prints one table of medians and the ratios of issue 12's goals; --json prints one JSON
 # object instead. --sweep instead runs one round over payload sizes 16 B .. 8 KiB and
 # writes docs/img/throughput.png (gnuplot).
@@ -59,10 +60,11 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 command -v python3 >/dev/null 2>&1 || { echo "compare.sh: python3 is needed for the summary" >&2; exit 2; }
 
 log "building release binaries"
-(cd "$ROOT" && timeout 1800 cargo build --release -q -p nomq-host --bin nomq --example mqtt_bench) >&2
+(cd "$ROOT" && timeout 1800 cargo build --release -q -p nomq-host --bin nomq --example mqtt_bench --example udp_pingpong) >&2
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 NOMQ=$TARGET/release/nomq
 MQTT=$TARGET/release/examples/mqtt_bench
+PINGPONG=$TARGET/release/examples/udp_pingpong
 
 # --- processes and cleanup ---------------------------------------------------------------
 WORK=$(mktemp -d /tmp/nomq-compare.XXXXXX)
@@ -260,7 +262,22 @@ rec("mqtt_qos1_rtt_p50_us", v["qos1_rtt"]["p50_us"])
 PY
 }
 
-SYSTEMS=(nomq dds_reliable dds_best_effort dds_ping mqtt)
+# The floor under every round trip here: plain 64-byte UDP ping-pong, no protocol.
+run_udp_ping() { # ROUND SIZE
+    local out=$WORK/udp-ping.txt
+    run timeout 120 "$PINGPONG" "$SAMPLES" > "$out" ||
+        { echo "compare.sh: udp_pingpong failed (exit $?)" >&2; exit 3; }
+    python3 - "$out" "$1" "$2" >> "$RESULTS" <<'PY'
+import json, re, sys
+path, r, s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+m = re.search(r"tokio \(2 workers\) ([\d.]+) us, std threads ([\d.]+) us", open(path).read())
+if not m: sys.exit("compare.sh: udp_pingpong printed no p50")
+print(json.dumps({"round": r, "size": s, "metric": "udp_rtt_tokio_p50_us", "value": float(m.group(1))}))
+print(json.dumps({"round": r, "size": s, "metric": "udp_rtt_std_p50_us", "value": float(m.group(2))}))
+PY
+}
+
+SYSTEMS=(nomq dds_reliable dds_best_effort dds_ping mqtt udp_ping)
 run_system() { # NAME ROUND SIZE
     log "  round $2: $1 ($3 B)"
     case "$1" in
@@ -269,6 +286,7 @@ run_system() { # NAME ROUND SIZE
         dds_best_effort) run_dds_pubsub "$2" "$3" dds_best_effort -u;;
         dds_ping) run_dds_ping "$2" "$3";;
         mqtt) run_mqtt "$2" "$3";;
+        udp_ping) run_udp_ping "$2" "$3";;
     esac
 }
 
@@ -376,6 +394,8 @@ rows = [
     ("mosquitto QoS 0 (rumqttc)", "mqtt_qos0", "msg/s"),
     ("mosquitto QoS 1 windowed (broker PUBACKs)", "mqtt_qos1_window", "msg/s"),
     ("mosquitto QoS 1 ping-pong round trip p50", "mqtt_qos1_rtt_p50_us", "µs"),
+    ("plain UDP ping-pong p50, tokio (the floor)", "udp_rtt_tokio_p50_us", "µs"),
+    ("plain UDP ping-pong p50, blocking threads", "udp_rtt_std_p50_us", "µs"),
 ]
 def fmt(x):
     return str(int(x)) if float(x).is_integer() else str(x)
@@ -391,6 +411,10 @@ print("%-40s %9s  %s" % ("ratio", "measured", "goal"))
 for k, (v, g) in ratios.items():
     goal = (">= %d" % g) if g else "<= 1"
     print("%-40s %9s  %s" % (k, "-" if v is None else "%.3f" % v, goal))
+floor = med.get("udp_rtt_tokio_p50_us")
+if floor and med.get("nomq_qos1_rtt_p50_us") and med.get("dds_rtt_p50_us"):
+    print("round trip p50 / plain UDP ping-pong p50 (tokio), no goal: NoMQ %.2f, Cyclone DDS %.2f"
+          % (med["nomq_qos1_rtt_p50_us"] / floor, med["dds_rtt_p50_us"] / floor))
 print()
 extra = []
 for ph in ("raw_udp", "nomq_qos0", "nomq_qos1_window"):
