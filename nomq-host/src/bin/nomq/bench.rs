@@ -76,6 +76,8 @@ const WINDOW_TTL: u16 = 5;
 const WINDOW_TASKS: usize = 16;
 /// Messages the bench's reader takes from its stream at once.
 const CONSUME_BATCH: usize = 256;
+/// Messages the bench's subscription stream holds for its reader.
+const BENCH_STREAM_DEPTH: usize = 65_536;
 const CHANNEL_QOS0: &str = "bench/qos0";
 const CHANNEL_QOS1: &str = "bench/qos1";
 const CHANNEL_QOS1W: &str = "bench/qos1w";
@@ -747,7 +749,13 @@ fn nomq_phases(
     let receipts = Arc::new(Receipts::new());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let sub_builder = bench_node(&ring, sub_addr, pub_addr)?;
+    // A reader of a million messages a second buffers more than the default 4096: on a
+    // 2-core machine its thread waits milliseconds for a core while the publisher and
+    // the receiving driver both run flat out, and a full stream refuses (and counts) what
+    // arrives meanwhile. At most 64 Ki messages wait (a few MB); past that QoS 0 is still
+    // refused and counted. What the receiving node cannot take is dropped by the kernel
+    // and reported (socket overflows).
+    let sub_builder = bench_node(&ring, sub_addr, pub_addr)?.stream_depth(BENCH_STREAM_DEPTH);
     let subscriber = {
         let receipts = Arc::clone(&receipts);
         std::thread::spawn(move || -> Result<Drops, Failure> {
