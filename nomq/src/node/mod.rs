@@ -571,7 +571,8 @@ where
         if self.state_unsaved() {
             return None;
         }
-        let t = self.transmit_first_packet(now, buf);
+        let mut picks = send::Picks::default();
+        let t = self.transmit_first_packet(now, buf, &mut picks);
         if let Some((first, false)) = t {
             let limit = self.coalesce_limit(first.target).min(buf.len());
             let mut len = first.len;
@@ -579,7 +580,7 @@ where
                 let (room, want) = (&mut buf[len..limit], Some(first.target));
                 let mut step = self.transmit_control(now, room, want);
                 if matches!(step, Step::Nothing) && self.announce.heartbeat_due(now).is_none() {
-                    step = self.transmit_outbox(now, room, want);
+                    step = self.transmit_outbox(now, room, want, &mut picks);
                 }
                 let Step::Sent(next) = step else { break };
                 len += next.len;
@@ -591,7 +592,12 @@ where
     }
 
     /// The first packet of a datagram, and whether it travels alone.
-    fn transmit_first_packet(&mut self, now: Instant, buf: &mut [u8]) -> Option<(Transmit, bool)> {
+    fn transmit_first_packet(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        picks: &mut send::Picks,
+    ) -> Option<(Transmit, bool)> {
         let challenge = matches!(self.announce.control.front(), Some(Control::Challenge { .. }));
         let mut t = match self.transmit_control(now, buf, None) {
             Step::Sent(t) => Some((t, challenge)),
@@ -601,7 +607,7 @@ where
             t = self.transmit_heartbeat(now, buf).map(|t| (t, true));
         }
         let from_outbox = t.is_none();
-        if from_outbox && let Step::Sent(p) = self.transmit_outbox(now, buf, None) {
+        if from_outbox && let Step::Sent(p) = self.transmit_outbox(now, buf, None, picks) {
             t = Some((p, false));
         }
         if let Some((old, new)) = self.tx.take_renewal() {

@@ -356,6 +356,13 @@ impl Hot {
     fn ready(&self, now: Instant, qos2_open: bool) -> bool {
         now >= self.due && now < self.expires && (qos2_open || !self.needs_window)
     }
+
+    /// Sending order: higher priority first, then older (handles increase, wrapping, in
+    /// publish order). `Greater` means `a` goes before `b`.
+    fn order(a: &Hot, b: &Hot) -> core::cmp::Ordering {
+        let older = b.handle.0.wrapping_sub(a.handle.0).cast_signed().cmp(&0);
+        a.priority.cmp(&b.priority).then(older)
+    }
 }
 
 /// The outbox: a slab of `O` slots. An entry is written into a vacant slot and stays
@@ -516,14 +523,42 @@ impl<const P: usize, const M: usize, const O: usize> Outbox<P, M, O> {
         self.check();
         let pick = (self.hot.iter().enumerate())
             .filter(|(_, h)| h.ready(now, qos2_open))
-            .max_by(|(_, a), (_, b)| {
-                // Oldest first among equals; handles increase (wrapping) in publish order.
-                let older = b.handle.0.wrapping_sub(a.handle.0).cast_signed().cmp(&0);
-                a.priority.cmp(&b.priority).then(older)
-            })
+            .max_by(|(_, a), (_, b)| Hot::order(a, b))
             .map(|(i, _)| i);
         debug_assert!(pick.is_none_or(|i| self[i].ready(now, qos2_open, self.max_attempts)));
         pick
+    }
+
+    /// Whether entry `i` is ready ([`Entry::ready`]) at `now`.
+    pub(super) fn is_ready(&self, i: usize, now: Instant, qos2_open: bool) -> bool {
+        self.hot.get(i).is_some_and(|h| h.ready(now, qos2_open))
+    }
+
+    /// The ready entries in the order [`Outbox::pick`] would take them, best first, as
+    /// many as `ranked` holds: one scan for several packets of a datagram.
+    pub(super) fn rank<const K: usize>(
+        &self,
+        now: Instant,
+        qos2_open: bool,
+        ranked: &mut heapless::Vec<usize, K>,
+    ) {
+        self.check();
+        ranked.clear();
+        for (i, h) in self.hot.iter().enumerate().filter(|(_, h)| h.ready(now, qos2_open)) {
+            // Insertion into the sorted prefix; past the last of a full list, skipped.
+            let at = ranked.iter().position(|&j| Hot::order(h, &self.hot[j]).is_gt());
+            match at {
+                Some(at) => {
+                    if ranked.is_full() {
+                        ranked.pop();
+                    }
+                    let _ = ranked.insert(at, i);
+                }
+                None => {
+                    let _ = ranked.push(i);
+                }
+            }
+        }
     }
 
     /// The first entry, from slot `from` on, that has an outcome at `now`
@@ -617,6 +652,25 @@ mod tests {
         o.push(entry(4, 0, Qos::AtMostOnce)).unwrap();
         o.push(entry(5, 0, Qos::AtMostOnce)).unwrap();
         assert!(o.is_full() && o.push(entry(6, 0, Qos::AtMostOnce)).is_err());
+    }
+
+    /// `rank` lists the ready entries in `pick` order, best first, cut at its capacity.
+    #[test]
+    fn rank_orders_like_pick_and_keeps_the_best() {
+        let mut o: Outbox<4, 32, 8> = Outbox::new(8);
+        for (h, p) in [(5, 1), (u32::MAX, 1), (2, 3), (7, 0), (1, 3)] {
+            o.push(entry(h, p, Qos::AtMostOnce)).unwrap();
+        }
+        let mut all: Vec<usize, 8> = Vec::new();
+        o.rank(Instant::ZERO, true, &mut all);
+        // Priority 3 (handles 1 then 2), priority 1 (u32::MAX is older than 5), then 0.
+        assert_eq!(all.as_slice(), &[4, 2, 1, 0, 3]);
+        assert_eq!(o.pick(Instant::ZERO, true), Some(all[0]));
+        let mut two: Vec<usize, 2> = Vec::new();
+        o.rank(Instant::ZERO, true, &mut two);
+        assert_eq!(two.as_slice(), &[4, 2]);
+        o.rank(Instant::from_micros(1000), true, &mut two);
+        assert!(two.is_empty(), "all expired");
     }
 
     /// The summary an entry is picked, finished and timed by follows every change made

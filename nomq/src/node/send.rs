@@ -3,7 +3,7 @@
 
 use super::Node;
 use super::announce::Control;
-use super::outbox::{TState, TargetPeer};
+use super::outbox::{Outbox, TState, TargetPeer};
 use super::peers::Sender;
 use super::retransmit::Action;
 use super::tx::Spec;
@@ -294,18 +294,21 @@ where
     }
 
     /// The next packet of the outbox; with `want`, only one to that target that fits
-    /// `buf` (as [`Node::transmit_control`]).
+    /// `buf` (as [`Node::transmit_control`]). `picks` carries the ranking between the
+    /// packets of one [`Node::poll_transmit`].
     pub(super) fn transmit_outbox(
         &mut self,
         now: Instant,
         buf: &mut [u8],
         want: Option<Target>,
+        picks: &mut Picks,
     ) -> Step {
         loop {
             let open = self.qos2_window_open();
-            let Some(i) = self.outbox.pick(now, open) else {
+            let Some(i) = picks.next(&self.outbox, now, open) else {
                 return Step::Nothing;
             };
+            debug_assert_eq!(Some(i), self.outbox.pick(now, open), "ranking agrees with pick");
             match self.transmit_entry(now, i, buf, want) {
                 Step::Nothing => {}
                 done => return done,
@@ -519,5 +522,45 @@ where
             }
         }
         self.outbox.at(i).targets = targets;
+    }
+}
+
+/// Entries ranked by one scan of the outbox, for the packets of one
+/// [`Node::poll_transmit`] (a datagram of many coalesced packets scanned the outbox once
+/// per packet). Within one call the ranking stays right: `now` is fixed, no entry is
+/// added, an entry's priority and handle never change, and an entry only stops being
+/// ready (sent, or the QoS 2 window closing). So the first still-ready ranked entry is the
+/// one [`Outbox::pick`] would take (debug builds check each pick); once every ranked entry
+/// has stopped being ready, the outbox is scanned again.
+#[derive(Debug, Default)]
+pub(super) struct Picks {
+    ranked: heapless::Vec<usize, PICKS>,
+    at: usize,
+}
+
+/// Entries ranked per scan.
+const PICKS: usize = 16;
+
+impl Picks {
+    /// The entry to send next, as [`Outbox::pick`].
+    fn next<const P: usize, const M: usize, const O: usize>(
+        &mut self,
+        outbox: &Outbox<P, M, O>,
+        now: Instant,
+        open: bool,
+    ) -> Option<usize> {
+        loop {
+            while let Some(&i) = self.ranked.get(self.at) {
+                if outbox.is_ready(i, now, open) {
+                    return Some(i);
+                }
+                self.at += 1;
+            }
+            outbox.rank(now, open, &mut self.ranked);
+            self.at = 0;
+            if self.ranked.is_empty() {
+                return None;
+            }
+        }
     }
 }
