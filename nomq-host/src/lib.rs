@@ -606,8 +606,6 @@ fn restore(
 /// [`Handle::subscribe_acked`].
 type Slot = (mpsc::OwnedPermit<Message>, bool);
 
-/// Puts `message` in the stream slots reserved for it: with its [`Ack`] for the streams
-/// of [`Handle::subscribe_acked`] (each holds a clone), without for the others.
 /// The stream slots reserved for one message. Most messages match one subscription: the
 /// first slot is kept inline, so only a message for several streams allocates here.
 #[derive(Default)]
@@ -633,6 +631,8 @@ impl Slots {
     }
 }
 
+/// Puts `message` in the stream slots reserved for it: with its [`Ack`] for the streams
+/// of [`Handle::subscribe_acked`] (each holds a clone), without for the others.
 fn hand_over(mut message: Message, permits: Slots) {
     let ack = message.ack.take();
     let mut message = Some(message);
