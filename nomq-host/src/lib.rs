@@ -112,12 +112,18 @@ impl HostError {
 }
 
 /// A message delivered to a subscription.
+///
+/// Its channel name and body are slices of one buffer per datagram, shared by the
+/// messages that arrived together (one allocation per datagram, not two per message):
+/// cloning a message, or keeping its body, costs no copy. A kept body keeps at most its
+/// datagram's plaintext alive (a few KiB at most, `max_datagram_len`); copy it
+/// (`body.to_vec()`) to keep a few bytes of a large datagram for long.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     /// Channel name.
-    pub channel: String,
+    pub channel: bytestring::ByteString,
     /// Body.
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
     /// Sender's address.
     pub from: SocketAddr,
     /// Sender's session.
@@ -574,6 +580,8 @@ impl NodeBuilder {
             events: self.events,
             store,
             held: Vec::new(),
+            spans: Vec::new(),
+            datagram: 0..0,
         };
         tokio::spawn(driver.run(rx, unsub_rx, ack_rx));
         Ok(Handle { tx, local, discovery })
@@ -1185,6 +1193,79 @@ struct Driver {
     /// Messages delivered by the engine, with a reserved slot in each stream they go to,
     /// waiting for the next flush (and the save of the state that records them).
     held: Vec<(Message, Slots)>,
+    /// Where, in the datagram being read (at the addresses `datagram`), the channel name
+    /// and body of each message it delivered lie: one entry per message pushed to `held`
+    /// during [`Driver::on_datagram`].
+    spans: Vec<Spans>,
+    datagram: core::ops::Range<usize>,
+}
+
+/// Where a delivered message's channel name and body lie within its datagram.
+#[derive(Clone, Debug)]
+struct Spans {
+    channel: Span,
+    body: Span,
+}
+
+#[derive(Clone, Debug)]
+enum Span {
+    /// These bytes of the datagram.
+    In(core::ops::Range<usize>),
+    /// Bytes from elsewhere (the engine hands out none today), copied on their own.
+    Copied(bytes::Bytes),
+}
+
+impl Span {
+    fn new(datagram: core::ops::Range<usize>, s: &[u8]) -> Self {
+        let at = s.as_ptr().addr();
+        if datagram.start <= at && at + s.len() <= datagram.end {
+            let start = at - datagram.start;
+            Self::In(start..start + s.len())
+        } else {
+            Self::Copied(bytes::Bytes::copy_from_slice(s))
+        }
+    }
+
+    fn range(&self) -> Option<&core::ops::Range<usize>> {
+        match self {
+            Self::In(r) => Some(r),
+            Self::Copied(_) => None,
+        }
+    }
+
+    /// These bytes, a slice of `shared`, which holds the datagram's bytes from offset `at`.
+    fn take(&self, shared: &bytes::Bytes, at: usize) -> bytes::Bytes {
+        match self {
+            Self::In(r) => shared.slice(r.start - at..r.end - at),
+            Self::Copied(b) => b.clone(),
+        }
+    }
+}
+
+impl Spans {
+    /// `datagram` is the address range of the datagram being read.
+    fn new(datagram: core::ops::Range<usize>, channel: &str, body: &[u8]) -> Self {
+        Self {
+            channel: Span::new(datagram.clone(), channel.as_bytes()),
+            body: Span::new(datagram, body),
+        }
+    }
+
+    /// The smallest range of the datagram covering every span in it, if any is.
+    fn cover(spans: &[Self]) -> Option<core::ops::Range<usize>> {
+        let mut all = spans.iter().flat_map(|s| [s.channel.range(), s.body.range()]).flatten();
+        let first = all.next()?.clone();
+        Some(all.fold(first, |c, r| c.start.min(r.start)..c.end.max(r.end)))
+    }
+
+    /// The message's channel name and body, slices of `shared`, which holds the
+    /// datagram's bytes from offset `at`.
+    fn take(&self, shared: &bytes::Bytes, at: usize) -> (bytestring::ByteString, bytes::Bytes) {
+        // The engine checked the name is UTF-8 (these are the same bytes): never empty.
+        let channel =
+            bytestring::ByteString::try_from(self.channel.take(shared, at)).unwrap_or_default();
+        (channel, self.body.take(shared, at))
+    }
 }
 
 /// Datagrams read between flushes in a batch: well under the engine's control queue
@@ -1354,8 +1435,21 @@ impl Driver {
     fn on_datagram(&mut self, buf: &mut [u8], from: SocketAddr) {
         // One clock reading for the packets of a datagram: they arrived together.
         let now = self.clock.now();
+        let first = self.held.len();
+        self.datagram = buf.as_ptr().addr()..buf.as_ptr().addr() + buf.len();
+        self.spans.clear();
         for packet in nomq::node::Packets::new(buf) {
             self.on_packet(now, packet, from);
+        }
+        // Packets are opened in place: once all are, the plaintext the delivered messages
+        // need is copied once, and each message takes its slices of that copy.
+        if self.held.len() == first {
+            return;
+        }
+        let range = Spans::cover(&self.spans).unwrap_or(0..0);
+        let shared = bytes::Bytes::copy_from_slice(&buf[range.clone()]);
+        for ((message, _), spans) in self.held[first..].iter_mut().zip(&self.spans) {
+            (message.channel, message.body) = spans.take(&shared, range.start);
         }
     }
 
@@ -1414,9 +1508,11 @@ impl Driver {
                 }
             }
         } else {
+            // Filled in from the datagram's shared buffer once all its packets are read.
+            self.spans.push(Spans::new(self.datagram.clone(), name.as_str(), m.body));
             let message = Message {
-                channel: name.as_str().to_string(),
-                body: m.body.to_vec(),
+                channel: bytestring::ByteString::new(),
+                body: bytes::Bytes::new(),
                 from,
                 session: m.session,
                 msg: m.msg,
@@ -1754,6 +1850,34 @@ mod tests {
         assert!(matches!(&e, HostError::Config { field, .. } if field == "peers"), "{e}");
     }
 
+    /// The spans of a datagram's messages cover the least of it, each message's slices
+    /// of the one copy are its own bytes, and a slice from outside the datagram is
+    /// copied on its own.
+    #[test]
+    fn spans_slice_one_copy_of_the_datagram() {
+        let datagram = b"..a/bONE....c/dTWO..".to_vec();
+        let other = b"x/yELSEWHERE".to_vec();
+        let at = datagram.as_ptr().addr()..datagram.as_ptr().addr() + datagram.len();
+        let text = |r: core::ops::Range<usize>| std::str::from_utf8(&datagram[r]).unwrap();
+        let spans = [
+            Spans::new(at.clone(), text(2..5), &datagram[5..8]),
+            Spans::new(at.clone(), text(12..15), &datagram[15..18]),
+            Spans::new(at.clone(), std::str::from_utf8(&other[..3]).unwrap(), &other[3..]),
+        ];
+        assert!(matches!(spans[2].body, Span::Copied(_)), "{:?}", spans[2]);
+        let range = Spans::cover(&spans).unwrap();
+        assert_eq!(range, 2..18);
+        let shared = bytes::Bytes::copy_from_slice(&datagram[range.clone()]);
+        let want = [("a/b", &b"ONE"[..]), ("c/d", b"TWO"), ("x/y", b"ELSEWHERE")];
+        let inside = shared.as_ptr().addr()..shared.as_ptr().addr() + shared.len();
+        for (spans, (channel, body)) in spans.iter().zip(want) {
+            let (c, b) = spans.take(&shared, range.start);
+            assert_eq!((&*c, &b[..]), (channel, body));
+            assert_eq!(inside.contains(&b.as_ptr().addr()), channel != "x/y");
+        }
+        assert_eq!(Spans::cover(&spans[2..]), None);
+    }
+
     /// A subscription made with `subscribe_acked` holds back the acknowledgement until
     /// the application completes it; an abandoned one is delivered again.
     #[tokio::test]
@@ -1772,7 +1896,7 @@ mod tests {
         let mut outcome = a.start_publish("t/x", b"one".to_vec(), opts).await.unwrap();
         let m = tokio::time::timeout(wait, sub.recv()).await.unwrap().unwrap();
         let p = tokio::time::timeout(wait, plain.recv()).await.unwrap().unwrap();
-        assert_eq!((m.body.as_slice(), m.ttl), (&b"one"[..], 60));
+        assert_eq!((&m.body[..], m.ttl), (&b"one"[..], 60));
         assert!(p.ack.is_none(), "a plain subscription holds no acknowledgement");
         // Not acknowledged while the application holds it (retransmissions come and go).
         let early = tokio::time::timeout(std::time::Duration::from_secs(2), &mut outcome).await;
@@ -1787,7 +1911,7 @@ mod tests {
         let m = tokio::time::timeout(wait, sub.recv()).await.unwrap().unwrap();
         drop(m);
         let again = tokio::time::timeout(wait, sub.recv()).await.unwrap().unwrap();
-        assert_eq!(again.body, b"two");
+        assert_eq!(again.body, &b"two"[..]);
         again.ack.unwrap().complete();
         let d = tokio::time::timeout(wait, outcome).await.unwrap().unwrap();
         assert_eq!(d.status, Status::Acknowledged);

@@ -448,7 +448,7 @@ async fn session_churn_of_real_processes() {
     }
     let elapsed = started.elapsed();
     let got = drain(&mut stream, Duration::from_millis(500)).await;
-    let distinct: HashSet<&[u8]> = got.iter().map(|m| m.body.as_slice()).collect();
+    let distinct: HashSet<&[u8]> = got.iter().map(|m| &m.body[..]).collect();
     println!(
         "session churn: {count} `nomq pub -q 1` processes ({} from {fixed}, {} from new ports) in \
          {elapsed:?} (slowest {slowest:?}): {} exited 0, {} distinct messages received (before: \
@@ -550,7 +550,7 @@ async fn publish_paced(p: &Handle, tag: &str, count: u32, rate: u32) -> usize {
 fn first_time(got: &[Message]) -> usize {
     let mut first: HashMap<&[u8], bool> = HashMap::new();
     for m in got {
-        first.entry(m.body.as_slice()).or_insert(!m.dup);
+        first.entry(&m.body[..]).or_insert(!m.dup);
     }
     first.values().filter(|&&f| f).count()
 }

@@ -105,7 +105,7 @@ async fn a_shared_pattern_stays_while_one_subscription_lives() {
         .unwrap();
     assert_eq!(d.status, Status::Acknowledged, "{d:?}");
     let m = tokio::time::timeout(WAIT, second.recv()).await.unwrap().unwrap();
-    assert_eq!(m.body, b"still");
+    assert_eq!(m.body, &b"still"[..]);
 }
 
 /// Publishes `count` messages at `qos` with as many in flight as the outbox holds, and
@@ -387,7 +387,7 @@ async fn retained_reply_outcome_is_reported() {
         .unwrap();
     let mut s = late.subscribe("cfg/#").await.unwrap();
     let m = tokio::time::timeout(WAIT, s.recv()).await.unwrap().unwrap();
-    assert!(m.retained && m.body == b"eco");
+    assert!(m.retained && m.body == b"eco"[..]);
     let end = tokio::time::Instant::now() + WAIT;
     loop {
         let e = tokio::time::timeout_at(end, events.recv())

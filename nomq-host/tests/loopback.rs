@@ -62,12 +62,47 @@ async fn qos_0_1_2_both_directions() {
         let expect = if qos == Qos::AtMostOnce { Status::Sent } else { Status::Acknowledged };
         assert_eq!(d.status, expect, "{qos:?}: {d:?}");
         let m = tokio::time::timeout(Duration::from_secs(2), sb.recv()).await.unwrap().unwrap();
-        assert_eq!((m.channel.as_str(), m.body.as_slice(), m.qos), ("to/b/x", &[n][..], qos));
+        assert_eq!((&*m.channel, &m.body[..], m.qos), ("to/b/x", &[n][..], qos));
         let d = b.publish("to/a/y/z", vec![n], PublishOptions::qos(qos)).await.unwrap();
         assert_eq!(d.status, expect);
         let m = tokio::time::timeout(Duration::from_secs(2), sa.recv()).await.unwrap().unwrap();
         assert_eq!(m.body, vec![n]);
     }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The messages of one datagram share one buffer, and nothing else holds it: each
+/// message's channel name lies right before its body in it (the PUBLISH plaintext), a
+/// body outlives the message it came with, and the buffer goes when its last slice does.
+#[tokio::test]
+async fn messages_of_one_datagram_share_one_buffer() {
+    let (a, b) = pair(1, 1).await;
+    let mut sb = b.subscribe("share/#").await.unwrap();
+    let wait = Duration::from_secs(10);
+    assert!(a.wait_for_subscribers("share/x", 1, wait).await.unwrap().is_some());
+    let bodies: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 64]).collect();
+    let opts = PublishOptions::qos(Qos::AtMostOnce);
+    assert_eq!(a.publish_batch("share/x", bodies.clone(), opts).await.unwrap(), 40);
+    let mut got = Vec::new();
+    while got.len() < 40 {
+        got.push(tokio::time::timeout(wait, sb.recv()).await.unwrap().unwrap());
+    }
+    for (m, want) in got.iter().zip(&bodies) {
+        assert_eq!((&*m.channel, &m.body[..]), ("share/x", &want[..]));
+        let name_end = m.channel.as_bytes().as_ptr_range().end;
+        assert_eq!(name_end, m.body.as_ptr(), "channel and body of one message are one buffer");
+    }
+    // 40 × 64 B queued at once leave coalesced: the first message is not alone in its
+    // buffer once its own channel name is gone.
+    let mut got = got.into_iter();
+    let first = got.next().unwrap();
+    let (channel, body) = (first.channel.clone(), first.body.clone());
+    drop((first, channel));
+    assert!(!body.is_unique(), "the first datagram carried one message only");
+    drop(got);
+    assert!(body.is_unique(), "another holder of the datagram's buffer");
+    assert_eq!(body, bodies[0]);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -137,6 +172,6 @@ async fn ipv6_unicast_on_loopback() {
     let d = a.publish("v6/x", "over ::1", PublishOptions::qos(Qos::ExactlyOnce)).await.unwrap();
     assert_eq!(d.status, Status::Acknowledged);
     let m = tokio::time::timeout(Duration::from_secs(2), sb.recv()).await.unwrap().unwrap();
-    assert_eq!(m.body, b"over ::1");
+    assert_eq!(m.body, &b"over ::1"[..]);
     assert!(m.from.is_ipv6());
 }

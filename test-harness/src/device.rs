@@ -452,7 +452,7 @@ impl Session {
             if !self.is_device(id_in(&m.channel, "dev", "status")) {
                 continue;
             }
-            if m.body != b"online" || !m.retained {
+            if m.body != b"online"[..] || !m.retained {
                 return Err(format!(
                     "{}: {:?}, retained {} (want \"online\", retained)",
                     m.channel,

@@ -300,7 +300,7 @@ async fn subscribe_unsubscribe_on(a: &Handle, b: &Handle) -> Outcome {
         .await
         .map_err(|e| e.to_string())?;
     let m = recv(&mut sub, WAIT).await?;
-    if m.channel != "room/kitchen/temp" || m.body != b"20.5" {
+    if m.channel != "room/kitchen/temp" || m.body != b"20.5"[..] {
         return Err(format!("wrong message {m:?}"));
     }
     a.publish("room/kitchen/humidity", "40", PublishOptions::default())
@@ -487,7 +487,7 @@ async fn replay_and_tamper_on(tap: &tokio::net::UdpSocket, a: &TestNode, b: &Tes
     // must judge by session, not address. Forward once: delivered.
     tap.send_to(&publish, pb_real).await.map_err(|e| e.to_string())?;
     let m = recv(&mut sub, WAIT).await.map_err(|e| format!("forwarded publish: {e}"))?;
-    if m.body != b"open" {
+    if m.body != b"open"[..] {
         return Err("forwarded publish not delivered".into());
     }
     let replays_before = drop_count(&b.handle, DropReason::Replay).await;

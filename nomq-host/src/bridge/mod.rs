@@ -846,7 +846,7 @@ impl Bridge {
         if Some(m.session) == self.own_session {
             return;
         }
-        match String::from_utf8(m.body) {
+        match String::from_utf8(m.body.to_vec()) {
             Ok(id) if !id.is_empty() && id != self.cfg.client_id() => {
                 if self.client_ids.get(&m.session) != Some(&id) {
                     tracing::info!(session = ?m.session, client_id = %id, "bridge of this group");
