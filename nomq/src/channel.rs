@@ -175,6 +175,13 @@ impl<'a> Pattern<'a> {
         Self::new(core::str::from_utf8(b).map_err(|_| ChannelError::NotUtf8)?)
     }
 
+    /// A pattern this node checked with [`Pattern::new`] when it stored it, not checked
+    /// again on each match (its levels would be split twice per message). Matching a
+    /// string that is not a valid pattern only compares levels: no panic, no error.
+    pub(crate) fn stored(s: &'a str) -> Self {
+        Self(s)
+    }
+
     /// The pattern as a string.
     pub fn as_str(&self) -> &'a str {
         self.0

@@ -231,7 +231,7 @@ impl<const P: usize, const S: usize> Peers<P, S> {
             self.wildcards
                 .iter()
                 .find(|(w, _)| *w == s.id)
-                .is_some_and(|(_, pat)| Pattern::new(pat.as_str()).is_ok_and(|p| p.matches(name)))
+                .is_some_and(|(_, pat)| Pattern::stored(pat.as_str()).matches(name))
         })
     }
 
