@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Datagrams of the raw UDP loop, and messages of the QoS 0 run and of the windowed
-    /// QoS 1 stream (each, per payload size with --sweep).
+    /// QoS 1 stream (each, per payload size with --sweep); --max-seconds bounds each phase,
+    /// so a large count makes a run of that many seconds (a 60 s memory check).
     #[arg(long, value_name = "N", default_value_t = 200_000,
-          value_parser = value_parser!(u64).range(1..=10_000_000))]
+          value_parser = value_parser!(u64).range(1..=1_000_000_000))]
     messages: u64,
     /// Body size in bytes (ignored with --sweep).
     #[arg(long, value_name = "B", default_value_t = 64)]

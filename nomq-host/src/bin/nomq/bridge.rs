@@ -12,7 +12,7 @@ use std::time::Duration;
 pub struct BridgeArgs {
     #[command(flatten)]
     pub node: NodeArgs,
-    /// A mapping (repeatable): NOMQ=MQTT[:out|in|both[:QOS]], e.g.
+    /// A mapping (repeatable): `NOMQ=MQTT[:out|in|both[:QOS]]`, e.g.
     /// 'factory/#=site-a/factory/#:both:1'. Both sides must have the same wildcard levels
     /// after their literal prefix. Direction defaults to both, QoS (the most carried) to 1
     #[arg(long = "map", value_name = "MAPPING", value_parser = Mapping::parse)]
