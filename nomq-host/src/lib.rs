@@ -1415,8 +1415,8 @@ impl Driver {
                 }
                 tokio::task::consume_budget().await;
             }
-            // The socket was empty after these: its answers go out before the read that
-            // says so (the next turn's), which would only delay them.
+            // The socket was empty after these and its readiness is cleared: no read that
+            // would find nothing, before the answers go out or after.
             if rbuf.drained() {
                 done[slot] = true;
             }

@@ -167,21 +167,41 @@ impl RecvBatch {
     }
 
     /// Reads up to `max` (at least 1) datagrams that are waiting on `socket` without
-    /// waiting for more; `WouldBlock` if there is none (which clears tokio's readiness).
+    /// waiting for more; `WouldBlock` if there is none. Either way, a read that finds the
+    /// socket empty clears tokio's readiness, so the next wait blocks until a datagram
+    /// arrives.
+    ///
+    /// On Linux a short `recvmmsg` (fewer datagrams than asked for) already says the
+    /// socket is empty: the closure reports it to `try_io` as `WouldBlock`, keeping the
+    /// datagrams, so the readiness is cleared without a second call that would return
+    /// nothing. `try_io` clears only the readiness it saw before the read: one that a
+    /// newer epoll event set (a datagram that arrived since, collected by another worker's
+    /// driver) stays, and a datagram that arrived since but is not collected yet is
+    /// reported by epoll at the next wait (edge-triggered: its arrival is the edge).
     pub(crate) fn recv(&mut self, socket: &Socket, max: usize) -> io::Result<usize> {
         let max = max.clamp(1, self.capacity());
         self.got.clear();
         let (buf, slot, got) = (&mut self.buf, self.slot, &mut self.got);
-        let n = socket.try_read(|raw| read(raw, &mut buf[..slot * max], slot, got))?;
-        self.short = n < max;
+        let mut returned = 0;
+        let r = socket.try_read(|raw| {
+            returned = read(raw, &mut buf[..slot * max], slot, got)?;
+            if cfg!(target_os = "linux") && returned < max {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(returned)
+        });
+        match r {
+            Ok(_) => self.short = false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && returned > 0 => self.short = true,
+            Err(e) => return Err(e),
+        }
         Ok(self.got.len())
     }
 
-    /// Whether the last read found the socket empty after what it returned: on Linux,
-    /// `recvmmsg` returned fewer than it was asked for. Reading again would only get
-    /// `WouldBlock`, so a caller can send its answers first and leave that read (which
-    /// clears tokio's readiness) for its next turn. Never true elsewhere, where a read
-    /// returns one datagram.
+    /// Whether the last read found the socket empty after what it returned (on Linux,
+    /// `recvmmsg` returned fewer than it was asked for, and the readiness is cleared):
+    /// a caller is done with the socket until it is readable again. Never true
+    /// elsewhere, where a read returns one datagram and the next read finds out.
     pub(crate) fn drained(&self) -> bool {
         cfg!(target_os = "linux") && self.short
     }
@@ -426,6 +446,50 @@ mod tests {
             }
             assert_eq!(batch.recv(&rx, 64).unwrap_err().kind(), io::ErrorKind::WouldBlock);
         });
+    }
+
+    /// A short read says the socket is empty: it clears the readiness, so the next wait
+    /// blocks instead of leading to a read that finds nothing, and the next datagram ends
+    /// that wait; on both runtime flavours (on the multi-threaded one another worker's
+    /// driver may collect the epoll event).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_short_read_clears_readiness_and_the_next_datagram_ends_the_wait() {
+        use std::time::Duration;
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for rt in [rt(), multi] {
+            rt.block_on(async {
+                let rx = node_socket();
+                let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let to = rx.local_addr().unwrap();
+                let mut batch = RecvBatch::new(100);
+                for round in 0..10u8 {
+                    tx.send_to(&[round; 20], to).await.unwrap();
+                    tx.send_to(&[round; 21], to).await.unwrap();
+                    let mut got = Vec::new();
+                    while got.len() < 2 {
+                        tokio::time::timeout(Duration::from_secs(5), rx.readable())
+                            .await
+                            .expect("a queued datagram ends the wait")
+                            .unwrap();
+                        let n = match batch.recv(&rx, 64) {
+                            Ok(n) => n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(e) => panic!("{e}"),
+                        };
+                        got.extend((0..n).map(|i| batch.get(i).0.to_vec()));
+                    }
+                    assert_eq!(got, [vec![round; 20], vec![round; 21]]);
+                    assert!(batch.drained());
+                    let wait = tokio::time::timeout(Duration::from_millis(20), rx.readable()).await;
+                    assert!(wait.is_err(), "round {round}: readiness left set after a short read");
+                }
+            });
+        }
     }
 
     /// A datagram longer than a slot is reported cut, and the next one is whole.
