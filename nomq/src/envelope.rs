@@ -99,11 +99,33 @@ pub const fn sealed_len(len: usize) -> usize {
 /// `buf[HEADER_LEN..HEADER_LEN + plaintext_len]`: pads, encrypts in place with `iv`,
 /// writes `header` (its `iv`, `key_id` and `payload_len` are replaced by `iv`,
 /// `keys.key_id()` and the ciphertext length) and appends the MAC.
-/// Returns the packet length. This is the zero-copy path the engine uses.
+/// Returns the packet length. [`prepare_in_place`] then [`seal_prepared`].
 ///
 /// # Errors
 /// [`SealError::TooLarge`] past `max_payload`, [`SealError::BufferTooSmall`].
 pub fn seal_in_place(
+    keys: &KeySet,
+    header: &Header,
+    iv: [u8; 16],
+    buf: &mut [u8],
+    plaintext_len: usize,
+    max_payload: usize,
+) -> Result<usize, SealError> {
+    let total = prepare_in_place(keys, header, iv, buf, plaintext_len, max_payload)?;
+    seal_one(keys, &mut buf[..total]);
+    Ok(total)
+}
+
+/// The first half of [`seal_in_place`]: pads the plaintext at
+/// `buf[HEADER_LEN..HEADER_LEN + plaintext_len]` and writes the header, with `iv`,
+/// `keys.key_id()` and the ciphertext length. Returns the packet length. The packet is
+/// **still plaintext** until [`seal_prepared`] encrypts and MACs it: a sender that
+/// prepares several packets of one datagram seals them together, which lets the cipher
+/// work on several packets at once.
+///
+/// # Errors
+/// As [`seal_in_place`].
+pub fn prepare_in_place(
     keys: &KeySet,
     header: &Header,
     iv: [u8; 16],
@@ -128,13 +150,80 @@ pub fn seal_in_place(
     h.key_id = keys.key_id();
     h.payload_len = n as u16;
     h.emit(&mut Packet::new_unchecked(&mut *buf));
-
-    cbc_encrypt(&keys.enc, &iv, &mut buf[HEADER_LEN..HEADER_LEN + n]);
-
-    let mut mac = keys.mac.clone();
-    mac.update(&buf[..HEADER_LEN + n]);
-    buf[HEADER_LEN + n..].copy_from_slice(&mac.finalize().into_bytes());
     Ok(total)
+}
+
+/// Whether the AES backend is a hardware unit that takes [`LANES`] blocks in one
+/// pipelined pass but fewer one by one (AES-NI, ARMv8): there a short run of blocks is
+/// padded to a full one. The bitsliced software backend (an MCU) costs in proportion to
+/// the blocks it is given, so there only the blocks in use go through it.
+const PIPELINED: bool =
+    cfg!(any(target_arch = "x86_64", target_arch = "x86", target_arch = "aarch64"));
+
+/// Packets encrypted side by side by [`seal_prepared`]: the number of blocks the AES
+/// backends take at once (AES-NI and the ARMv8 unit pipeline 8; the bitsliced software
+/// backend of an MCU takes 2 or 4 and is handed them in turn).
+const LANES: usize = 8;
+
+/// The second half of [`seal_in_place`]: encrypts and MACs `packets`, one or more
+/// packets back to back that [`prepare_in_place`] prepared under `keys` (each read by
+/// its header's payload length). CBC chains one block after the other within a packet,
+/// so one packet alone keeps the cipher waiting on each block; packets are independent,
+/// so up to 8 are encrypted together, block `j` of each in one call to the cipher. The
+/// result is byte for byte that of sealing each packet on its own.
+///
+/// # Errors
+/// [`SealError::BufferTooSmall`] if `packets` does not end exactly with a packet (a
+/// header's payload length points past it, or is not a multiple of 16): nothing was
+/// sealed from that packet on, and what was sealed before it stays sealed.
+pub fn seal_prepared(keys: &KeySet, mut packets: &mut [u8]) -> Result<(), SealError> {
+    while !packets.is_empty() {
+        let mut lanes: heapless::Vec<&mut [u8], LANES> = heapless::Vec::new();
+        while !packets.is_empty() && !lanes.is_full() {
+            let n = packets
+                .get(crate::wire::field::PAYLOAD_LEN)
+                .map_or(usize::MAX, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+            let total = HEADER_LEN.saturating_add(n).saturating_add(MAC_LEN);
+            if !n.is_multiple_of(BLOCK_LEN) || total > packets.len() {
+                seal_lanes(keys, &mut lanes);
+                return Err(SealError::BufferTooSmall { needed: total });
+            }
+            let (packet, rest) = core::mem::take(&mut packets).split_at_mut(total);
+            let _ = lanes.push(packet);
+            packets = rest;
+        }
+        seal_lanes(keys, &mut lanes);
+    }
+    Ok(())
+}
+
+/// Encrypts the prepared packets of `lanes` side by side, then MACs each.
+fn seal_lanes(keys: &KeySet, lanes: &mut [&mut [u8]]) {
+    if let [one] = lanes {
+        return seal_one(keys, one);
+    }
+    cbc_encrypt_lanes(&keys.enc, lanes);
+    for p in lanes.iter_mut() {
+        append_mac(keys, p);
+    }
+}
+
+/// Encrypts and MACs one prepared packet.
+fn seal_one(keys: &KeySet, packet: &mut [u8]) {
+    let mut iv = aes::Block::default();
+    iv.copy_from_slice(&packet[crate::wire::field::IV]);
+    let ct_end = packet.len() - MAC_LEN;
+    let (blocks, _) = Array::slice_as_chunks_mut(&mut packet[HEADER_LEN..ct_end]);
+    cbc_encrypt(&keys.enc, &iv, blocks);
+    append_mac(keys, packet);
+}
+
+/// Writes the MAC of a packet's header and ciphertext into its last 32 bytes.
+fn append_mac(keys: &KeySet, packet: &mut [u8]) {
+    let (covered, tag) = packet.split_at_mut(packet.len() - MAC_LEN);
+    let mut mac = keys.mac.clone();
+    mac.update(covered);
+    tag.copy_from_slice(&mac.finalize().into_bytes());
 }
 
 /// Seals `plaintext` into `out` with an IV drawn from `rng`. Returns the packet length.
@@ -274,18 +363,57 @@ pub fn decrypt_verified<'a>(
     Ok(&datagram[HEADER_LEN..HEADER_LEN + len])
 }
 
-/// CBC encryption in place over the prepared key schedule (borrowed: the `cbc` crate's
-/// modes take the cipher by value, and copying plus zeroizing ~1 KB of round keys per
-/// packet cost more than the encryption itself). `data.len()` is a multiple of 16.
-fn cbc_encrypt(cipher: &aes::Aes256Enc, iv: &[u8; 16], data: &mut [u8]) {
-    let (blocks, _) = Array::slice_as_chunks_mut(data);
-    let mut prev: [u8; 16] = *iv;
+/// CBC encryption in place of each prepared packet of `lanes` (at most [`LANES`]) over
+/// the prepared key schedule (borrowed: the `cbc` crate's modes take the cipher by
+/// value, and copying plus zeroizing ~1 KB of round keys per packet cost more than the
+/// encryption itself). Each packet's chain starts from the IV in its header and runs
+/// over its ciphertext field; round `j` encrypts block `j` of every packet that has one
+/// in one call, so the cipher pipelines the packets' blocks.
+fn cbc_encrypt_lanes(cipher: &aes::Aes256Enc, lanes: &mut [&mut [u8]]) {
+    let mut prev = [aes::Block::default(); LANES];
+    let mut chains: heapless::Vec<&mut [aes::Block], LANES> = heapless::Vec::new();
+    for (p, lane) in prev.iter_mut().zip(lanes.iter_mut()) {
+        let (head, rest) = lane.split_at_mut(HEADER_LEN);
+        p.copy_from_slice(&head[crate::wire::field::IV]);
+        let ct_len = rest.len() - MAC_LEN;
+        let (blocks, _) = Array::slice_as_chunks_mut(&mut rest[..ct_len]);
+        let _ = chains.push(blocks);
+    }
+    let rounds = chains.iter().map(|c| c.len()).max().unwrap_or(0);
+    let width = if PIPELINED { LANES } else { chains.len() };
+    for j in 0..rounds {
+        // A lane without a block `j` (a shorter packet, or no packet) is encrypted and
+        // its result thrown away.
+        for (p, c) in prev.iter_mut().zip(chains.iter()) {
+            if let Some(b) = c.get(j) {
+                xor_into(p, b);
+            }
+        }
+        cipher.encrypt_blocks(&mut prev[..width]);
+        for (p, c) in prev.iter().zip(chains.iter_mut()) {
+            if let Some(b) = c.get_mut(j) {
+                *b = *p;
+            }
+        }
+    }
+}
+
+/// CBC encryption of one packet's blocks in place from `iv`.
+fn cbc_encrypt(cipher: &aes::Aes256Enc, iv: &aes::Block, blocks: &mut [aes::Block]) {
+    let mut prev: [u8; 16] = (*iv).into();
     for b in blocks.iter_mut() {
         for (x, p) in b.iter_mut().zip(prev) {
             *x ^= p;
         }
         cipher.encrypt_block(b);
         prev = (*b).into();
+    }
+}
+
+/// `dst ^= src`.
+fn xor_into(dst: &mut aes::Block, src: &aes::Block) {
+    for (x, y) in dst.iter_mut().zip(src.iter()) {
+        *x ^= y;
     }
 }
 
@@ -303,7 +431,16 @@ fn cbc_decrypt(cipher: &aes::Aes256Dec, iv: &[u8; 16], data: &mut [u8]) {
             let i = start + k;
             *p = if i == 0 { *iv } else { blocks[i - 1].into() };
         }
-        cipher.decrypt_blocks(&mut blocks[start..end]);
+        if PIPELINED && end - start > 1 && end - start < CHUNK {
+            // A short chunk would go through the cipher one block at a time: give it a
+            // full one (the spare blocks are decrypted and thrown away).
+            let mut full = [aes::Block::default(); CHUNK];
+            full[..end - start].copy_from_slice(&blocks[start..end]);
+            cipher.decrypt_blocks(&mut full);
+            blocks[start..end].copy_from_slice(&full[..end - start]);
+        } else {
+            cipher.decrypt_blocks(&mut blocks[start..end]);
+        }
         for (b, p) in blocks[start..end].iter_mut().zip(prev) {
             for (x, y) in b.iter_mut().zip(p) {
                 *x ^= y;
@@ -373,12 +510,87 @@ mod tests {
         // Decrypt, corrupt the pad byte, re-encrypt and re-MAC as a buggy sender would.
         cbc_decrypt(&ks.dec, &[5; 16], &mut buf[57..73]);
         buf[72] = 0;
-        cbc_encrypt(&ks.enc, &[5; 16], &mut buf[57..73]);
-        let mut mac = ks.mac.clone();
-        mac.update(&buf[..73]);
-        let tag = mac.finalize().into_bytes();
-        buf[73..].copy_from_slice(&tag);
+        seal_prepared(ks, &mut buf).unwrap();
         assert_eq!(open(&ring, &mut buf, 1024).unwrap_err(), OpenError::BadPadding);
+    }
+
+    /// `count` packets of plaintexts of `lens` (cycled), prepared back to back with IVs
+    /// 1, 2, ..., and where each starts.
+    fn prepared(
+        ks: &KeySet,
+        lens: &[usize],
+        count: usize,
+    ) -> (std::vec::Vec<u8>, std::vec::Vec<usize>) {
+        let (mut buf, mut starts) = (std::vec::Vec::new(), std::vec::Vec::new());
+        for k in 0..count {
+            let len = lens[k % lens.len()];
+            let h = Header {
+                packet_id: PacketId(k as u32 + 1),
+                session_id: SessionId(9),
+                ..Header::new(PacketType::Publish)
+            };
+            let at = buf.len();
+            buf.resize(at + sealed_len(len), 0);
+            for (i, b) in buf[at + HEADER_LEN..at + HEADER_LEN + len].iter_mut().enumerate() {
+                *b = (i * 7 + k) as u8;
+            }
+            let iv = [k as u8 + 1; 16];
+            prepare_in_place(ks, &h, iv, &mut buf[at..], len, 1376).unwrap();
+            starts.push(at);
+        }
+        (buf, starts)
+    }
+
+    #[test]
+    fn packets_sealed_together_are_the_packets_sealed_alone() {
+        let ring: Keyring<0> = Keyring::new(&pair(3)).unwrap();
+        let ks = ring.network().current;
+        // Equal lengths, mixed lengths (lanes ending at different blocks), one long
+        // packet among short ones, an empty plaintext; 1 to 19 packets (more than one
+        // group of 8, and a partial last group).
+        let shapes: [&[usize]; 4] = [&[64], &[0, 15, 16, 100, 37], &[1000, 20, 64], &[255]];
+        for lens in shapes {
+            for count in 1..20 {
+                let (mut together, starts) = prepared(ks, lens, count);
+                let (mut alone, _) = prepared(ks, lens, count);
+                seal_prepared(ks, &mut together).unwrap();
+                let ends = starts.iter().skip(1).copied().chain([alone.len()]);
+                for (&a, b) in starts.iter().zip(ends) {
+                    seal_prepared(ks, &mut alone[a..b]).unwrap();
+                }
+                assert_eq!(together, alone, "lens {lens:?}, {count} packets");
+                for (k, (&a, b)) in starts
+                    .iter()
+                    .zip(starts.iter().skip(1).copied().chain([together.len()]))
+                    .enumerate()
+                {
+                    let len = lens[k % lens.len()];
+                    let o = open(&ring, &mut together[a..b], 1376).unwrap();
+                    let want: std::vec::Vec<u8> = (0..len).map(|i| (i * 7 + k) as u8).collect();
+                    assert_eq!(o.plaintext, &want[..]);
+                    assert_eq!(o.header.iv, [k as u8 + 1; 16]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sealing_a_cut_datagram_stops_at_the_cut() {
+        let ring: Keyring<0> = Keyring::new(&pair(3)).unwrap();
+        let ks = ring.network().current;
+        let (mut buf, starts) = prepared(ks, &[64], 3);
+        let cut = buf.len() - 1;
+        assert_eq!(
+            seal_prepared(ks, &mut buf[..cut]),
+            Err(SealError::BufferTooSmall { needed: sealed_len(64) })
+        );
+        // The whole packets before the cut are sealed; the cut one is not.
+        assert!(open(&ring, &mut buf[..starts[1]], 1376).is_ok());
+        assert!(open(&ring, &mut buf[starts[1]..starts[2]], 1376).is_ok());
+        assert_eq!(
+            seal_prepared(ks, &mut buf[..3]),
+            Err(SealError::BufferTooSmall { needed: usize::MAX })
+        );
     }
 
     /// MACs `f` verifies on this thread.

@@ -564,8 +564,23 @@ where
     /// deliver the message again, so it leaves only once the state recording the message
     /// is saved. The adapter exports and saves ([`Node::export_state`],
     /// [`StateStore::save`]) after each batch of inputs, then drains this.
+    ///
+    /// # Sealing
+    /// The packets of a datagram are prepared one after the other and encrypted and
+    /// MACed together, up to 8 side by side (CBC is serial within a packet), before the
+    /// datagram is returned: the bytes are those sealing each packet alone would give.
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let t = self.build_datagram(now, buf);
+        let end = t.map_or(0, |t| t.len);
+        let sealed = self.tx.finish(&self.keys, &mut buf[..end]);
+        debug_assert!(sealed, "every packet of the datagram is sealed");
+        t.filter(|_| sealed)
+    }
+
+    /// [`Node::poll_transmit`]'s datagram, its packets prepared ([`tx::Tx::seal`]); all
+    /// but the last few (those [`tx::Tx::finish`] has not sealed yet) are sealed.
+    fn build_datagram(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         self.last_delivery = None;
         self.apply_key_change(now);
         if self.state_unsaved() {
@@ -584,6 +599,10 @@ where
                 }
                 let Step::Sent(next) = step else { break };
                 len += next.len;
+                if self.tx.deferred_full() && !self.tx.finish(&self.keys, &mut buf[..len]) {
+                    debug_assert!(false, "the deferred packets end the datagram");
+                    return None;
+                }
             }
             self.finish_ready(now);
             return Some(Transmit { target: first.target, len });

@@ -15,6 +15,10 @@ use heapless::Deque;
 /// Own past sessions remembered (to drop looped-back packets).
 const OWN_SESSIONS: usize = 4;
 
+/// Packets of one datagram prepared before they are encrypted and MACed together
+/// ([`envelope::seal_prepared`] takes up to 8 at once).
+const DEFERRED: usize = 8;
+
 /// What one packet is, apart from its body: the header fields the sender chooses.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Spec {
@@ -38,6 +42,13 @@ pub(super) struct Tx {
     max_payload: usize,
     /// A session renewal not yet reported as an event: `(old, new)`.
     renewed: Option<(SessionId, SessionId)>,
+    /// Packets [`Tx::seal`] prepared (header and padded plaintext written) that are not
+    /// yet encrypted or MACed, in buffer order: their scope and length. They are the
+    /// last [`Tx::deferred_len`] bytes of the datagram being built, and
+    /// [`Tx::finish`] seals them.
+    deferred: heapless::Vec<(ScopeIndex, u16), DEFERRED>,
+    /// Bytes sealed at once after the deferred packets (a full [`Tx::deferred`]).
+    sealed_after: usize,
 }
 
 impl Tx {
@@ -59,6 +70,8 @@ impl Tx {
             instant_base: now,
             max_payload,
             renewed: None,
+            deferred: heapless::Vec::new(),
+            sealed_after: 0,
         }
     }
 
@@ -168,8 +181,15 @@ impl Tx {
         }
     }
 
-    /// Writes the plaintext with `write`, then pads, encrypts and MACs under `scope`'s
+    /// Writes the plaintext with `write`, then pads and writes the header for `scope`'s
     /// current keys. Counts a drop and returns `None` if the caller's buffer is too small.
+    ///
+    /// The packet is left **unencrypted**, deferred: the caller must end the datagram with
+    /// [`Tx::finish`], which encrypts and MACs the deferred packets together (CBC is
+    /// serial within a packet, so packets side by side keep the cipher busy). The packet
+    /// must be the next bytes of the datagram: each call writes the datagram's next
+    /// packet. When [`DEFERRED`] packets wait ([`Tx::deferred_full`]; the caller should
+    /// have finished them), this one is sealed at once instead.
     pub(super) fn seal<K: KeyLookup>(
         &mut self,
         keys: &K,
@@ -187,15 +207,76 @@ impl Tx {
             let at = body::emit_recipient(spec.to, b).ok()?;
             Some(at + write(b.get_mut(at..)?)?)
         });
-        let sealed = plaintext.and_then(|len| {
-            let ks = keys.scope(scope).unwrap_or_else(|| keys.network()).current;
-            envelope::seal_in_place(ks, header, rng.block(), buf, len, max_payload).ok()
+        let ks = keys.scope(scope).unwrap_or_else(|| keys.network()).current;
+        let prepared = plaintext.and_then(|len| {
+            envelope::prepare_in_place(ks, header, rng.block(), buf, len, max_payload).ok()
         });
-        match sealed {
-            Some(_) => stats.tx_datagrams += 1,
-            None => stats.drop(DropReason::TxBufferTooSmall),
+        let Some(len) = prepared else {
+            stats.drop(DropReason::TxBufferTooSmall);
+            return None;
+        };
+        stats.tx_datagrams += 1;
+        // Deferred packets are contiguous: once one was sealed at once (a full list, or
+        // a packet longer than 65 535 bytes), so is every later one.
+        let room = !self.deferred.is_full() && self.sealed_after == 0;
+        let deferred = u16::try_from(len).ok().filter(|_| room);
+        if let Some(l) = deferred {
+            let _ = self.deferred.push((scope, l));
+        } else {
+            // Cannot fail: `buf[..len]` is exactly the packet just prepared.
+            let _ = envelope::seal_prepared(ks, &mut buf[..len]);
+            self.sealed_after += len;
         }
-        sealed
+        Some(len)
+    }
+
+    /// Bytes of packets prepared by [`Tx::seal`] and not yet sealed.
+    pub(super) fn deferred_len(&self) -> usize {
+        self.deferred.iter().map(|&(_, len)| usize::from(len)).sum()
+    }
+
+    /// Whether [`Tx::seal`] has as many packets waiting as are sealed together.
+    pub(super) fn deferred_full(&self) -> bool {
+        self.deferred.is_full()
+    }
+
+    /// Encrypts and MACs the packets [`Tx::seal`] deferred, runs of one scope together.
+    /// `datagram` ends with the last packet `seal` wrote: the deferred packets are the
+    /// [`Tx::deferred_len`] bytes before any it sealed at once. Returns `false` (and
+    /// erases the datagram, so that no plaintext can leave) if `datagram` does not hold
+    /// them: a caller that did not give [`Tx::seal`] the datagram's next bytes each time.
+    pub(super) fn finish<K: KeyLookup>(&mut self, keys: &K, datagram: &mut [u8]) -> bool {
+        let total = self.deferred_len();
+        let after = core::mem::take(&mut self.sealed_after);
+        let Some(from) = datagram.len().checked_sub(total + after) else {
+            self.deferred.clear();
+            datagram.fill(0);
+            return false;
+        };
+        let end = from + total;
+        let mut rest = &mut datagram[from..end];
+        let mut runs = self.deferred.iter().peekable();
+        let mut ok = true;
+        while let Some(&(scope, first)) = runs.next() {
+            let mut len = usize::from(first);
+            while let Some(&&(s, l)) = runs.peek()
+                && s == scope
+            {
+                len += usize::from(l);
+                runs.next();
+            }
+            let (run, after) = core::mem::take(&mut rest).split_at_mut(len);
+            let ks = keys.scope(scope).unwrap_or_else(|| keys.network()).current;
+            if envelope::seal_prepared(ks, run).is_err() {
+                ok = false;
+            }
+            rest = after;
+        }
+        self.deferred.clear();
+        if !ok {
+            datagram.fill(0);
+        }
+        ok
     }
 
     /// [`Tx::header`] then [`Tx::seal`]: a packet whose body needs nothing of its header.
@@ -226,6 +307,8 @@ mod tests {
     use super::*;
     use crate::keys::Keyring;
     use crate::wire::Qos;
+    use std::vec;
+    use std::vec::Vec;
 
     fn spec() -> Spec {
         Spec {
@@ -272,6 +355,76 @@ mod tests {
         let mut small = [0u8; HEADER_LEN + MAC_LEN];
         assert_eq!(tx.seal_new(&keys, &mut stats, (Instant::ZERO, spec()), &mut small, w), None);
         assert_eq!(stats.drops(DropReason::TxBufferTooSmall), 1);
+    }
+
+    /// `count` packets sealed one after the other into one buffer, as `poll_transmit`
+    /// fills a datagram, with `finish` called when `finish_when` says; then opened.
+    fn datagram_of(count: usize, finish_when: impl Fn(&Tx) -> bool) -> (Vec<u8>, Vec<usize>) {
+        let mut ring = Keyring::<1>::new(&crate::keys::KeyPair::new([1; 32], [2; 32])).unwrap();
+        let chan = crate::keys::KeyPair::new([3; 32], [4; 32]);
+        ring.set_channel("c/#", &chan, None).unwrap();
+        let scope = ScopeIndex(1);
+        let mut tx = Tx::new([7; 32], 1, 1376, Instant::ZERO, 1000);
+        let mut stats = Stats::default();
+        let mut buf = vec![0u8; 8000];
+        let (mut len, mut starts) = (0, Vec::new());
+        for k in 0..count {
+            // Scopes alternate in runs of three; plaintexts grow.
+            let spec =
+                Spec { scope: if k / 3 % 2 == 1 { scope } else { ScopeIndex::NETWORK }, ..spec() };
+            let w = |b: &mut [u8]| {
+                b.get_mut(..k * 5)?.fill(k as u8);
+                Some(k * 5)
+            };
+            let n =
+                tx.seal_new(&ring, &mut stats, (Instant::ZERO, spec), &mut buf[len..], w).unwrap();
+            starts.push(len);
+            len += n;
+            if finish_when(&tx) {
+                assert!(tx.finish(&ring, &mut buf[..len]));
+            }
+        }
+        assert!(tx.finish(&ring, &mut buf[..len]));
+        assert_eq!(tx.deferred_len(), 0);
+        buf.truncate(len);
+        let ends: Vec<usize> = starts.iter().skip(1).copied().chain([len]).collect();
+        for (k, (&a, &b)) in starts.iter().zip(&ends).enumerate() {
+            let mut packet = buf[a..b].to_vec();
+            let o = crate::envelope::open(&ring, &mut packet, 1376).unwrap();
+            assert_eq!(o.plaintext.len(), 4 + k * 5, "recipient prefix and body");
+            assert!(o.plaintext[4..].iter().all(|&x| x == k as u8));
+            assert_eq!(o.scope == scope, k / 3 % 2 == 1);
+        }
+        (buf, starts)
+    }
+
+    #[test]
+    fn deferred_packets_are_sealed_by_finish_in_scope_runs() {
+        // Finished in groups of 8 (as poll_transmit does), only at the end (the 9th and
+        // later are sealed at once), and after every packet: all open, whatever the way.
+        let (grouped, _) = datagram_of(20, Tx::deferred_full);
+        let (at_end, _) = datagram_of(20, |_| false);
+        let (each, _) = datagram_of(20, |_| true);
+        // Same IVs and packet ids each time: the bytes agree too.
+        assert_eq!(grouped, at_end);
+        assert_eq!(grouped, each);
+    }
+
+    #[test]
+    fn finish_erases_a_datagram_that_does_not_hold_the_deferred_packets() {
+        let keys = Keyring::<0>::new(&crate::keys::KeyPair::new([1; 32], [2; 32])).unwrap();
+        let mut tx = Tx::new([7; 32], 1, 1376, Instant::ZERO, 1000);
+        let mut stats = Stats::default();
+        let mut buf = [0u8; 400];
+        let w = |b: &mut [u8]| {
+            b.get_mut(..40)?.fill(0xaa);
+            Some(40)
+        };
+        let n = tx.seal_new(&keys, &mut stats, (Instant::ZERO, spec()), &mut buf, w).unwrap();
+        // Shorter than the packet: nothing of it may leave as plaintext.
+        assert!(!tx.finish(&keys, &mut buf[..n - 1]));
+        assert!(buf[..n - 1].iter().all(|&b| b == 0));
+        assert_eq!(tx.deferred_len(), 0);
     }
 
     #[test]
