@@ -154,22 +154,22 @@ pub fn prepare_in_place(
 }
 
 /// Whether the AES backend is a hardware unit that takes [`LANES`] blocks in one
-/// pipelined pass but fewer one by one (AES-NI, ARMv8): there a short run of blocks is
-/// padded to a full one. The bitsliced software backend (an MCU) costs in proportion to
-/// the blocks it is given, so there only the blocks in use go through it.
-const PIPELINED: bool =
+/// pipelined pass but fewer one by one (AES-NI, ARMv8): there packets are encrypted side
+/// by side and a short run of blocks is padded to a full one. Elsewhere (an MCU's
+/// bitsliced software backend) neither is done: the code it would take, 6 KB of flash,
+/// buys little there.
+pub(crate) const PIPELINED: bool =
     cfg!(any(target_arch = "x86_64", target_arch = "x86", target_arch = "aarch64"));
 
-/// Packets encrypted side by side by [`seal_prepared`]: the number of blocks the AES
-/// backends take at once (AES-NI and the ARMv8 unit pipeline 8; the bitsliced software
-/// backend of an MCU takes 2 or 4 and is handed them in turn).
+/// Packets encrypted side by side by [`seal_prepared`]: the number of blocks AES-NI and
+/// the ARMv8 unit take in one pipelined pass.
 const LANES: usize = 8;
 
 /// The second half of [`seal_in_place`]: encrypts and MACs `packets`, one or more
 /// packets back to back that [`prepare_in_place`] prepared under `keys` (each read by
 /// its header's payload length). CBC chains one block after the other within a packet,
 /// so one packet alone keeps the cipher waiting on each block; packets are independent,
-/// so up to 8 are encrypted together, block `j` of each in one call to the cipher. The
+/// so with an AES unit ([`PIPELINED`]) up to 8 are encrypted together, block `j` of each in one call to the cipher. The
 /// result is byte for byte that of sealing each packet on its own.
 ///
 /// # Errors
@@ -199,8 +199,11 @@ pub fn seal_prepared(keys: &KeySet, mut packets: &mut [u8]) -> Result<(), SealEr
 
 /// Encrypts the prepared packets of `lanes` side by side, then MACs each.
 fn seal_lanes(keys: &KeySet, lanes: &mut [&mut [u8]]) {
-    if let [one] = lanes {
-        return seal_one(keys, one);
+    if !PIPELINED || lanes.len() == 1 {
+        for p in lanes.iter_mut() {
+            seal_one(keys, p);
+        }
+        return;
     }
     cbc_encrypt_lanes(&keys.enc, lanes);
     for p in lanes.iter_mut() {
@@ -208,8 +211,8 @@ fn seal_lanes(keys: &KeySet, lanes: &mut [&mut [u8]]) {
     }
 }
 
-/// Encrypts and MACs one prepared packet.
-fn seal_one(keys: &KeySet, packet: &mut [u8]) {
+/// Encrypts and MACs one prepared packet, exactly `packet` long.
+pub(crate) fn seal_one(keys: &KeySet, packet: &mut [u8]) {
     let mut iv = aes::Block::default();
     iv.copy_from_slice(&packet[crate::wire::field::IV]);
     let ct_end = packet.len() - MAC_LEN;
@@ -380,7 +383,6 @@ fn cbc_encrypt_lanes(cipher: &aes::Aes256Enc, lanes: &mut [&mut [u8]]) {
         let _ = chains.push(blocks);
     }
     let rounds = chains.iter().map(|c| c.len()).max().unwrap_or(0);
-    let width = if PIPELINED { LANES } else { chains.len() };
     for j in 0..rounds {
         // A lane without a block `j` (a shorter packet, or no packet) is encrypted and
         // its result thrown away.
@@ -389,7 +391,7 @@ fn cbc_encrypt_lanes(cipher: &aes::Aes256Enc, lanes: &mut [&mut [u8]]) {
                 xor_into(p, b);
             }
         }
-        cipher.encrypt_blocks(&mut prev[..width]);
+        cipher.encrypt_blocks(&mut prev);
         for (p, c) in prev.iter().zip(chains.iter_mut()) {
             if let Some(b) = c.get_mut(j) {
                 *b = *p;

@@ -7,7 +7,7 @@ use super::types::{DropReason, Stats};
 use crate::body;
 use crate::channel::ChannelId;
 use crate::envelope;
-use crate::keys::{KeyLookup, ScopeIndex};
+use crate::keys::{KeyLookup, KeySet, ScopeIndex};
 use crate::time::Instant;
 use crate::wire::{Flags, HEADER_LEN, Header, KeyId, MAC_LEN, PacketId, PacketType, SessionId};
 use heapless::Deque;
@@ -17,7 +17,7 @@ const OWN_SESSIONS: usize = 4;
 
 /// Packets of one datagram prepared before they are encrypted and MACed together
 /// ([`envelope::seal_prepared`] takes up to 8 at once).
-const DEFERRED: usize = 8;
+const DEFERRED: usize = if envelope::PIPELINED { 8 } else { 0 };
 
 /// What one packet is, apart from its body: the header fields the sender chooses.
 #[derive(Clone, Copy, Debug)]
@@ -189,7 +189,8 @@ impl Tx {
     /// serial within a packet, so packets side by side keep the cipher busy). The packet
     /// must be the next bytes of the datagram: each call writes the datagram's next
     /// packet. When [`DEFERRED`] packets wait ([`Tx::deferred_full`]; the caller should
-    /// have finished them), this one is sealed at once instead.
+    /// have finished them), this one is sealed at once instead; so is every packet where
+    /// the cipher has no AES unit to pipeline (`envelope::PIPELINED`).
     pub(super) fn seal<K: KeyLookup>(
         &mut self,
         keys: &K,
@@ -200,14 +201,26 @@ impl Tx {
     ) -> Option<usize> {
         let max_pt = envelope::max_plaintext(self.max_payload);
         let room = buf.len().saturating_sub(HEADER_LEN + MAC_LEN).min(max_pt);
-        let rng = &mut self.rng;
-        let max_payload = self.max_payload;
-        let scope = spec.scope;
         let plaintext = buf.get_mut(HEADER_LEN..HEADER_LEN + room).and_then(|b| {
             let at = body::emit_recipient(spec.to, b).ok()?;
             Some(at + write(b.get_mut(at..)?)?)
         });
-        let ks = keys.scope(scope).unwrap_or_else(|| keys.network()).current;
+        let ks = keys.scope(spec.scope).unwrap_or_else(|| keys.network()).current;
+        self.seal_written(ks, stats, (header, spec.scope), buf, plaintext)
+    }
+
+    /// [`Tx::seal`] once the plaintext (`plaintext` bytes, `None` if it did not fit) is
+    /// written: one copy of this for every kind of packet (an MCU's flash).
+    #[inline(never)]
+    fn seal_written(
+        &mut self,
+        ks: &KeySet,
+        stats: &mut Stats,
+        (header, scope): (&Header, ScopeIndex),
+        buf: &mut [u8],
+        plaintext: Option<usize>,
+    ) -> Option<usize> {
+        let (rng, max_payload) = (&mut self.rng, self.max_payload);
         let prepared = plaintext.and_then(|len| {
             envelope::prepare_in_place(ks, header, rng.block(), buf, len, max_payload).ok()
         });
@@ -217,14 +230,14 @@ impl Tx {
         };
         stats.tx_datagrams += 1;
         // Deferred packets are contiguous: once one was sealed at once (a full list, or
-        // a packet longer than 65 535 bytes), so is every later one.
-        let room = !self.deferred.is_full() && self.sealed_after == 0;
+        // a packet longer than 65 535 bytes), so is every later one. Without an AES
+        // unit packets are sealed one by one anyway, so none waits.
+        let room = envelope::PIPELINED && !self.deferred.is_full() && self.sealed_after == 0;
         let deferred = u16::try_from(len).ok().filter(|_| room);
         if let Some(l) = deferred {
             let _ = self.deferred.push((scope, l));
         } else {
-            // Cannot fail: `buf[..len]` is exactly the packet just prepared.
-            let _ = envelope::seal_prepared(ks, &mut buf[..len]);
+            envelope::seal_one(ks, &mut buf[..len]);
             self.sealed_after += len;
         }
         Some(len)
@@ -237,7 +250,7 @@ impl Tx {
 
     /// Whether [`Tx::seal`] has as many packets waiting as are sealed together.
     pub(super) fn deferred_full(&self) -> bool {
-        self.deferred.is_full()
+        envelope::PIPELINED && self.deferred.is_full()
     }
 
     /// Encrypts and MACs the packets [`Tx::seal`] deferred, runs of one scope together.
@@ -246,8 +259,12 @@ impl Tx {
     /// erases the datagram, so that no plaintext can leave) if `datagram` does not hold
     /// them: a caller that did not give [`Tx::seal`] the datagram's next bytes each time.
     pub(super) fn finish<K: KeyLookup>(&mut self, keys: &K, datagram: &mut [u8]) -> bool {
-        let total = self.deferred_len();
         let after = core::mem::take(&mut self.sealed_after);
+        if !envelope::PIPELINED || self.deferred.is_empty() {
+            // Without an AES unit nothing is deferred: this is no code on an MCU.
+            return true;
+        }
+        let total = self.deferred_len();
         let Some(from) = datagram.len().checked_sub(total + after) else {
             self.deferred.clear();
             datagram.fill(0);
