@@ -169,8 +169,9 @@ const LANES: usize = 8;
 /// packets back to back that [`prepare_in_place`] prepared under `keys` (each read by
 /// its header's payload length). CBC chains one block after the other within a packet,
 /// so one packet alone keeps the cipher waiting on each block; packets are independent,
-/// so with an AES unit ([`PIPELINED`]) up to 8 are encrypted together, block `j` of each in one call to the cipher. The
-/// result is byte for byte that of sealing each packet on its own.
+/// so with an AES unit ([`PIPELINED`]) up to 8 are encrypted together, block `j` of each
+/// in one call to the cipher. The result is byte for byte that of sealing each packet on
+/// its own.
 ///
 /// # Errors
 /// [`SealError::BufferTooSmall`] if `packets` does not end exactly with a packet (a
@@ -402,13 +403,11 @@ fn cbc_encrypt_lanes(cipher: &aes::Aes256Enc, lanes: &mut [&mut [u8]]) {
 
 /// CBC encryption of one packet's blocks in place from `iv`.
 fn cbc_encrypt(cipher: &aes::Aes256Enc, iv: &aes::Block, blocks: &mut [aes::Block]) {
-    let mut prev: [u8; 16] = (*iv).into();
+    let mut prev = *iv;
     for b in blocks.iter_mut() {
-        for (x, p) in b.iter_mut().zip(prev) {
-            *x ^= p;
-        }
+        xor_into(b, &prev);
         cipher.encrypt_block(b);
-        prev = (*b).into();
+        prev = *b;
     }
 }
 
@@ -428,10 +427,10 @@ fn cbc_decrypt(cipher: &aes::Aes256Dec, iv: &[u8; 16], data: &mut [u8]) {
     let mut end = blocks.len();
     while end > 0 {
         let start = end.saturating_sub(CHUNK);
-        let mut prev = [[0u8; 16]; CHUNK];
+        let mut prev = [aes::Block::default(); CHUNK];
         for (k, p) in prev.iter_mut().enumerate().take(end - start) {
             let i = start + k;
-            *p = if i == 0 { *iv } else { blocks[i - 1].into() };
+            *p = if i == 0 { (*iv).into() } else { blocks[i - 1] };
         }
         if PIPELINED && end - start > 1 && end - start < CHUNK {
             // A short chunk would go through the cipher one block at a time: give it a
@@ -443,10 +442,8 @@ fn cbc_decrypt(cipher: &aes::Aes256Dec, iv: &[u8; 16], data: &mut [u8]) {
         } else {
             cipher.decrypt_blocks(&mut blocks[start..end]);
         }
-        for (b, p) in blocks[start..end].iter_mut().zip(prev) {
-            for (x, y) in b.iter_mut().zip(p) {
-                *x ^= y;
-            }
+        for (b, p) in blocks[start..end].iter_mut().zip(&prev) {
+            xor_into(b, p);
         }
         end = start;
     }
