@@ -277,6 +277,9 @@ pub struct HostStats {
     /// Failed saves of the state file ([`NodeBuilder::state_file`]); each is retried on
     /// the next turn, and nothing waits on it is sent or handed over meanwhile.
     pub save_errors: u64,
+    /// Time the driver spent polling its sockets instead of sleeping, waiting for the
+    /// outcome of a publish ([`HostConfig::spin`]): the CPU time that spinning cost.
+    pub spun: std::time::Duration,
 }
 
 /// A peer the node knows.
@@ -481,6 +484,12 @@ impl NodeBuilder {
         self.socket = Some(socket);
         self
     }
+    /// How long the driver polls instead of sleeping while a publish's outcome is awaited
+    /// ([`HostConfig::spin`]; `Duration::ZERO` turns it off).
+    pub fn spin(mut self, spin: std::time::Duration) -> Self {
+        self.config.spin = spin;
+        self
+    }
     /// Messages each subscription stream buffers (default [`STREAM_DEPTH`], at least 1):
     /// its flow-control window (see [`STREAM_DEPTH`]).
     pub fn stream_depth(mut self, depth: usize) -> Self {
@@ -575,6 +584,7 @@ impl NodeBuilder {
             cmd: tx.downgrade(),
             stream_depth: self.stream_depth,
             pending: HashMap::new(),
+            spin_until: None,
             stats: HostStats::default(),
             flush: nomq::node::Flush::new(),
             events: self.events,
@@ -1183,6 +1193,9 @@ struct Driver {
     cmd: mpsc::WeakSender<Command>,
     stream_depth: usize,
     pending: HashMap<nomq::node::PublishHandle, Waiter>,
+    /// Until when the driver polls instead of sleeping while outcomes are awaited:
+    /// [`HostConfig::spin`] after the latest publish whose outcome is awaited.
+    spin_until: Option<tokio::time::Instant>,
     stats: HostStats,
     /// The transmit loop shared with the embedded adapters (target resolution, counts).
     flush: nomq::node::Flush,
@@ -1311,6 +1324,7 @@ impl Driver {
                 sleep.as_mut().reset(d);
                 armed = Some(d);
             }
+            let spin = self.spinning();
             // Not biased: under a flood of datagrams the timers and commands still get
             // their turn (tokio picks among the ready branches at random).
             let next = tokio::select! {
@@ -1347,7 +1361,14 @@ impl Driver {
                     self.node.handle_timeout(now);
                     Next::Continue
                 }
+                // Ready at the runtime's next turn, once it has run the other tasks and
+                // polled the sockets without blocking (a datagram that came meanwhile
+                // readies the branch above instead).
+                () = tokio::task::yield_now(), if spin.is_some() => Next::Continue,
             };
+            if let Some(start) = spin {
+                self.stats.spun += start.elapsed();
+            }
             if matches!(next, Next::Stop) {
                 return;
             }
@@ -1605,6 +1626,7 @@ impl Driver {
 
     async fn on_command(&mut self, c: Command, tbuf: &mut udp::SendBatch) -> Next {
         let now = self.clock.now();
+        let now_t = tokio::time::Instant::now();
         match c {
             Command::Subscribe(pattern, acked, reply) => {
                 let r = self.node.subscribe(&pattern).map_err(HostError::Subscribe).map(|()| {
@@ -1630,6 +1652,7 @@ impl Driver {
                         |h| {
                             let (tx, rx) = oneshot::channel();
                             self.pending.insert(h, Waiter::Outcome(tx));
+                            self.spin_from(now_t);
                             rx
                         },
                     );
@@ -1639,6 +1662,7 @@ impl Driver {
                 match self.node.publish(now, &channel, &body, opts) {
                     Ok(h) => {
                         self.pending.insert(h, Waiter::Result(reply));
+                        self.spin_from(now_t);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(HostError::Publish(e)));
@@ -1680,6 +1704,29 @@ impl Driver {
             }
         }
         Next::Continue
+    }
+
+    /// Whether the driver should poll rather than sleep now ([`HostConfig::spin`]), and
+    /// since when: an application waits for the outcome of a publish made less than the
+    /// spin ago. Waking a thread asleep in `epoll_wait` on an idle core takes an
+    /// interrupt, tens of microseconds on a virtual machine; a driver that yields to the
+    /// runtime instead lets it run its other tasks and poll the sockets without blocking,
+    /// and sees the acknowledgement as soon as the kernel queues it.
+    fn spinning(&mut self) -> Option<tokio::time::Instant> {
+        let until = self.spin_until?;
+        let now = tokio::time::Instant::now();
+        if now >= until || self.pending.is_empty() {
+            self.spin_until = None;
+            return None;
+        }
+        Some(now)
+    }
+
+    /// An outcome is awaited from `now` on: spin for it (see [`Driver::spinning`]).
+    fn spin_from(&mut self, now: tokio::time::Instant) {
+        if !self.cfg.spin.is_zero() {
+            self.spin_until = Some(now + self.cfg.spin);
+        }
     }
 
     /// With a state file: saves the state if the engine needs it saved. A failed save

@@ -59,6 +59,13 @@ pub struct BenchArgs {
     #[arg(long, value_name = "S", default_value = "5",
           value_parser = common::seconds_arg(0.1, 600.0), allow_negative_numbers = true)]
     max_seconds: Duration,
+    /// How long each node's driver polls instead of sleeping while a publish's outcome is
+    /// awaited, in microseconds, 0..=10000 (0: off); the library's default. The QoS 1
+    /// round trip reports the CPU time it cost ("spun_us" per round trip in --json).
+    #[arg(long, value_name = "US",
+          default_value_t = nomq_host::config::DEFAULT_SPIN.as_micros() as u64,
+          value_parser = value_parser!(u64).range(0..=nomq_host::config::MAX_SPIN.as_micros() as u64))]
+    spin_us: u64,
     /// Print JSON instead of text (and no progress bar): one object, or with --sweep an
     /// array of one object per payload size.
     #[arg(long)]
@@ -350,12 +357,18 @@ impl Receipts {
 struct Latency {
     samples: Vec<Duration>,
     failed: u64,
+    /// What the publisher's driver spent spinning during the round trips.
+    spun: Duration,
 }
 
 impl Latency {
     /// Round trips timed or failed.
     fn tried(&self) -> u64 {
         self.samples.len() as u64 + self.failed
+    }
+    /// Time spent spinning per round trip tried.
+    fn spun_per_trip(&self) -> Duration {
+        self.spun.checked_div(self.tried().max(1) as u32).unwrap_or_default()
     }
     fn percentile(&self, p: f64) -> Duration {
         if self.samples.is_empty() {
@@ -455,7 +468,9 @@ fn report_one(a: &BenchArgs, r: &SizeRun, qos1: &Latency, pub_drops: &Drops, sub
                 "p50_us": us(p50).round(),
                 "p99_us": us(p99).round(),
                 "max_us": us(qos1.samples.last().copied().unwrap_or_default()).round(),
+                "spun_us": (us(qos1.spun_per_trip()) * 10.0).round() / 10.0,
             },
+            "spin_us": a.spin_us,
             "pipeline": a.pipeline,
             "batch": a.batch,
             "window": a.window,
@@ -489,12 +504,14 @@ fn report_one(a: &BenchArgs, r: &SizeRun, qos1: &Latency, pub_drops: &Drops, sub
     );
     line("NoMQ QoS 1 window", win.sent, win.per_second(), "acked", wdetail, &win.receiver);
     println!(
-        "{:<18} p50 {:.0} µs, p99 {:.0} µs ({} samples, {} failed)",
+        "{:<18} p50 {:.0} µs, p99 {:.0} µs ({} samples, {} failed; spin {} µs, spun {:.1} µs per round trip)",
         "QoS 1 round trip",
         us(p50),
         us(p99),
         qos1.samples.len(),
-        qos1.failed
+        qos1.failed,
+        a.spin_us,
+        us(qos1.spun_per_trip()),
     );
     if qos1.tried() < a.samples {
         println!("{:<18} {}", "", cut(qos1.tried(), a.samples, "timed", a.max_seconds));
@@ -697,12 +714,17 @@ fn bench_node(
     ring: &nomq_keys::KeyringFile,
     bind: SocketAddr,
     peer: SocketAddr,
+    spin_us: u64,
 ) -> Result<NodeBuilder, Failure> {
     let keys = ring.to_core().map_err(|e| Failure::usage(e.to_string()))?;
     let mut engine = nomq::Config::default();
     // The default 1000 packets/s per peer would throttle a throughput run.
     engine.rate_limit = u32::MAX;
-    Ok(NodeBuilder::new(keys).engine(engine).bind(bind).peers([peer]))
+    Ok(NodeBuilder::new(keys)
+        .engine(engine)
+        .bind(bind)
+        .peers([peer])
+        .spin(Duration::from_micros(spin_us)))
 }
 
 /// What the NoMQ phases measured, and what each node dropped (by reason) in all.
@@ -756,7 +778,8 @@ fn nomq_phases(
     // arrives meanwhile. At most 64 Ki messages wait (a few MB); past that QoS 0 is still
     // refused and counted. What the receiving node cannot take is dropped by the kernel
     // and reported (socket overflows).
-    let sub_builder = bench_node(&ring, sub_addr, pub_addr)?.stream_depth(BENCH_STREAM_DEPTH);
+    let sub_builder =
+        bench_node(&ring, sub_addr, pub_addr, a.spin_us)?.stream_depth(BENCH_STREAM_DEPTH);
     let subscriber = {
         let receipts = Arc::clone(&receipts);
         std::thread::spawn(move || -> Result<Drops, Failure> {
@@ -801,7 +824,7 @@ fn nomq_phases(
         .map_err(|_| Failure::network("the benchmark subscriber did not start"))
         .and_then(|r| r);
     let result = ready.and_then(|sub_node| {
-        let publisher = bench_node(&ring, pub_addr, sub_addr)?;
+        let publisher = bench_node(&ring, pub_addr, sub_addr, a.spin_us)?;
         common::runtime()?.block_on(publish_phases(
             a,
             sizes,
@@ -886,7 +909,9 @@ async fn publish_phases(
         let mut latency = Latency::default();
         if rtt_samples > 0 {
             pb.set_message("NoMQ QoS 1 round trips");
+            let before = node.stats().await?.spun;
             latency = qos1(a, rtt_samples, &node).await?;
+            latency.spun = node.stats().await?.spun.saturating_sub(before);
             pb.inc(1);
         }
         let d = drops(&node.stats().await?);
