@@ -5,6 +5,7 @@
 pub mod bridge;
 pub mod config;
 pub mod store;
+mod stream;
 mod udp;
 
 pub use config::HostConfig;
@@ -620,9 +621,9 @@ fn restore(
     Ok(store)
 }
 
-/// A reserved place in a subscription stream, and whether that stream is one of
-/// [`Handle::subscribe_acked`].
-type Slot = (mpsc::OwnedPermit<Message>, bool);
+/// A place reserved in the stream of subscription `SubId`, and whether that stream is
+/// one of [`Handle::subscribe_acked`].
+type Slot = (SubId, bool);
 
 /// The stream slots reserved for one message. Most messages match one subscription: the
 /// first slot is kept inline, so only a message for several streams allocates here.
@@ -649,18 +650,20 @@ impl Slots {
     }
 }
 
-/// Puts `message` in the stream slots reserved for it: with its [`Ack`] for the streams
-/// of [`Handle::subscribe_acked`] (each holds a clone), without for the others.
-fn hand_over(mut message: Message, permits: Slots) {
+/// Puts `message` in the stream places reserved for it: with its [`Ack`] for the streams
+/// of [`Handle::subscribe_acked`] (each holds a clone), without for the others. The
+/// streams send what they were given at the end of the flush ([`stream::StreamTx::send`]).
+fn hand_over(subs: &mut [Sub], mut message: Message, permits: Slots) {
     let ack = message.ack.take();
     let mut message = Some(message);
     let mut permits = permits.first.into_iter().chain(permits.rest).peekable();
-    while let Some((p, acked)) = permits.next() {
+    while let Some((id, acked)) = permits.next() {
         // The last stream takes the message itself.
         let m = if permits.peek().is_some() { message.clone() } else { message.take() };
-        if let Some(mut m) = m {
+        // A subscription dropped since the reservation is gone, and so is its place.
+        if let (Some(mut m), Some(sub)) = (m, subs.iter_mut().find(|s| s.id == id)) {
             m.ack = if acked { ack.clone() } else { None };
-            p.send(m);
+            sub.tx.stage(m);
         }
     }
     // `ack` (the driver's holder) drops here: completed, so only the streams' holders
@@ -1122,7 +1125,7 @@ impl Handle {
 /// A live subscription keeps its node running.
 #[derive(Debug)]
 pub struct Subscription {
-    rx: mpsc::Receiver<Message>,
+    rx: stream::StreamRx<Message>,
     pattern: String,
     id: SubId,
     unsub: mpsc::UnboundedSender<SubId>,
@@ -1171,7 +1174,7 @@ impl Drop for Subscription {
 struct Sub {
     id: SubId,
     pattern: String,
-    tx: mpsc::Sender<Message>,
+    tx: stream::StreamTx<Message>,
     /// Its QoS 1/2 messages carry an [`Ack`] ([`Handle::subscribe_acked`]).
     acked: bool,
 }
@@ -1485,11 +1488,11 @@ impl Driver {
         let mut permits = Slots::default();
         let mut full = None;
         let mut closed = None;
-        for sub in self.subs.iter().filter(|s| matches(s)) {
-            match sub.tx.clone().try_reserve_owned() {
-                Ok(p) => permits.push((p, sub.acked)),
-                Err(mpsc::error::TrySendError::Full(_)) => full = Some(sub.pattern.clone()),
-                Err(mpsc::error::TrySendError::Closed(_)) => closed = Some(sub.id),
+        for sub in self.subs.iter_mut().filter(|s| matches(s)) {
+            match sub.tx.reserve() {
+                Ok(()) => permits.push((sub.id, sub.acked)),
+                Err(stream::Full::Full) => full = Some(sub.pattern.clone()),
+                Err(stream::Full::Closed) => closed = Some(sub.id),
             }
         }
         let deliver = full.is_none() && !permits.is_empty();
@@ -1501,6 +1504,7 @@ impl Driver {
                 let inner = AckInner { token, abandoned, tx: self.acks.clone() };
                 ack = Some(Ack { inner: std::sync::Arc::new(inner), done: false });
             } else {
+                self.unreserve(&permits);
                 self.node.refuse_delivery();
                 self.stats.acks_full += 1;
                 if self.stats.acks_full.is_power_of_two() {
@@ -1514,6 +1518,7 @@ impl Driver {
         }
         if !deliver {
             let qos = m.qos;
+            self.unreserve(&permits);
             self.node.refuse_delivery();
             if let Some(pattern) = full {
                 let n = if qos == Qos::AtMostOnce {
@@ -1551,6 +1556,15 @@ impl Driver {
         }
         if let Some(id) = closed {
             self.drop_sub(id);
+        }
+    }
+
+    /// Gives back the places reserved for a message that is not delivered.
+    fn unreserve(&mut self, permits: &Slots) {
+        for (id, _) in permits.iter() {
+            if let Some(sub) = self.subs.iter_mut().find(|s| s.id == *id) {
+                sub.tx.unreserve();
+            }
         }
     }
 
@@ -1630,7 +1644,7 @@ impl Driver {
         match c {
             Command::Subscribe(pattern, acked, reply) => {
                 let r = self.node.subscribe(&pattern).map_err(HostError::Subscribe).map(|()| {
-                    let (tx, rx) = mpsc::channel(self.stream_depth);
+                    let (tx, rx) = stream::stream(self.stream_depth);
                     let id = self.next_sub;
                     self.next_sub += 1;
                     self.subs.push(Sub { id, pattern: pattern.clone(), tx, acked });
@@ -1782,7 +1796,11 @@ impl Driver {
         self.send_batch(tbuf).await;
         if saved {
             for (message, permits) in self.held.drain(..) {
-                hand_over(message, permits);
+                hand_over(&mut self.subs, message, permits);
+            }
+            // One batch per stream: a reader is woken once per flush.
+            for sub in &mut self.subs {
+                sub.tx.send();
             }
         }
         while let Some(e) = self.node.poll_event() {

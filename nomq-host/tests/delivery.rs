@@ -225,18 +225,67 @@ async fn qos0_overflow_is_counted() {
             .await
             .unwrap();
     }
+    delivered(sub, 16, 84).await;
+}
+
+/// Waits until `sub` has delivered or refused (QoS 0) `ok + dropped` messages; asserts the
+/// split, and that every refusal was counted by the engine too.
+async fn delivered(sub: &Handle, ok: u64, dropped: u64) {
     let end = tokio::time::Instant::now() + WAIT;
     loop {
         let st = sub.stats().await.unwrap();
-        if st.engine.delivered + st.app_dropped >= 100 {
-            assert_eq!(st.engine.delivered, 16, "{st:?}");
-            assert_eq!(st.app_dropped, 84);
-            assert_eq!(st.engine.drops(nomq::node::DropReason::DeliveryRefused), 84);
-            break;
+        if st.engine.delivered + st.app_dropped >= ok + dropped {
+            assert_eq!((st.engine.delivered, st.app_dropped), (ok, dropped), "{st:?}");
+            assert_eq!(st.engine.drops(nomq::node::DropReason::DeliveryRefused), dropped);
+            return;
         }
         assert!(tokio::time::Instant::now() < end, "only {st:?} after {WAIT:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A message refused because one matching stream is full gives back the places it took
+/// in the other matching streams: once the full stream's subscription is dropped, the
+/// other takes every message again.
+#[tokio::test]
+async fn a_refused_message_gives_back_its_places() {
+    let nodes = mesh(2, fast(), 16).await;
+    let (sub, publisher) = (&nodes[0], &nodes[1]);
+    let unread = sub.subscribe("full/#").await.unwrap();
+    let mut read = sub.subscribe("full/x").await.unwrap();
+    assert!(publisher.wait_for_subscribers("full/x", 1, WAIT).await.unwrap().is_some());
+    let publish =
+        |i: u32| publisher.publish("full/x", i.to_be_bytes().to_vec(), PublishOptions::default());
+    // 16 fill both streams; the read one is emptied, the other stays full.
+    for i in 0..16u32 {
+        publish(i).await.unwrap();
+    }
+    delivered(sub, 16, 0).await;
+    for i in 0..16u32 {
+        let m = tokio::time::timeout(WAIT, read.recv()).await.unwrap().unwrap();
+        assert_eq!(m.body[..], i.to_be_bytes());
+    }
+    // Refused, all of them (one matching stream is full), though the other has room.
+    for i in 16..100u32 {
+        publish(i).await.unwrap();
+    }
+    delivered(sub, 16, 84).await;
+    drop(unread);
+    // The drop is taken before any later command.
+    sub.stats().await.unwrap();
+    for round in 0..10u32 {
+        for i in 0..10 {
+            publish(1000 + round * 10 + i).await.unwrap();
+        }
+        for i in 0..10 {
+            let m = tokio::time::timeout(WAIT, read.recv())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: message {i} never came"))
+                .unwrap();
+            assert_eq!(m.body[..], (1000 + round * 10 + i).to_be_bytes());
+        }
+    }
+    assert_eq!(sub.stats().await.unwrap().app_dropped, 84, "nothing refused after the drop");
 }
 
 /// An events channel nobody reads: what does not fit is counted.
