@@ -63,6 +63,7 @@ fuzz_target!(|data: &[u8]| {
                     ttl: Some(u16::from(f >> 4)),
                     priority: f >> 3,
                     destination: if f & 8 != 0 { Destination::Peer(addrs[1 - who]) } else { Destination::All },
+                    quiet: f & 0x40 != 0,
                 };
                 let _ = nodes[who].publish(now, ch, &body, opts);
             }

@@ -288,6 +288,34 @@ async fn a_refused_message_gives_back_its_places() {
     assert_eq!(sub.stats().await.unwrap().app_dropped, 84, "nothing refused after the drop");
 }
 
+/// `publish` and `start_publish` wait for the outcome, so they report success even for
+/// options marked `quiet` (which only `publish_batch`'s unawaited outcomes use).
+#[tokio::test]
+async fn a_quiet_publish_still_answers_its_caller() {
+    let nodes = mesh(2, fast(), 16).await;
+    let (sub, publisher) = (&nodes[0], &nodes[1]);
+    let mut s = sub.subscribe("quiet/x").await.unwrap();
+    assert!(publisher.wait_for_subscribers("quiet/x", 1, WAIT).await.unwrap().is_some());
+    for qos in [Qos::AtMostOnce, Qos::AtLeastOnce, Qos::ExactlyOnce] {
+        let opts = PublishOptions::qos(qos).quiet(true);
+        let d = tokio::time::timeout(WAIT, publisher.publish("quiet/x", b"a".to_vec(), opts))
+            .await
+            .unwrap_or_else(|_| panic!("{qos:?}: publish never answered"))
+            .unwrap();
+        let want = if qos == Qos::AtMostOnce { Status::Sent } else { Status::Acknowledged };
+        assert_eq!(d.status, want);
+        let rx = publisher.start_publish("quiet/x", b"b".to_vec(), opts).await.unwrap();
+        let d = tokio::time::timeout(WAIT, rx)
+            .await
+            .unwrap_or_else(|_| panic!("{qos:?}: start_publish never answered"))
+            .unwrap();
+        assert_eq!(d.status, want);
+        for _ in 0..2 {
+            tokio::time::timeout(WAIT, s.recv()).await.unwrap().unwrap();
+        }
+    }
+}
+
 /// An events channel nobody reads: what does not fit is counted.
 #[tokio::test]
 async fn events_that_do_not_fit_are_counted() {

@@ -305,6 +305,40 @@ fn silent_peer_is_lost_and_listed_missing() {
     assert_eq!(o.acked.as_slice(), &[s.members[1].node.session()]);
 }
 
+/// `PublishOptions::quiet`: a publish that ends as asked (sent, acknowledged by all)
+/// makes no outcome event; one that does not is still reported.
+#[test]
+fn quiet_publishes_report_only_what_went_wrong() {
+    for (seed, qos, faults) in [
+        (21, Qos::AtMostOnce, PERFECT),
+        (22, Qos::AtLeastOnce, HOSTILE),
+        (23, Qos::ExactlyOnce, HOSTILE),
+    ] {
+        let mut s = three(seed, faults);
+        s.publish_many(0, 1_000, PublishOptions::qos(qos).quiet(true));
+        s.run_for(Duration::from_secs(30));
+        for b in [1, 2] {
+            assert_eq!(s.counts(b).len(), 1_000, "{qos:?}: node {b} missed messages");
+        }
+        assert!(
+            s.members[0].log.outcomes.is_empty(),
+            "{qos:?}: {:?}",
+            s.members[0].log.outcomes.first()
+        );
+        if qos == Qos::AtMostOnce {
+            continue; // Sent to the fan-out whoever listens: it cannot miss a subscriber.
+        }
+        // The same publish with nobody to take it is reported.
+        let now = s.now;
+        let opts = PublishOptions::qos(qos).quiet(true).ttl(5);
+        s.members[0].node.publish(now, "nobody/home", b"?", opts).unwrap();
+        s.run_for(Duration::from_secs(10));
+        let outcomes = &s.members[0].log.outcomes;
+        assert_eq!(outcomes.len(), 1, "{qos:?}: {outcomes:?}");
+        assert_eq!(outcomes[0].status, Status::NoSubscribers, "{qos:?}");
+    }
+}
+
 #[test]
 fn no_subscriber_known_is_reported() {
     let mut s = Sim::new(12, PERFECT);

@@ -510,6 +510,10 @@ where
         let mut from = 0;
         while let Some((i, status)) = self.outbox.finished(now, from) {
             from = i + 1;
+            if self.outbox[i].quiet && matches!(status, Status::Sent | Status::Acknowledged) {
+                self.outbox.discard(i);
+                continue;
+            }
             if self.events.is_full() {
                 self.outcomes_waiting = Some(now);
                 return;

@@ -141,6 +141,9 @@ pub(super) struct Entry<const P: usize, const M: usize> {
     pub(super) preset_to: Option<SessionId>,
     /// When it was first transmitted (peers verified later may join its targets).
     pub(super) first_sent: Instant,
+    /// [`PublishOptions::quiet`](super::PublishOptions::quiet): no outcome if it ends as
+    /// asked.
+    pub(super) quiet: bool,
 }
 
 impl<const P: usize, const M: usize> Entry<P, M> {
@@ -177,6 +180,7 @@ impl<const P: usize, const M: usize> Entry<P, M> {
             preset: false,
             preset_to: None,
             first_sent: Instant::ZERO,
+            quiet: false,
         }
     }
 
@@ -199,6 +203,7 @@ impl<const P: usize, const M: usize> Entry<P, M> {
             (handle, None, retain, priority, dest);
         (self.next_at, self.attempts, self.cursor, self.in_round, self.seq) = (now, 0, 0, false, 0);
         (self.preset, self.preset_to, self.first_sent) = (preset.is_some(), preset, now);
+        self.quiet = false;
     }
 
     pub(super) fn qos(&self) -> Qos {
@@ -473,10 +478,15 @@ impl<const P: usize, const M: usize, const O: usize> Outbox<P, M, O> {
     /// Entry `i` leaves: its final report with `status`. The slot becomes vacant.
     pub(super) fn remove(&mut self, i: usize, status: Status) -> Outcome<P> {
         let o = self[i].outcome(status);
+        self.discard(i);
+        o
+    }
+
+    /// Entry `i` leaves without a report. The slot becomes vacant.
+    pub(super) fn discard(&mut self, i: usize) {
         let h = core::mem::replace(&mut self.hot[i], Hot::FREE);
         self.qos2_started.set(self.qos2_started.get() - usize::from(h.qos2_started));
         self.live -= 1;
-        o
     }
 
     /// The first entry for which `f` holds.

@@ -102,6 +102,7 @@ where
         }
         let handle = take_handle(&mut self.next_handle);
         e.reset(handle, (opts.retain, opts.priority, opts.destination), now, None);
+        e.quiet = opts.quiet;
         self.outbox.occupy(slot);
         Ok(handle)
     }

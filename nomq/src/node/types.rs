@@ -129,6 +129,13 @@ pub struct PublishOptions {
     pub priority: u8,
     /// First destination.
     pub destination: Destination,
+    /// No [`Event::Outcome`](super::Event::Outcome) when the publish ends as asked:
+    /// [`Status::Sent`](super::Status::Sent) at QoS 0,
+    /// [`Status::Acknowledged`](super::Status::Acknowledged) at QoS 1/2. Every other
+    /// ending (no subscribers, expired, unacknowledged) is still reported. For streams
+    /// whose successes nobody waits for: an outcome is a few hundred bytes moved through
+    /// the event queue per message.
+    pub quiet: bool,
 }
 
 impl Default for PublishOptions {
@@ -171,6 +178,7 @@ impl PublishOptions {
             ttl: None,
             priority: 0,
             destination: Destination::All,
+            quiet: false,
         }
     }
     /// Options with this QoS and defaults otherwise (to change the QoS of options already
@@ -203,6 +211,12 @@ impl PublishOptions {
     #[must_use]
     pub const fn priority(mut self, priority: u8) -> Self {
         self.priority = priority;
+        self
+    }
+    /// Reports only an ending other than the one asked for ([`PublishOptions::quiet`]).
+    #[must_use]
+    pub const fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
         self
     }
     /// Sends the first copy to `destination` instead of the adapter's fan-out

@@ -422,7 +422,16 @@ impl Sim {
             }
             assert!(self.now < deadline, "publishing stalled");
         }
-        while self.members[a].log.outcomes.len() < count as usize {
+        // A quiet publish that ends as asked reports nothing: wait for the outbox to empty.
+        while opts.quiet && self.members[a].node.outbox_len() > 0 {
+            self.run_for(Duration::from_millis(100));
+            assert!(
+                self.now < deadline,
+                "{} still in the outbox",
+                self.members[a].node.outbox_len()
+            );
+        }
+        while !opts.quiet && self.members[a].log.outcomes.len() < count as usize {
             self.run_for(Duration::from_millis(100));
             assert!(
                 self.now < deadline,
