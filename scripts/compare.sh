@@ -332,7 +332,7 @@ set logscale x 2
 set logscale y 10
 set xlabel "payload bytes"
 set grid
-set key left bottom
+set key right top
 set ylabel "messages/s"
 set title "messages per second"
 plot for [i=2:7] "$WORK/sweep.dat" using 1:i with linespoints lw 2 title columnhead(i)
